@@ -1,0 +1,111 @@
+"""The one place every configuration key is declared, with its default.
+
+Config files under ``configs/`` start from :func:`default_config` and override
+what they need; :func:`agejax.config_check.validate` then rejects unknown keys,
+wrong types and impossible values before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key agejax understands, with its default value."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # --- model -----------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | vgg16
+  c.model.arch = "resnet50"
+  # Channels of the first stage; 64 is the published network. Small values
+  # make tiny test and demo models with the same structure and paths.
+  c.model.width = 64
+  # False: torchvision v1.5 (stride on the 3x3). True: Keras/Caffe v1
+  # (stride on the first 1x1 of a bottleneck).
+  c.model.stride_in_1x1 = False
+  # Keras/Caffe ResNets carry a bias on every convolution.
+  c.model.conv_bias = False
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.bn_momentum = 0.9  # running = momentum * running + (1 - momentum) * batch
+  c.model.bn_epsilon = 1e-5
+  # Use the running statistics while training (fine-tuning with small batches).
+  c.model.freeze_bn_stats = False
+  c.model.dropout = 0.0  # before the head (VGG's fc6/fc7 use their own below)
+  c.model.vgg_dropout = 0.5
+  # Head: dex | regression | dldl | mean_variance | coral
+  c.model.head = "dex"
+  c.model.min_age = 0
+  c.model.max_age = 100
+  c.model.regression_loss = "l1"  # l1 | l2 (head=regression)
+  c.model.dldl_sigma = 2.0  # std (years) of the Gaussian label distribution
+  c.model.mean_variance_lambda1 = 0.2  # weight of the mean loss
+  c.model.mean_variance_lambda2 = 0.05  # weight of the variance loss
+
+  # --- initialisation ------------------------------------------------------------
+  c.init = ml_collections.ConfigDict()
+  c.init.pretrained = ""  # ImageNet backbone weights (file or converted dir)
+  c.init.checkpoint = ""  # an earlier agejax workdir or checkpoint dir
+
+  # --- data --------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "imdb_wiki/clean"  # TFDS name[/config]
+  c.data.data_dir = ""  # TFDS data_dir; "" uses TFDS's default
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = 224  # network input (random/center crop of the stored image)
+  # 0: read from the built dataset's metadata. Set it to plan (--dry_run) a
+  # config whose dataset is not built on this machine.
+  c.data.num_train_examples = 0
+
+  # --- training length -----------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global batch, summed over all devices and hosts
+  c.train.num_epochs = 30.0
+  c.train.num_train_steps = 0  # > 0 overrides num_epochs
+
+  # --- optimizer -----------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  # sgd | momentum | nesterov | adam | adamw | lamb | lars
+  c.optim.name = "momentum"
+  c.optim.lr = 0.1  # base (peak) learning rate; groups scale it by lr_mult
+  c.optim.momentum = 0.9
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.lars_trust_coefficient = 0.001
+  c.optim.weight_decay = 0.0
+  # decoupled: p -= lr * wd * p beside the optimizer's update (AdamW, SGDW).
+  # l2: wd * p is added to the gradient before the optimizer sees it.
+  c.optim.wd_mode = "decoupled"
+  # Parameters whose path matches get no weight decay (biases and the
+  # scale/bias of normalization layers by default). "" decays everything.
+  c.optim.wd_exclude = r"(^|/)bias$|(^|/)(bn[^/]*|norm[^/]*)/scale$"
+  # Ordered (regex, dict(lr_mult=, wd_mult=, freeze=)) pairs; first match wins;
+  # unmatched parameters use lr_mult 1, wd_mult 1.
+  c.optim.groups = ()
+  c.optim.clip_grad_norm = 0.0  # 0: no clipping
+  c.optim.grad_accum_steps = 1  # > 1: optax.MultiSteps
+  c.optim.ema_decay = 0.0  # > 0: keep an EMA of the parameters for evaluation
+
+  c.optim.schedule = ml_collections.ConfigDict()
+  # constant | step | warmup_cosine | sgdr | onecycle | piecewise
+  c.optim.schedule.name = "warmup_cosine"
+  c.optim.schedule.warmup_steps = 0
+  c.optim.schedule.warmup_epochs = 0.0  # used when warmup_steps == 0
+  c.optim.schedule.warmup_init_factor = 0.0  # warmup starts at lr * this
+  c.optim.schedule.end_factor = 0.0  # cosine ends at lr * this
+  c.optim.schedule.decay_factor = 0.1  # step: multiply by this ...
+  c.optim.schedule.decay_every_epochs = 2.0  # ... every this many epochs
+  c.optim.schedule.decay_every_steps = 0  # > 0 overrides decay_every_epochs
+  c.optim.schedule.cycle_epochs = 10.0  # sgdr: first cycle length
+  c.optim.schedule.cycle_steps = 0  # > 0 overrides cycle_epochs
+  c.optim.schedule.cycle_mult = 1.0  # sgdr: each cycle is this much longer
+  c.optim.schedule.pct_start = 0.3  # onecycle: fraction of steps going up
+  c.optim.schedule.div_factor = 25.0  # onecycle: start at lr / div_factor
+  c.optim.schedule.final_div_factor = 1e4  # onecycle: end at start / this
+  # piecewise: at each boundary (in epochs) multiply the lr by the scale.
+  c.optim.schedule.boundaries_epochs = ()
+  c.optim.schedule.scales = ()
+  return c

@@ -1,0 +1,115 @@
+"""Start-up validation of a resolved config: fail before anything compiles.
+
+Every error is an :class:`agejax.errors.ConfigError` whose message starts with
+the offending key. Checks that need the model's parameter paths (group
+patterns, freezing everything) live with the optimizer, which sees the paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterator
+
+import ml_collections
+
+from agejax import config as config_lib
+from agejax.errors import ConfigError
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16")
+HEADS = ("dex", "regression", "dldl", "mean_variance", "coral")
+DTYPES = ("float32", "bfloat16")
+
+
+def _leaves(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  for name in sorted(cfg.keys()):
+    value = cfg[name]
+    key = f"{prefix}{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, key + ".")
+    else:
+      yield key, value
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(default, bool) and isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def check_keys_and_types(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects keys the defaults do not declare and values of the wrong type."""
+  defaults = dict(_leaves(config_lib.default_config()))
+  default_sections = {k.rsplit(".", 1)[0] for k in defaults if "." in k}
+  for key, value in _leaves(cfg):
+    if key not in defaults:
+      if key in default_sections:
+        raise ConfigError(key, "is a section; set its keys, not the section itself")
+      close = difflib.get_close_matches(key, defaults, n=3)
+      hint = f" (did you mean {', '.join(close)}?)" if close else ""
+      raise ConfigError(key, f"unknown config key{hint}")
+    if not _type_ok(defaults[key], value):
+      raise ConfigError(
+          key,
+          f"expected {type(defaults[key]).__name__}, got "
+          f"{type(value).__name__} {value!r}")
+
+
+def _require(key: str, ok: bool, expectation: str, value: Any) -> None:
+  if not ok:
+    raise ConfigError(key, f"must be {expectation}, got {value!r}")
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: v in choices), "one of " + ", ".join(choices)
+
+
+_POSITIVE = (lambda v: v > 0), "> 0"
+_NON_NEGATIVE = (lambda v: v >= 0), ">= 0"
+_FRACTION = (lambda v: 0 <= v < 1), "in [0, 1)"
+
+# key -> (predicate, what the predicate expects)
+_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.arch": _one_of(ARCHS),
+    "model.head": _one_of(HEADS),
+    "model.dtype": _one_of(DTYPES),
+    "model.width": ((lambda v: v >= 1 and v % 1 == 0), "a positive integer"),
+    "model.bn_momentum": _FRACTION,
+    "model.bn_epsilon": _POSITIVE,
+    "model.dropout": _FRACTION,
+    "model.vgg_dropout": _FRACTION,
+    "model.min_age": _NON_NEGATIVE,
+    "model.regression_loss": _one_of(("l1", "l2")),
+    "model.dldl_sigma": _POSITIVE,
+    "model.mean_variance_lambda1": _NON_NEGATIVE,
+    "model.mean_variance_lambda2": _NON_NEGATIVE,
+    "data.dataset": ((lambda v: bool(v.strip())), "a TFDS dataset name"),
+    "data.image_size": ((lambda v: v >= 32 and v % 32 == 0),
+                        "a multiple of 32 (the networks downsample by 32), >= 32"),
+    "data.num_train_examples": _NON_NEGATIVE,
+    "train.batch_size": _POSITIVE,
+    "train.num_epochs": _NON_NEGATIVE,
+    "train.num_train_steps": _NON_NEGATIVE,
+}
+
+
+def check_values(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects impossible values of the model, data and training sections."""
+  for key, (predicate, expectation) in _VALUE_RULES.items():
+    section, name = key.split(".")
+    value = cfg[section][name]
+    _require(key, predicate(value), expectation, value)
+  _require("model.max_age", cfg.model.max_age > cfg.model.min_age,
+           f"> model.min_age ({cfg.model.min_age})", cfg.model.max_age)
+  _require("train.num_epochs", cfg.train.num_epochs > 0 or cfg.train.num_train_steps > 0,
+           "> 0 unless train.num_train_steps is set", cfg.train.num_epochs)
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks keys, types and values; returns the config for chaining."""
+  check_keys_and_types(cfg)
+  check_values(cfg)
+  return cfg

@@ -1,0 +1,48 @@
+"""Slash-separated parameter paths: the stable names configs address by regex.
+
+A parameter tree here is a nested dict of arrays (the "pure dict" form of a Flax
+NNX state), e.g. ``{"stem": {"conv": {"kernel": Array}}}`` whose single leaf has
+the path ``stem/conv/kernel``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+
+
+def key_name(key: Any) -> str:
+  """Renders one pytree key (dict key, attribute or sequence index) as text."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+  """Joins a jax key path into ``a/b/c``."""
+  return "/".join(key_name(k) for k in path)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+  """Maps every leaf of ``tree`` to its slash-separated path, in tree order."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {path_str(p): leaf for p, leaf in leaves}
+
+
+def map_with_path(fn: Callable[[str, Any], Any], tree: Any) -> Any:
+  """Like ``jax.tree.map`` but ``fn`` also receives the leaf's path string."""
+  return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_str(p), x), tree)
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """Inverse of :func:`flatten` for nested dicts."""
+  out: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = out
+    *parents, leaf = path.split("/")
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = value
+  return out

@@ -1,0 +1,177 @@
+"""The plan: where every parameter lands in the optimizer, before any step runs.
+
+``python -m agejax.main --dry_run`` resolves the config, builds the model's
+parameter shapes (nothing is allocated) and the optimizer, and reports one row
+per parameter: its group, learning-rate and weight-decay multipliers and
+whether it is frozen, plus the learning rate each group gets over the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from agejax import length as length_lib
+from agejax import models
+from agejax import optim
+from agejax import paths
+from agejax import schedules
+from agejax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRow:
+  path: str
+  shape: tuple[int, ...]
+  group: str
+  lr_mult: float
+  wd_mult: float
+  frozen: bool
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  rows: tuple[PlanRow, ...]
+  length: length_lib.RunLength
+  # (step, {group: learning rate}) at the milestones of the schedule.
+  lr_milestones: tuple[tuple[int, dict[str, float]], ...]
+  optimizer_state_floats: int
+  # The base learning rate along the run (steps, lr); a group's is lr_mult x.
+  lr_curve: tuple[np.ndarray, np.ndarray]
+  group_lr_mults: dict[str, float]
+
+  @property
+  def trainable(self) -> int:
+    return sum(r.size for r in self.rows if not r.frozen)
+
+  @property
+  def frozen(self) -> int:
+    return sum(r.size for r in self.rows if r.frozen)
+
+
+def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
+  """The training-set size the schedule is laid out for."""
+  if cfg.data.num_train_examples > 0:
+    return cfg.data.num_train_examples
+  raise ConfigError(
+      "data.num_train_examples",
+      f"is 0 and the size of {cfg.data.dataset}:{cfg.data.train_split} is "
+      "not known here; set it to the number of training examples")
+
+
+def abstract_params(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The model's parameter tree as shapes only (no memory is allocated)."""
+  shapes = models.param_shapes(cfg.model, cfg.data.image_size)
+  return paths.unflatten(
+      {p: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for p, s in shapes.items()})
+
+
+def _milestones(total_steps: int, warmup_steps: int) -> list[int]:
+  steps = {0, warmup_steps, total_steps // 4, total_steps // 2,
+           (3 * total_steps) // 4, total_steps}
+  return sorted(s for s in steps if 0 <= s <= total_steps)
+
+
+def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
+  """Builds the plan; raises ConfigError on anything the run would trip on."""
+  length = length_lib.run_length(cfg, num_train_examples(cfg))
+  params = abstract_params(cfg)
+  assignments = optim.assign_groups(cfg.optim, params)
+  shapes = {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
+  rows = tuple(
+      PlanRow(path=p, shape=shapes[p], group=a.group, lr_mult=a.lr_mult,
+              wd_mult=a.wd_mult, frozen=a.frozen)
+      for p, a in assignments.items())
+
+  tx = optim.build_optimizer(cfg.optim, params, length.steps_per_epoch, length.total_steps)
+  state = jax.eval_shape(tx.init, params)
+  state_floats = sum(
+      math.prod(x.shape) for x in jax.tree.leaves(state)
+      if hasattr(x, "shape") and jnp.issubdtype(x.dtype, jnp.floating))
+
+  schedule = schedules.build_schedule(
+      cfg.optim.schedule, cfg.optim.lr, length.steps_per_epoch, length.total_steps)
+  warmup = schedules.warmup_steps(cfg.optim.schedule, length.steps_per_epoch)
+  group_mults = {}
+  for r in rows:
+    if not r.frozen:
+      group_mults.setdefault(r.group, r.lr_mult)
+  milestones = tuple(
+      (step, {g: float(schedule(step)) * m for g, m in group_mults.items()})
+      for step in _milestones(length.total_steps, warmup))
+  curve_steps = np.unique(np.linspace(0, length.total_steps, 400).astype(np.int64))
+  curve = (curve_steps, np.asarray(jax.vmap(schedule)(jnp.asarray(curve_steps))))
+  return Plan(rows, length, milestones, state_floats, curve, group_mults)
+
+
+def plan_records(plan: Plan) -> list[dict[str, Any]]:
+  """The rows of plan.json: path, shape, group, lr_mult, wd_mult, frozen."""
+  return [
+      dict(path=r.path, shape=list(r.shape), group=r.group, lr_mult=r.lr_mult,
+           wd_mult=r.wd_mult, frozen=r.frozen)
+      for r in plan.rows
+  ]
+
+
+def write_plan(plan: Plan, workdir: str) -> str:
+  os.makedirs(workdir, exist_ok=True)
+  out = os.path.join(workdir, "plan.json")
+  with open(out, "w") as f:
+    json.dump(plan_records(plan), f, indent=1)
+  return out
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+  widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def _fmt_mult(x: float) -> str:
+  return f"{x:g}"
+
+
+def format_plan(plan: Plan) -> str:
+  """A readable report: one row per parameter, totals, and the LR per group."""
+  params = _table(
+      ("path", "shape", "group", "lr_mult", "wd_mult", "frozen"),
+      [(r.path, "x".join(map(str, r.shape)) or "scalar", r.group, _fmt_mult(r.lr_mult),
+        _fmt_mult(r.wd_mult), "yes" if r.frozen else "")
+       for r in plan.rows])
+  groups: dict[str, list[PlanRow]] = {}
+  for r in plan.rows:
+    groups.setdefault(r.group, []).append(r)
+  summary = _table(
+      ("group", "tensors", "params", "trainable", "frozen"),
+      [(g, len(rs), f"{sum(r.size for r in rs):,}",
+        f"{sum(r.size for r in rs if not r.frozen):,}",
+        f"{sum(r.size for r in rs if r.frozen):,}") for g, rs in groups.items()])
+  lr_groups = sorted({g for _, lrs in plan.lr_milestones for g in lrs})
+  lrs = _table(
+      ("step", "epoch") + tuple(f"lr[{g}]" for g in lr_groups),
+      [(s, f"{s / plan.length.steps_per_epoch:.2f}") +
+       tuple(f"{lr.get(g, 0.0):.3g}" for g in lr_groups)
+       for s, lr in plan.lr_milestones])
+  n = plan.length
+  return "\n\n".join([
+      params, summary,
+      f"trainable parameters: {plan.trainable:,}   frozen: {plan.frozen:,}   "
+      f"optimizer state: {plan.optimizer_state_floats:,} floats",
+      f"run: {n.total_steps:,} steps = {n.total_steps / n.steps_per_epoch:.2f} epochs "
+      f"of {n.steps_per_epoch:,} steps ({n.num_train_examples:,} examples)",
+      lrs,
+  ])

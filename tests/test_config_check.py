@@ -1,0 +1,75 @@
+"""Config validation: unknown keys, wrong types and impossible values fail by name."""
+
+import pytest
+
+from agejax import config_check
+from agejax.errors import ConfigError
+from configs import tiny
+
+
+def _cfg():
+  return tiny.get_config()
+
+
+def test_shipped_tiny_config_is_valid():
+  assert config_check.validate(_cfg()) is not None
+
+
+def test_unknown_key_is_named_with_suggestion():
+  cfg = _cfg()
+  cfg.optim.lr_mults = 1.0
+  with pytest.raises(ConfigError) as e:
+    config_check.validate(cfg)
+  assert e.value.key == "optim.lr_mults"
+  assert str(e.value).startswith("optim.lr_mults: unknown config key")
+  assert "optim.lr" in str(e.value)
+
+
+def test_unknown_section_is_named():
+  cfg = _cfg()
+  cfg.opt = dict(lr=0.1)
+  with pytest.raises(ConfigError, match=r"^opt\.lr: unknown config key"):
+    config_check.validate(cfg)
+
+
+def test_wrong_type_is_named():
+  cfg = _cfg()
+  cfg.unlock()
+  del cfg.model["width"]
+  cfg.model.width = "wide"
+  with pytest.raises(ConfigError, match=r"^model\.width: expected int, got str 'wide'"):
+    config_check.validate(cfg)
+
+
+def test_bool_is_not_accepted_for_a_number():
+  cfg = _cfg()
+  cfg.unlock()
+  del cfg.optim["lr"]
+  cfg.optim.lr = True
+  with pytest.raises(ConfigError, match=r"^optim\.lr: expected float"):
+    config_check.validate(cfg)
+
+
+def test_int_is_accepted_for_a_float():
+  cfg = _cfg()
+  cfg.train.num_epochs = 3
+  config_check.validate(cfg)
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("model.arch", "resnet51", "one of resnet18"),
+    ("model.head", "softmax", "one of dex"),
+    ("model.bn_momentum", 1.0, "in [0, 1)"),
+    ("model.dldl_sigma", 0.0, "> 0"),
+    ("data.image_size", 40, "a multiple of 32"),
+    ("train.batch_size", 0, "> 0"),
+    ("model.max_age", 0, "> model.min_age (0)"),
+])
+def test_impossible_values_are_named(key, value, expected):
+  cfg = _cfg()
+  section, name = key.split(".")
+  cfg[section][name] = value
+  with pytest.raises(ConfigError) as e:
+    config_check.validate(cfg)
+  assert e.value.key == key
+  assert expected in str(e.value)
