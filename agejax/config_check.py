@@ -13,10 +13,11 @@ from typing import Any, Callable, Iterator
 import ml_collections
 
 from agejax import config as config_lib
+from agejax import heads
+from agejax import optim
 from agejax.errors import ConfigError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16")
-HEADS = ("dex", "regression", "dldl", "mean_variance", "coral")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -74,7 +75,7 @@ _FRACTION = (lambda v: 0 <= v < 1), "in [0, 1)"
 # key -> (predicate, what the predicate expects)
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.arch": _one_of(ARCHS),
-    "model.head": _one_of(HEADS),
+    "model.head": _one_of(heads.HEADS),
     "model.dtype": _one_of(DTYPES),
     "model.width": ((lambda v: v >= 1 and v % 1 == 0), "a positive integer"),
     "model.bn_momentum": _FRACTION,
@@ -112,4 +113,6 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys, types and values; returns the config for chaining."""
   check_keys_and_types(cfg)
   check_values(cfg)
+  heads.check_config(cfg.model)
+  optim.validate_config(cfg.optim)
   return cfg

@@ -103,7 +103,8 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
 
   schedule = schedules.build_schedule(
       cfg.optim.schedule, cfg.optim.lr, length.steps_per_epoch, length.total_steps)
-  warmup = schedules.warmup_steps(cfg.optim.schedule, length.steps_per_epoch)
+  warmup, _ = schedules.warmup_steps(
+      cfg.optim.schedule, length.steps_per_epoch, length.total_steps)
   group_mults = {}
   for r in rows:
     if not r.frozen:

@@ -1,0 +1,386 @@
+"""The optimizer: ``optim.*`` turned into one optax GradientTransformation.
+
+Every parameter is assigned, by the regexes of ``optim.groups`` (first match
+wins) and ``optim.wd_exclude``, a learning-rate multiplier, an effective
+weight-decay multiplier and a frozen flag. The transformation is, outermost
+first::
+
+  partition {"trainable": T, "frozen": set_to_zero}
+  T = [MultiSteps(]  clip_by_global_norm ->
+                     partition {label per distinct (lr_mult, wd_mult):
+                                optimizer chain}  [)]
+
+Splitting the frozen parameters off at the top keeps them out of everything
+below: no moments, no accumulation buffer (MaskedNode in every inner state),
+and their gradients do not count in the clipping norm. Each optimizer chain
+uses the learning rate ``schedule(count) * lr_mult``; its count advances once
+per optimizer update (once per ``grad_accum_steps`` micro-batches).
+
+Weight decay (``optim.weight_decay * wd_mult``):
+  * ``decoupled``: added after the optimizer's own scaling and before the
+    learning rate, ``p -= lr * (update + wd * p)`` (SGDW, AdamW).
+  * ``l2``: added to the gradient before the optimizer sees it.
+  * ``adamw`` is decoupled by definition; ``lamb`` places a decoupled decay
+    before its trust ratio as optax.lamb does; ``lars`` always adds the decay
+    to the gradient before the trust ratio, as in You et al. and optax.lars,
+    so ``wd_mode`` does not change it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from agejax import paths
+from agejax import schedules
+from agejax.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "lars")
+WD_MODES = ("decoupled", "l2")
+DEFAULT_GROUP = "default"
+TRAINABLE = "trainable"
+FROZEN = "frozen"
+_GROUP_KEYS = ("lr_mult", "wd_mult", "freeze")
+# How many real parameter paths an error message shows.
+_EXAMPLE_PATHS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+  """How one parameter is optimized.
+
+  Attributes:
+    group: the ``optim.groups`` regex that matched it, or "default".
+    lr_mult: multiplier of the scheduled learning rate (0 when frozen).
+    wd_mult: effective multiplier of ``optim.weight_decay``: 0 when the path
+      matches ``optim.wd_exclude``, when ``optim.weight_decay`` is 0 or when
+      the parameter is frozen.
+    frozen: the parameter never changes and has no optimizer state.
+  """
+  group: str
+  lr_mult: float
+  wd_mult: float
+  frozen: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+  index: int
+  pattern: str
+  regex: re.Pattern[str]
+  lr_mult: float
+  wd_mult: float
+  freeze: bool
+
+  @property
+  def key(self) -> str:
+    return f"optim.groups[{self.index}]"
+
+
+def _is_number(value: Any) -> bool:
+  return (not isinstance(value, bool) and isinstance(value, (int, float)) and
+          math.isfinite(value))
+
+
+def _check(cfg: Any, name: str, ok: Callable[[float], bool],
+           requirement: str) -> None:
+  value = getattr(cfg, name)
+  if not _is_number(value) or not ok(value):
+    raise ConfigError(f"optim.{name}", f"must be {requirement}, got {value!r}")
+
+
+def validate_config(optim_cfg: Any) -> None:
+  """Rejects impossible ``optim.*`` values.
+
+  Groups and the schedule are checked where the parameter paths and the run
+  length are known: :func:`assign_groups` and
+  :func:`agejax.schedules.build_schedule`.
+
+  Raises:
+    ConfigError: naming the offending key.
+  """
+  if optim_cfg.name not in OPTIMIZERS:
+    raise ConfigError("optim.name", f"unknown optimizer {optim_cfg.name!r}; "
+                      f"known: {list(OPTIMIZERS)}")
+  _check(optim_cfg, "lr", lambda v: v > 0, "a number > 0")
+  for name in ("momentum", "b1", "b2", "ema_decay"):
+    _check(optim_cfg, name, lambda v: 0 <= v < 1, "in [0, 1)")
+  _check(optim_cfg, "eps", lambda v: v >= 0, ">= 0")
+  _check(optim_cfg, "lars_trust_coefficient", lambda v: v > 0, "> 0")
+  _check(optim_cfg, "weight_decay", lambda v: v >= 0, ">= 0")
+  _check(optim_cfg, "clip_grad_norm", lambda v: v >= 0, ">= 0 (0: off)")
+  accum = optim_cfg.grad_accum_steps
+  if isinstance(accum, bool) or not isinstance(accum, int) or accum < 1:
+    raise ConfigError("optim.grad_accum_steps",
+                      f"must be an integer >= 1, got {accum!r}")
+  if optim_cfg.wd_mode not in WD_MODES:
+    raise ConfigError("optim.wd_mode", f"unknown mode {optim_cfg.wd_mode!r}; "
+                      f"known: {list(WD_MODES)}")
+  if optim_cfg.name == "adamw" and optim_cfg.wd_mode == "l2":
+    raise ConfigError(
+        "optim.wd_mode", "adamw decouples the weight decay by definition; use "
+        "optim.name='adam' for Adam with an L2 penalty")
+  exclude = optim_cfg.wd_exclude
+  if not isinstance(exclude, str):
+    raise ConfigError("optim.wd_exclude", f"expected a regex string, got "
+                      f"{exclude!r}")
+  try:
+    re.compile(exclude)
+  except re.error as e:
+    raise ConfigError("optim.wd_exclude",
+                      f"invalid regex {exclude!r}: {e}") from None
+
+
+def _parse_groups(optim_cfg: Any) -> list[_Group]:
+  """Reads ``optim.groups``: ordered (regex, dict(lr_mult, wd_mult, freeze))."""
+  raw = optim_cfg.groups
+  if raw is None:
+    return []
+  if isinstance(raw, (str, Mapping)) or not isinstance(raw, (tuple, list)):
+    raise ConfigError("optim.groups", "expected an ordered sequence of "
+                      f"(regex, dict) pairs, got {raw!r}")
+  groups = []
+  for i, entry in enumerate(raw):
+    key = f"optim.groups[{i}]"
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+      raise ConfigError(key, f"expected a (regex, dict) pair, got {entry!r}")
+    pattern, options = entry
+    if not isinstance(pattern, str):
+      raise ConfigError(key, f"the pattern must be a string, got {pattern!r}")
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(key, f"invalid regex {pattern!r}: {e}") from None
+    if not hasattr(options, "items"):  # dict, ConfigDict, FrozenConfigDict
+      raise ConfigError(key, f"pattern {pattern!r}: expected a dict of "
+                        f"{list(_GROUP_KEYS)}, got {options!r}")
+    options = dict(options.items())
+    unknown = sorted(set(options) - set(_GROUP_KEYS))
+    if unknown:
+      raise ConfigError(key, f"pattern {pattern!r}: unknown key(s) {unknown}; "
+                        f"known: {list(_GROUP_KEYS)}")
+    mults = {}
+    for name in ("lr_mult", "wd_mult"):
+      value = options.get(name, 1.0)
+      if not _is_number(value) or value < 0:
+        raise ConfigError(key, f"pattern {pattern!r}: {name} must be a number "
+                          f">= 0, got {value!r}")
+      mults[name] = float(value)
+    freeze = options.get("freeze", False)
+    if not isinstance(freeze, bool):
+      raise ConfigError(key, f"pattern {pattern!r}: freeze must be True or "
+                        f"False, got {freeze!r}")
+    groups.append(_Group(i, pattern, regex, freeze=freeze, **mults))
+  return groups
+
+
+def _example_paths(all_paths: list[str]) -> str:
+  """A few paths spread over the tree, to show what the regexes see."""
+  step = max(1, math.ceil(len(all_paths) / _EXAMPLE_PATHS))
+  return ", ".join(all_paths[::step][:_EXAMPLE_PATHS])
+
+
+def assign_groups(optim_cfg: Any, params: Any) -> dict[str, Assignment]:
+  """Assigns every parameter its group, multipliers and frozen flag.
+
+  Args:
+    optim_cfg: the ``optim`` config.
+    params: the parameter tree (nested dicts of arrays).
+
+  Returns:
+    {slash path: Assignment} in tree order.
+
+  Raises:
+    ConfigError: naming ``optim.groups[i]`` and its pattern when the regex is
+      invalid, has unknown keys or negative multipliers, or selects no
+      parameter; ``optim.groups`` when every parameter would be frozen.
+  """
+  validate_config(optim_cfg)
+  all_paths = list(paths.flatten(params))
+  if not all_paths:
+    raise ValueError("the parameter tree has no leaves")
+  groups = _parse_groups(optim_cfg)
+  exclude = (re.compile(optim_cfg.wd_exclude)
+             if optim_cfg.wd_exclude else None)
+  weight_decay = float(optim_cfg.weight_decay)
+  used = set()
+  assignments = {}
+  for path in all_paths:
+    group = next((g for g in groups if g.regex.search(path)), None)
+    if group is None:
+      name, lr_mult, wd_mult, frozen = DEFAULT_GROUP, 1.0, 1.0, False
+    else:
+      used.add(group.index)
+      name, lr_mult, wd_mult, frozen = (group.pattern, group.lr_mult,
+                                        group.wd_mult, group.freeze)
+    if frozen:
+      lr_mult = 0.0
+    if frozen or weight_decay == 0 or (exclude and exclude.search(path)):
+      wd_mult = 0.0
+    assignments[path] = Assignment(name, lr_mult, wd_mult, frozen)
+
+  for group in groups:
+    if group.index in used:
+      continue
+    matching = [p for p in all_paths if group.regex.search(p)]
+    if matching:
+      raise ConfigError(
+          group.key, f"pattern {group.pattern!r} only matches parameters an "
+          f"earlier group already took (first match wins), e.g. {matching[0]}")
+    raise ConfigError(
+        group.key, f"pattern {group.pattern!r} (re.search) matches no "
+        f"parameter; paths look like: {_example_paths(all_paths)}")
+  if all(a.frozen for a in assignments.values()):
+    raise ConfigError("optim.groups", "every parameter is frozen; nothing "
+                      "would train")
+  return assignments
+
+
+def _label(assignment: Assignment) -> str:
+  # repr, not a rounded format: distinct multipliers must get distinct chains.
+  return f"lr_mult={assignment.lr_mult!r},wd_mult={assignment.wd_mult!r}"
+
+
+def _chain_for(optim_cfg: Any, schedule: optax.Schedule, lr_mult: float,
+               wd_mult: float) -> optax.GradientTransformation:
+  """The optimizer for parameters sharing one (lr_mult, wd_mult)."""
+  name = optim_cfg.name
+
+  def learning_rate(count):
+    return schedule(count) * lr_mult
+
+  lr = optax.scale_by_learning_rate(learning_rate)
+  weight_decay = float(optim_cfg.weight_decay) * wd_mult
+  # Without decay the chain simply has no decay step: no mask is needed since
+  # every parameter of a label shares the same multiplier.
+  decay = [optax.add_decayed_weights(weight_decay)] if weight_decay > 0 else []
+  adam = optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2,
+                             eps=optim_cfg.eps)
+  if name == "lars":
+    # optax.lars's composition; the trust ratio is applied to every parameter.
+    return optax.chain(
+        *decay,
+        optax.scale_by_trust_ratio(
+            trust_coefficient=optim_cfg.lars_trust_coefficient,
+            eps=optim_cfg.eps),
+        lr,
+        optax.trace(decay=optim_cfg.momentum))
+  if name == "lamb":
+    trust = optax.scale_by_trust_ratio()
+    if optim_cfg.wd_mode == "l2":
+      return optax.chain(*decay, adam, trust, lr)
+    return optax.chain(adam, *decay, trust, lr)
+  scaling = {
+      "sgd": [],
+      "momentum": [optax.trace(decay=optim_cfg.momentum)],
+      "nesterov": [optax.trace(decay=optim_cfg.momentum, nesterov=True)],
+      "adam": [adam],
+      "adamw": [adam],
+  }[name]
+  if optim_cfg.wd_mode == "l2":
+    return optax.chain(*decay, *scaling, lr)
+  return optax.chain(*scaling, *decay, lr)
+
+
+def _labeller(labels: Mapping[str, str]) -> Callable[[Any], Any]:
+  """A label function for optax.partition, mapping a tree by leaf path.
+
+  A function rather than a fixed tree because the inner partition receives
+  trees where the frozen leaves are already MaskedNode; mapping by path keeps
+  the same structure.
+  """
+
+  def label(path: str, _: Any) -> str:
+    if path not in labels:
+      raise ValueError(
+          f"parameter {path!r} was not in the tree the optimizer was built "
+          "for")
+    return labels[path]
+
+  return lambda tree: paths.map_with_path(label, tree)
+
+
+def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
+                    total_steps: int) -> optax.GradientTransformation:
+  """Builds the whole optimizer for ``params``.
+
+  Args:
+    optim_cfg: the ``optim`` config.
+    params: the parameter tree the optimizer will be initialized with (only
+      its paths matter).
+    steps_per_epoch: optimizer updates per epoch.
+    total_steps: optimizer updates in the run (micro-batches divided by
+      ``optim.grad_accum_steps``).
+
+  Returns:
+    An optax GradientTransformation; ``update`` needs ``params`` (weight decay
+    and trust ratios read them).
+
+  Raises:
+    ConfigError: naming the offending ``optim.*`` key.
+  """
+  assignments = assign_groups(optim_cfg, params)
+  schedule = schedules.build_schedule(optim_cfg.schedule, optim_cfg.lr,
+                                      steps_per_epoch, total_steps)
+  trainable = {p: a for p, a in assignments.items() if not a.frozen}
+  transforms = {}
+  for a in trainable.values():
+    label = _label(a)
+    if label not in transforms:
+      transforms[label] = _chain_for(optim_cfg, schedule, a.lr_mult, a.wd_mult)
+  core = optax.partition(
+      transforms, _labeller({p: _label(a) for p, a in trainable.items()}))
+  if optim_cfg.clip_grad_norm > 0:
+    core = optax.chain(optax.clip_by_global_norm(optim_cfg.clip_grad_norm),
+                       core)
+  if optim_cfg.grad_accum_steps > 1:
+    # The mean of the micro-batch gradients, so the loss scale (and the
+    # learning rate) need not change with the accumulation.
+    core = optax.MultiSteps(
+        core, every_k_schedule=optim_cfg.grad_accum_steps,
+        use_grad_mean=True).gradient_transformation()
+  return optax.partition(
+      {TRAINABLE: core, FROZEN: optax.set_to_zero()},
+      _labeller({p: FROZEN if a.frozen else TRAINABLE
+                 for p, a in assignments.items()}))
+
+
+def learning_rates(assignments: Mapping[str, Assignment],
+                   schedule: optax.Schedule,
+                   step: jax.typing.ArrayLike) -> dict[str, jax.Array]:
+  """The learning rate each group uses at optimizer update ``step``.
+
+  Args:
+    assignments: from :func:`assign_groups`.
+    schedule: from :func:`agejax.schedules.build_schedule` with the same
+      arguments as the optimizer's.
+    step: the optimizer update count (not micro-batches).
+
+  Returns:
+    {group: learning rate} in first-appearance order; frozen groups get 0.
+  """
+  base = jnp.asarray(schedule(step), jnp.float32)
+  rates = {}
+  for a in assignments.values():
+    rates.setdefault(a.group, base * a.lr_mult)
+  return rates
+
+
+def ema_update(ema: Any, params: Any, decay: jax.typing.ArrayLike) -> Any:
+  """One step of the parameters' exponential moving average.
+
+  Returns ``decay * ema + (1 - decay) * params`` leaf by leaf.
+
+  Raises:
+    ConfigError: ``optim.ema_decay`` outside [0, 1) (checked when concrete).
+  """
+  if _is_number(decay) and not 0 <= decay < 1:
+    raise ConfigError("optim.ema_decay", f"must be in [0, 1), got {decay!r}")
+  return optax.incremental_update(new_tensors=params, old_tensors=ema,
+                                  step_size=1.0 - decay)
