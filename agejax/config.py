@@ -38,6 +38,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.head = "dex"
   c.model.min_age = 0
   c.model.max_age = 100
+  # What the network was pretrained on, and so what the input pipeline feeds:
+  # imagenet: RGB in [0, 1], minus ImageNet mean, over its std (torchvision,
+  # timm). caffe: BGR in [0, 255] minus the ImageNet mean (Keras, Caffe, DEX).
+  c.model.preprocessing = "imagenet"
   c.model.regression_loss = "l1"  # l1 | l2 (head=regression)
   c.model.dldl_sigma = 2.0  # std (years) of the Gaussian label distribution
   c.model.mean_variance_lambda1 = 0.2  # weight of the mean loss
@@ -54,7 +58,27 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data_dir; "" uses TFDS's default
   c.data.train_split = "train"
   c.data.eval_split = "validation"
+  # Feature holding the training target (e.g. apparent_age on APPA-REAL) and,
+  # optionally, its per-image std (for the ChaLearn epsilon-error).
+  c.data.label = "age"
+  c.data.label_std = ""
   c.data.image_size = 224  # network input (random/center crop of the stored image)
+  c.data.shuffle_buffer = 16_384
+  c.data.prefetch = 2  # batches prepared ahead on the devices
+  # Train-time augmentation, each switchable.
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.random_resized_crop = True
+  c.data.augment.crop_scale_min = 0.6  # area fraction of the stored image
+  c.data.augment.crop_scale_max = 1.0
+  c.data.augment.crop_ratio_min = 0.8  # aspect ratio range of the crop
+  c.data.augment.crop_ratio_max = 1.25
+  c.data.augment.flip = True
+  c.data.augment.rotation_degrees = 10.0  # uniform in +-this; 0: off
+  c.data.augment.color_jitter = 0.2  # brightness/contrast/saturation strength; 0: off
+  # Sample training images with equal probability per age (DEX equalised
+  # the age distribution).
+  c.data.balance_ages = False
+  c.data.eval_flip_tta = False  # average predictions over the image and its mirror
   # 0: read from the built dataset's metadata. Set it to plan (--dry_run) a
   # config whose dataset is not built on this machine.
   c.data.num_train_examples = 0

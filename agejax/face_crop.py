@@ -1,0 +1,71 @@
+"""One face-crop rule for building datasets and for prediction on new photos.
+
+A face box is widened by a margin (a fraction of the box's width and height
+on every side, 40% as DEX did), clipped to the image, and resized to a square.
+Using the same function at build time and in ``agejax.predict`` is what makes
+a model see at prediction time exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MARGIN = 0.4
+DEFAULT_SIZE = 256
+
+
+class UndecodableImage(ValueError):
+  """The bytes are not an image PIL can read."""
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+  """Decodes JPEG/PNG/... bytes to uint8 RGB (grayscale, CMYK, palette converted)."""
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      img.load()
+      return np.asarray(img.convert("RGB"))
+  except Exception as e:  # PIL raises many types for broken files
+    raise UndecodableImage(str(e)) from e
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format="JPEG", quality=quality)
+  return out.getvalue()
+
+
+def widen_box(box: Sequence[float], margin: float, height: int,
+              width: int) -> tuple[int, int, int, int]:
+  """(x1, y1, x2, y2) widened by ``margin`` of its size per side, clipped.
+
+  Coordinates are pixel edges: x2/y2 are exclusive. Boxes are rounded
+  outward so no face pixel is lost.
+  """
+  x1, y1, x2, y2 = (float(v) for v in box)
+  dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+  left = max(0, int(np.floor(x1 - dx)))
+  top = max(0, int(np.floor(y1 - dy)))
+  right = min(width, int(np.ceil(x2 + dx)))
+  bottom = min(height, int(np.ceil(y2 + dy)))
+  if right <= left or bottom <= top:
+    raise ValueError(f"face box {tuple(box)} lies outside the {width}x{height} image")
+  return left, top, right, bottom
+
+
+def crop_face(image: np.ndarray, box: Sequence[float] | None,
+              margin: float = DEFAULT_MARGIN, size: int = DEFAULT_SIZE) -> np.ndarray:
+  """The widened face box of ``image`` resized to ``size`` x ``size`` (RGB uint8).
+
+  ``box=None`` uses the whole image (already cropped releases).
+  """
+  height, width = image.shape[:2]
+  if box is None:
+    left, top, right, bottom = 0, 0, width, height
+  else:
+    left, top, right, bottom = widen_box(box, margin, height, width)
+  crop = Image.fromarray(image[top:bottom, left:right])
+  return np.asarray(crop.resize((size, size), Image.BILINEAR))

@@ -1,0 +1,81 @@
+"""Pieces every age builder shares: person-disjoint splits and the cleaning report."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from typing import Iterable, Mapping, Sequence
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)
+
+
+def normalize_name(name: str) -> str:
+  """Case-, accent- and spacing-insensitive form of a person's name.
+
+  "Brad  Pitt", "brad pitt" and "Brad Pitt " give the same key, so a person in
+  both IMDB and Wikipedia lands in one split.
+  """
+  text = unicodedata.normalize("NFKD", name)
+  text = "".join(c for c in text if not unicodedata.combining(c))
+  return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def split_of(key: str, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+             splits: Sequence[str] = SPLITS) -> str:
+  """The split of ``key`` by a stable hash (same on every machine and run)."""
+  if len(fractions) != len(splits) or abs(sum(fractions) - 1.0) > 1e-6:
+    raise ValueError(f"split fractions {tuple(fractions)} must sum to 1 over {tuple(splits)}")
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  u = int.from_bytes(digest[:8], "big") / 2**64
+  edge = 0.0
+  for split, fraction in zip(splits, fractions):
+    edge += fraction
+    if u < edge:
+      return split
+  return splits[-1]
+
+
+class CleaningReport:
+  """Counts of kept and dropped examples, per source and per drop reason."""
+
+  def __init__(self):
+    self.kept: collections.Counter[str] = collections.Counter()
+    self.dropped: collections.Counter[str] = collections.Counter()
+
+  def keep(self, split: str) -> None:
+    self.kept[split] += 1
+
+  def drop(self, reason: str) -> None:
+    self.dropped[reason] += 1
+
+  def merge(self, other: "CleaningReport") -> None:
+    self.kept.update(other.kept)
+    self.dropped.update(other.dropped)
+
+  def as_dict(self) -> dict:
+    kept_total = sum(self.kept.values())
+    dropped_total = sum(self.dropped.values())
+    return dict(
+        total=kept_total + dropped_total,
+        kept=kept_total,
+        dropped=dropped_total,
+        kept_per_split=dict(sorted(self.kept.items())),
+        dropped_per_reason=dict(sorted(self.dropped.items())),
+    )
+
+  def format(self) -> str:
+    d = self.as_dict()
+    lines = [f"examples read: {d['total']:,}   kept: {d['kept']:,}   dropped: {d['dropped']:,}"]
+    lines += [f"  kept in {s}: {n:,}" for s, n in d["kept_per_split"].items()]
+    lines += [f"  dropped, {r}: {n:,}" for r, n in d["dropped_per_reason"].items()]
+    return "\n".join(lines)
+
+  def write(self, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(self.as_dict(), f, indent=1)
