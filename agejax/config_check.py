@@ -14,10 +14,10 @@ import ml_collections
 
 from agejax import config as config_lib
 from agejax import heads
+from agejax import models
 from agejax import optim
 from agejax.errors import ConfigError
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -74,7 +74,7 @@ _FRACTION = (lambda v: 0 <= v < 1), "in [0, 1)"
 
 # key -> (predicate, what the predicate expects)
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.arch": _one_of(ARCHS),
+    "model.arch": _one_of(models.ARCHS),
     "model.head": _one_of(heads.HEADS),
     "model.dtype": _one_of(DTYPES),
     "model.width": ((lambda v: v >= 1 and v % 1 == 0), "a positive integer"),

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, Sequence
 
 import jax
@@ -78,6 +79,14 @@ def abstract_params(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       {p: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for p, s in shapes.items()})
 
 
+def _network_order(path: str) -> tuple:
+  """Sort key: input to output (stem, stages, fc layers, head), numbers numerically."""
+  top = path.split("/", 1)[0]
+  rank = {"stem": 0, "head": 3}.get(top, 2 if top.startswith("fc") else 1)
+  natural = tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
+  return rank, natural
+
+
 def _milestones(total_steps: int, warmup_steps: int) -> list[int]:
   steps = {0, warmup_steps, total_steps // 4, total_steps // 2,
            (3 * total_steps) // 4, total_steps}
@@ -93,7 +102,7 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
   rows = tuple(
       PlanRow(path=p, shape=shapes[p], group=a.group, lr_mult=a.lr_mult,
               wd_mult=a.wd_mult, frozen=a.frozen)
-      for p, a in assignments.items())
+      for p, a in sorted(assignments.items(), key=lambda kv: _network_order(kv[0])))
 
   tx = optim.build_optimizer(cfg.optim, params, length.steps_per_epoch, length.total_steps)
   state = jax.eval_shape(tx.init, params)

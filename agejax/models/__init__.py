@@ -1,0 +1,112 @@
+"""Backbones with an age head: :func:`build_model` and the state helpers.
+
+A model built here is a ``flax.nnx.Module`` with
+
+* ``model(images, *, train, dropout_rng=None) -> outputs`` of the head,
+* ``model.features(images, *, train=False, dropout_rng=None) -> float32[N, F]``,
+* ``model.head`` (from :func:`agejax.heads.build_head`) and
+  ``model.features_dim`` (F).
+
+Modes. ``train`` is a Python bool (static under jit). ``train=True`` makes
+batch norm normalise with the batch statistics and update its running
+statistics in place, unless ``model.freeze_bn_stats`` (then the running
+statistics are used and never change), and turns on dropout.
+``train=False`` uses the running statistics and no dropout.
+
+Dropout keys. The model holds no RNG state; a call with ``train=True`` and a
+dropout rate > 0 (``model.dropout``, or VGG's ``model.vgg_dropout``) needs
+``dropout_rng``, a fresh ``jax.random`` key every step, and raises otherwise.
+
+State. :func:`split_state` turns a model into ``(graphdef, params,
+batch_stats)``: a static graph definition and two nested dicts of arrays
+whose slash-joined paths are the names configs address (``stem/conv/kernel``,
+``stage3/block2/bn1/scale``, ``head/fc/bias``; batch statistics
+``.../bn1/mean`` and ``.../bn1/var``; VGG has none, so ``{}``).
+:func:`merge_state` is the inverse. A pure training step::
+
+  graphdef, params, batch_stats = models.split_state(model)
+
+  @jax.jit
+  def train_step(params, batch_stats, opt_state, images, ages, key):
+    def loss_fn(params):
+      model = models.merge_state(graphdef, params, batch_stats)
+      outputs = model(images, train=True, dropout_rng=key)
+      loss = jnp.mean(model.head.loss(outputs, ages))
+      # The call updated the merged model's running statistics in place.
+      return loss, models.split_state(model)[2]
+    (loss, batch_stats), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+Evaluation merges the same way and calls with ``train=False``.
+:func:`param_shapes` gives every parameter's shape without allocating it;
+``split_state(nnx.eval_shape(lambda: build_model(...)))`` gives the whole
+state as ``jax.ShapeDtypeStruct`` trees (e.g. as a checkpoint restore
+target).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+
+from agejax import paths
+from agejax.errors import ConfigError
+from agejax.models import resnet
+from agejax.models import vgg
+
+ARCHS = (*resnet.SPECS, "vgg16")
+
+
+def build_model(model_cfg: Any, image_size: int, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds ``model_cfg.arch`` with the head ``model_cfg.head``.
+
+  Args:
+    model_cfg: the ``model`` config section.
+    image_size: side of the square input images (VGG's fc6 depends on it).
+    rngs: initialisation keys (the ``params`` stream).
+
+  Raises:
+    ConfigError: unknown ``model.arch`` or another impossible model value.
+  """
+  # Imported here so the backbones do not depend on the heads at import time.
+  from agejax import heads  # pylint: disable=g-import-not-at-top
+
+  def make_head(in_features: int) -> nnx.Module:
+    return heads.build_head(model_cfg, in_features, rngs)
+
+  arch = model_cfg.arch
+  if arch in resnet.SPECS:
+    return resnet.ResNet(model_cfg, make_head=make_head, rngs=rngs)
+  if arch == "vgg16":
+    return vgg.VGG16(model_cfg, image_size, make_head=make_head, rngs=rngs)
+  raise ConfigError("model.arch",
+                    f"unknown architecture {arch!r}; expected one of "
+                    f"{', '.join(ARCHS)}")
+
+
+def param_shapes(model_cfg: Any, image_size: int) -> dict[str, tuple[int, ...]]:
+  """``{path: shape}`` of every parameter, in tree order, nothing allocated."""
+  abstract = nnx.eval_shape(
+      lambda: build_model(model_cfg, image_size, nnx.Rngs(0)))
+  params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  return {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
+
+
+def split_state(model: nnx.Module) -> tuple[nnx.GraphDef, dict[str, Any],
+                                             dict[str, Any]]:
+  """``(graphdef, params, batch_stats)`` with pure nested dicts of arrays.
+
+  Raises if the model holds state of any other kind (the filters of
+  ``nnx.split`` must cover everything), so nothing is silently dropped.
+  """
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
+
+
+def merge_state(graphdef: nnx.GraphDef, params: dict[str, Any],
+                batch_stats: dict[str, Any]) -> nnx.Module:
+  """A new model from :func:`split_state`'s outputs (arrays are not copied)."""
+  return nnx.merge(graphdef, params, batch_stats)
