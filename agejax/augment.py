@@ -1,0 +1,245 @@
+"""Image operations of the input pipeline: normalisation, crops, augmentation.
+
+Everything random here is stateless: each function takes a ``key`` (an int64
+tensor of shape [2], see ``tf.random.experimental.stateless_split``) and gives
+the same output for the same key, wherever and whenever it runs. That is what
+lets ``agejax.input_pipeline`` restart a run bit for bit.
+
+Geometry is done in one resampling: the random resized crop, the horizontal
+flip and the rotation are composed into a single affine map from output pixels
+to stored-image pixels and applied with ``ImageProjectiveTransformV3``, so an
+image is interpolated once, not three times.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from agejax.errors import ConfigError
+
+PREPROCESSINGS = ("imagenet", "caffe")
+# torchvision / timm: RGB scaled to [0, 1], then per channel (x - mean) / std.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+# Keras' preprocess_input(mode="caffe"): RGB -> BGR, minus the ImageNet mean in
+# [0, 255] units, no scaling (the Caffe ResNets and DEX's VGG-16 expect this).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# Stored images of unknown size are resized so that the centre crop keeps this
+# fraction of the shorter side (the usual 224-of-256 evaluation crop).
+DEFAULT_EVAL_CROP_FRACTION = 0.875
+
+
+def normalize(images: Any, preprocessing: str) -> Any:
+  """uint8 or float RGB images in [0, 255] to the network's input.
+
+  Works on ``tf.Tensor`` (inside the tf.data pipeline) and on anything numpy
+  accepts (prediction on single photos), channels last.
+
+  Args:
+    images: [..., 3] RGB values in [0, 255].
+    preprocessing: ``model.preprocessing``: imagenet or caffe.
+
+  Returns:
+    float32 images of the same shape; BGR channel order for caffe.
+  """
+  if preprocessing not in PREPROCESSINGS:
+    raise ConfigError(
+        "model.preprocessing",
+        f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSINGS}")
+  if tf.is_tensor(images):
+    x = tf.cast(images, tf.float32)
+  else:
+    x = np.asarray(images, np.float32)
+  if preprocessing == "caffe":
+    return x[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)
+  mean = np.asarray(IMAGENET_MEAN_RGB, np.float32)
+  std = np.asarray(IMAGENET_STD_RGB, np.float32)
+  return (x / np.float32(255.0) - mean) / std
+
+
+def flip_images(batch: Any) -> Any:
+  """Mirrors images left-right: a [..., H, W, C] array, or a batch dict.
+
+  For ``data.eval_flip_tta``: average the predictions on ``batch`` and on
+  ``flip_images(batch)``. Plain indexing, so it works on numpy arrays, jax
+  Arrays (sharding along the batch axis is kept) and inside ``jax.jit``.
+  A dict gets a new ``image`` and keeps every other entry.
+  """
+  if isinstance(batch, Mapping):
+    return {**batch, "image": flip_images(batch["image"])}
+  return batch[..., ::-1, :]
+
+
+def eval_resize_side(image_size: int, stored_side: int | None) -> int:
+  """The shorter side the stored image is resized to before the centre crop.
+
+  The stored side itself (no resampling) unless it is smaller than the crop:
+  the centre crop then keeps the fraction ``image_size / stored_side`` of the
+  face, which matches the average field of view of the train-time random
+  resized crop (area 0.6..1 of the image, i.e. sides of 0.77..1).
+  """
+  if stored_side is None:
+    return max(image_size, round(image_size / DEFAULT_EVAL_CROP_FRACTION))
+  return max(image_size, int(stored_side))
+
+
+def _shorter_side_resize(image: tf.Tensor, side: int) -> tf.Tensor:
+  """float32 image whose shorter side is ``side`` (untouched if it already is)."""
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  image = tf.cast(image, tf.float32)
+  short = tf.minimum(height, width)
+
+  def resize():
+    scale = tf.cast(side, tf.float32) / tf.cast(short, tf.float32)
+    new_h = tf.maximum(side, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
+    new_w = tf.maximum(side, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
+    return tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
+                           antialias=True)
+
+  # Resampling at scale 1 could still blur by rounding; skip it outright.
+  return tf.cond(tf.equal(short, side), lambda: image, resize)
+
+
+def center_crop(image: tf.Tensor, image_size: int, resize_side: int) -> tf.Tensor:
+  """Resize the shorter side to ``resize_side``, then the central S x S (float32)."""
+  image = _shorter_side_resize(image, resize_side)
+  shape = tf.shape(image)
+  top = (shape[0] - image_size) // 2
+  left = (shape[1] - image_size) // 2
+  crop = image[top:top + image_size, left:left + image_size, :]
+  return tf.ensure_shape(crop, [image_size, image_size, 3])
+
+
+def center_window(height: tf.Tensor, width: tf.Tensor, image_size: int,
+                  resize_side: int) -> tuple[tf.Tensor, ...]:
+  """The region of the stored image that :func:`center_crop` keeps.
+
+  Returns (centre x, centre y, width, height) in stored-image pixels. Used as
+  the train crop when random resized crop is off: when the stored image needs
+  no resize its edges are whole pixels, and train without augmentation equals
+  evaluation exactly.
+  """
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  # The same rounding and integer offsets as _shorter_side_resize/center_crop.
+  factor = float(resize_side) / tf.minimum(h, w)
+  new_h = tf.maximum(float(resize_side), tf.round(h * factor))
+  new_w = tf.maximum(float(resize_side), tf.round(w * factor))
+  sy, sx = h / new_h, w / new_w  # stored pixels per resized pixel
+  top = tf.floor((new_h - image_size) / 2.0) * sy
+  left = tf.floor((new_w - image_size) / 2.0) * sx
+  crop_h, crop_w = image_size * sy, image_size * sx
+  return left + crop_w / 2.0, top + crop_h / 2.0, crop_w, crop_h
+
+
+def sample_crop(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                scale: tuple[float, float],
+                ratio: tuple[float, float]) -> tuple[tf.Tensor, ...]:
+  """A random window: area fraction in ``scale``, aspect w/h log-uniform in ``ratio``.
+
+  One draw, no rejection loop: a window wider or taller than the image is
+  clipped to it (its area and ratio then sit at the edge of their ranges).
+
+  Returns:
+    (centre x, centre y, width, height) in stored-image pixels.
+  """
+  keys = tf.random.experimental.stateless_split(key, num=4)
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  area = tf.random.stateless_uniform([], keys[0], scale[0], scale[1]) * h * w
+  log_ratio = tf.random.stateless_uniform([], keys[1], math.log(ratio[0]),
+                                          math.log(ratio[1]))
+  aspect = tf.exp(log_ratio)
+  crop_w = tf.minimum(tf.sqrt(area * aspect), w)
+  crop_h = tf.minimum(tf.sqrt(area / aspect), h)
+  left = tf.random.stateless_uniform([], keys[2]) * (w - crop_w)
+  top = tf.random.stateless_uniform([], keys[3]) * (h - crop_h)
+  return left + crop_w / 2.0, top + crop_h / 2.0, crop_w, crop_h
+
+
+def affine_transform(cx: tf.Tensor, cy: tf.Tensor, crop_w: tf.Tensor,
+                     crop_h: tf.Tensor, flip: tf.Tensor, angle: tf.Tensor,
+                     image_size: int) -> tf.Tensor:
+  """The 8 projective coefficients mapping output pixels to stored pixels.
+
+  The output square (S x S) covers the window of size crop_w x crop_h centred
+  at (cx, cy), mirrored if ``flip`` and rotated by ``angle`` radians about its
+  centre. Pixel centres sit at +0.5 of an edge; ImageProjectiveTransformV3
+  samples at integer indices, hence the -0.5 shifts.
+  """
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  sx = tf.where(flip, -1.0, 1.0) * crop_w / image_size
+  sy = crop_h / image_size
+  a0, a1 = cos * sx, -sin * sy
+  b0, b1 = sin * sx, cos * sy
+  half = 0.5 - image_size / 2.0  # output centre offset of output index 0
+  a2 = cx - 0.5 + (a0 + a1) * half
+  b2 = cy - 0.5 + (b0 + b1) * half
+  zero = tf.zeros([], tf.float32)
+  return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
+
+
+def warp(image: tf.Tensor, transform: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Bilinear resampling of ``image`` ([H, W, 3]) through ``transform`` to S x S."""
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=tf.cast(image, tf.float32)[None],
+      transforms=transform[None],
+      output_shape=tf.constant([image_size, image_size], tf.int32),
+      fill_value=tf.constant(0.0, tf.float32),
+      interpolation="BILINEAR",
+      # A rotated window reaches past the face crop's border; mirroring the
+      # border looks more like a face than black corners.
+      fill_mode="REFLECT")
+  return tf.ensure_shape(out[0], [image_size, image_size, 3])
+
+
+def color_jitter(image: tf.Tensor, key: tf.Tensor, strength: float) -> tf.Tensor:
+  """Brightness, contrast and saturation, each a factor in [1 - s, 1 + s].
+
+  Fixed order, clipped to [0, 255] after each step as torchvision does.
+  ``image`` is float32 RGB in [0, 255].
+  """
+  keys = tf.random.experimental.stateless_split(key, num=3)
+  lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
+  factor = [tf.random.stateless_uniform([], k, lo, hi) for k in tf.unstack(keys)]
+  image = tf.clip_by_value(image * factor[0], 0.0, 255.0)
+  mean_gray = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
+  image = tf.clip_by_value((image - mean_gray) * factor[1] + mean_gray, 0.0, 255.0)
+  gray = tf.image.rgb_to_grayscale(image)
+  return tf.clip_by_value((image - gray) * factor[2] + gray, 0.0, 255.0)
+
+
+def train_image(image: tf.Tensor, key: tf.Tensor,
+                augment: ml_collections.ConfigDict, image_size: int,
+                resize_side: int) -> tf.Tensor:
+  """One training image: decoded RGB [H, W, 3] -> float32 [S, S, 3] in [0, 255].
+
+  Every ``data.augment`` switch off gives exactly the evaluation crop.
+  """
+  crop_key, flip_key, angle_key, color_key = tf.unstack(
+      tf.random.experimental.stateless_split(key, num=4))
+  shape = tf.shape(image)
+  if augment.random_resized_crop:
+    window = sample_crop(crop_key, shape[0], shape[1],
+                         (augment.crop_scale_min, augment.crop_scale_max),
+                         (augment.crop_ratio_min, augment.crop_ratio_max))
+  else:
+    window = center_window(shape[0], shape[1], image_size, resize_side)
+  flip = tf.constant(False)
+  if augment.flip:
+    flip = tf.random.stateless_uniform([], flip_key) < 0.5
+  angle = tf.zeros([], tf.float32)
+  if augment.rotation_degrees > 0:
+    limit = math.radians(augment.rotation_degrees)
+    angle = tf.random.stateless_uniform([], angle_key, -limit, limit)
+  out = warp(image, affine_transform(*window, flip, angle, image_size), image_size)
+  if augment.color_jitter > 0:
+    out = color_jitter(out, color_key, augment.color_jitter)
+  return out

@@ -1,0 +1,413 @@
+"""tf.data input pipeline: a built TFDS split -> per-process batches -> jax.Arrays.
+
+Each process reads its own contiguous part of the split (``tfds.even_splits``)
+and yields local batches of ``batch_size / process_count`` examples:
+``image`` float32 [b, S, S, 3] normalised for ``model.preprocessing``, ``age``
+float32 (``data.label``), ``age_std`` float32 (``data.label_std`` or zeros),
+and, in evaluation, ``mask`` (bool: False on padding rows).
+:func:`device_batches` turns them into global arrays sharded over a mesh.
+
+Determinism and exact restart. Nothing here uses stateful randomness:
+- each epoch's shuffle is seeded by (seed, process, epoch);
+- each example's augmentation by (seed, epoch, example index, copy);
+- balanced sampling repeats examples by counts drawn from (seed, process,
+  epoch).
+So the stream of a process is a pure function of the seed, and
+``start_step=k`` locates batch k arithmetically: whole epochs are skipped
+without reading them, and the rest of the current epoch is skipped on the
+shuffled, still-encoded records, before any JPEG is decoded. The shuffle buffer
+is tf.data's (seeded; the global TF seed, which agejax never sets, also enters
+it); ``deterministic = True`` keeps the parallel map in order.
+
+TFDS is only ever asked for local files: its public-bucket lookups are switched
+off, namespaced (community / hub) names and remote data_dirs are refused, and
+nothing here builds or downloads a dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from typing import Any, Callable, Iterable
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import naming
+from tensorflow_datasets.core.utils import gcs_utils
+
+from agejax import augment
+from agejax.errors import ConfigError
+
+# The pipeline runs on the host CPU; a GPU belongs to JAX alone. This fails
+# harmlessly if TF's devices were already initialised by the importer.
+try:
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):
+  pass
+
+# TFDS falls back to gs://tfds-data for dataset info and prepared datasets
+# when this flag is False; 4.9.10 ships it True, pin it so an upgrade that
+# flips the default cannot make a load wait on the network.
+gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+
+normalize = augment.normalize
+flip_images = augment.flip_images
+
+_NO_END = 2**62  # "forever" in epochs; tf.data ranges need a bound
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The prepared builder of ``name`` under ``data_dir``, read from local files."""
+  if not name:
+    raise ConfigError("data.dataset", "is empty")
+  try:
+    parsed, _ = naming.parse_builder_name_kwargs(name)
+  except ValueError as e:
+    raise ConfigError("data.dataset", f"{name!r} is not a TFDS name: {e}") from e
+  if parsed.namespace:
+    raise ConfigError(
+        "data.dataset",
+        f"{name!r} names a community/hub dataset, which TFDS fetches over the "
+        "network; build it locally and use its plain name")
+  if "://" in data_dir:
+    raise ConfigError(
+        "data.data_dir",
+        f"{data_dir!r} is remote; the input pipeline reads local files only")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ConfigError("data.dataset", f"{name!r} is not a built or known "
+                      f"TFDS dataset under {data_dir or 'the TFDS default dir'}: "
+                      f"{e}") from e
+  if not builder.is_prepared():
+    raise ConfigError(
+        "data.dataset",
+        f"{name!r} is not built in {builder.data_dir}; build it first "
+        "(tfds build, with data_builders on the import path)")
+  return builder
+
+
+def _split_key(data_cfg: ml_collections.ConfigDict, split: str) -> str:
+  if split == data_cfg.train_split:
+    return "data.train_split"
+  if split == data_cfg.eval_split:
+    return "data.eval_split"
+  return "data.dataset"
+
+
+def _count(data_cfg: ml_collections.ConfigDict, split: Any,
+           key_split: str) -> int:
+  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise ConfigError(
+        _split_key(data_cfg, key_split),
+        f"{key_split!r} is not a split of {data_cfg.dataset} "
+        f"(it has {sorted(builder.info.splits)}): {e}") from e
+
+
+def num_examples(data_cfg: ml_collections.ConfigDict, split: str) -> int:
+  """Examples in ``split`` (any TFDS split string) from the built metadata."""
+  return _count(data_cfg, split, split)
+
+
+def _local_batch(batch_size: int, process_count: int) -> int:
+  if batch_size <= 0 or batch_size % process_count:
+    raise ConfigError(
+        "train.batch_size",
+        f"{batch_size} must be a positive multiple of the {process_count} "
+        "processes (each reads batch_size / process_count examples)")
+  return batch_size // process_count
+
+
+def _check_features(builder: tfds.core.DatasetBuilder,
+                    data_cfg: ml_collections.ConfigDict) -> None:
+  features = builder.info.features
+  for key, name in (("data.label", data_cfg.label),
+                    ("data.label_std", data_cfg.label_std)):
+    if name and name not in features:
+      raise ConfigError(key, f"{data_cfg.dataset} has no feature {name!r} "
+                        f"(it has {sorted(features.keys())})")
+  if "image" not in features:
+    raise ConfigError("data.dataset", f"{data_cfg.dataset} has no image feature")
+
+
+def _records(builder: tfds.core.DatasetBuilder, split: Any,
+             data_cfg: ml_collections.ConfigDict) -> tf.data.Dataset:
+  """The part in stored order: encoded ``image``, float32 ``age``, ``age_std``."""
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  label, label_std = data_cfg.label, data_cfg.label_std
+
+  def select(example):
+    std = (tf.cast(example[label_std], tf.float32) if label_std
+           else tf.zeros([], tf.float32))
+    return {"image": example["image"],
+            "age": tf.cast(example[label], tf.float32), "age_std": std}
+
+  return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _key(*parts: Any) -> tf.Tensor:
+  """A stateless RNG key folded from integers (Python or tensors)."""
+  key = tf.constant([0, 0], tf.int64)
+  for part in parts:
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(part, tf.int64))
+  return key
+
+
+# Streams are told apart by a leading constant so they never share a key.
+_SHUFFLE, _REPEATS, _AUGMENT = 1, 2, 3
+
+
+def _repeat_factors(ages: np.ndarray) -> np.ndarray:
+  """Per-example expected copies per epoch so that every age bin is equally likely.
+
+  Bins are whole years (floor of the label). The factors sum to the number
+  of examples, so an epoch keeps its length on average.
+  """
+  bins = np.floor(ages).astype(np.int64)
+  _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
+  return len(ages) / (len(counts) * counts[inverse].astype(np.float64))
+
+
+def _epoch_repeats(factors: np.ndarray, seed: int, process_index: int,
+                   epoch: tf.Tensor) -> tf.Tensor:
+  """Copies of each example in ``epoch``: floor(f) + Bernoulli(frac(f)), int64."""
+  whole = tf.constant(np.floor(factors).astype(np.int64))
+  frac = tf.constant((factors - np.floor(factors)).astype(np.float32))
+  u = tf.random.stateless_uniform([len(factors)],
+                                  _key(_REPEATS, seed, process_index, epoch))
+  return whole + tf.cast(u < frac, tf.int64)
+
+
+def _start(examples: int, epoch_length: Callable[[int], int]) -> tuple[int, int]:
+  """(epoch, position in it) of the ``examples``-th example of the stream."""
+  epoch = 0
+  while True:
+    length = epoch_length(epoch)
+    if examples < length:
+      return epoch, examples
+    examples -= length
+    epoch += 1
+
+
+def _train_stream(records: tf.data.Dataset, data_cfg: ml_collections.ConfigDict,
+                  *, n_local: int, index_offset: int, seed: int, process_index: int,
+                  start_example: int) -> tf.data.Dataset:
+  """Encoded records, shuffled per epoch, forever, from ``start_example`` on.
+
+  Elements are (epoch, global example index, copy, record).
+  """
+  records = records.enumerate(start=index_offset)
+  if data_cfg.balance_ages:
+    ages = np.concatenate([b["age"] for b in records.map(
+        lambda i, r: {"age": r["age"]}).batch(8192).as_numpy_iterator()])
+    factors = _repeat_factors(ages)
+
+  def epoch_length(epoch: int) -> int:
+    if data_cfg.balance_ages:
+      return int(tf.reduce_sum(_epoch_repeats(factors, seed, process_index, epoch)))
+    return n_local
+
+  first_epoch, first_skip = _start(start_example, epoch_length)
+
+  def one_epoch(epoch):
+    if data_cfg.balance_ages:
+      repeats = _epoch_repeats(factors, seed, process_index, epoch)
+      ds = records.flat_map(lambda i, r: tf.data.Dataset.range(
+          repeats[i - index_offset]).map(lambda j: (i, j, r)))
+    else:
+      ds = records.map(lambda i, r: (i, tf.constant(0, tf.int64), r))
+    shuffle_seed = _key(_SHUFFLE, seed, process_index, epoch)[0]
+    ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed,
+                    reshuffle_each_iteration=False)
+    # Restart: drop what the interrupted run already consumed, still encoded.
+    ds = ds.skip(tf.where(epoch == first_epoch, tf.constant(first_skip, tf.int64),
+                           tf.constant(0, tf.int64)))
+    return ds.map(lambda i, j, r: (epoch, i, j, r))
+
+  return tf.data.Dataset.range(first_epoch, _NO_END).flat_map(one_epoch)
+
+
+def create_split(data_cfg: ml_collections.ConfigDict,
+                 model_cfg: ml_collections.ConfigDict, split: str, *,
+                 train: bool, batch_size: int, seed: int = 0,
+                 process_index: int | None = None,
+                 process_count: int | None = None,
+                 start_step: int = 0) -> tf.data.Dataset:
+  """This process's batches of ``split``.
+
+  Args:
+    data_cfg: the ``data`` section of the config.
+    model_cfg: the ``model`` section (``preprocessing``).
+    split: TFDS split string, e.g. ``data_cfg.train_split``.
+    train: augmented, shuffled, repeated forever, remainder dropped; else
+      every example exactly once across processes, in stored order, with the
+      last batch padded (``mask`` False) so every process yields as many
+      batches.
+    batch_size: global batch size (over all processes).
+    seed: the run's seed (train only).
+    process_index, process_count: default to JAX's.
+    start_step: train only: begin at this batch of the uninterrupted stream.
+
+  Returns:
+    A tf.data.Dataset of dicts of local batches (see the module docstring).
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  local_batch = _local_batch(batch_size, process_count)
+  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
+  _check_features(builder, data_cfg)
+  parts = tfds.even_splits(split, n=process_count)
+  counts = [_count(data_cfg, p, split) for p in parts]
+  if min(counts) == 0:
+    raise ConfigError(_split_key(data_cfg, split),
+                      f"{split!r} has {sum(counts)} examples, fewer than the "
+                      f"{process_count} processes")
+  records = _records(builder, parts[process_index], data_cfg)
+  size = data_cfg.image_size
+  stored = builder.info.features["image"].shape
+  stored_side = min(stored[:2]) if None not in stored[:2] else None
+  resize_side = augment.eval_resize_side(size, stored_side)
+  decode = builder.info.features["image"].decode_example
+  preprocessing = model_cfg.preprocessing
+  augment.normalize(np.zeros([3], np.uint8), preprocessing)  # fail early
+
+  if train:
+    stream = _train_stream(
+        records, data_cfg, n_local=counts[process_index],
+        index_offset=sum(counts[:process_index]), seed=seed,
+        process_index=process_index, start_example=start_step * local_batch)
+
+    def prepare(epoch, index, copy, record):
+      key = _key(_AUGMENT, seed, epoch, index, copy)
+      image = augment.train_image(decode(record["image"]), key,
+                                  data_cfg.augment, size, resize_side)
+      return {"image": normalize(image, preprocessing),
+              "age": record["age"], "age_std": record["age_std"]}
+
+    ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True)
+  else:
+    if start_step:
+      raise ValueError("start_step applies to training streams only")
+
+    def prepare(record):
+      image = augment.center_crop(decode(record["image"]), size, resize_side)
+      return {"image": normalize(image, preprocessing), "age": record["age"],
+              "age_std": record["age_std"], "mask": tf.constant(True)}
+
+    ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    num_batches = -(-max(counts) // local_batch)
+    padding = {"image": tf.zeros([size, size, 3], tf.float32),
+               "age": tf.zeros([], tf.float32), "age_std": tf.zeros([], tf.float32),
+               "mask": tf.constant(False)}
+    pad_rows = num_batches * local_batch - counts[process_index]
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad_rows))
+    ds = ds.batch(local_batch, drop_remainder=True)
+
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+class DeviceIterator:
+  """Global jax.Arrays from per-process numpy batches, ``prefetch`` ahead.
+
+  A background thread reads the local batches, assembles each into global
+  arrays with ``jax.make_array_from_process_local_data`` (batch axis sharded
+  as ``sharding`` says) and queues up to ``prefetch`` of them, so the host copy
+  overlaps the device step. ``prefetch=0`` converts on demand in the caller.
+  """
+
+  def __init__(self, batches: Iterable[dict[str, np.ndarray]],
+               sharding: jax.sharding.Sharding, prefetch: int):
+    self._source = iter(batches)
+    self._sharding = sharding
+    self._prefetch = prefetch
+    self._stop = threading.Event()
+    self._thread = None
+    if prefetch > 0:
+      self._queue = queue.Queue(maxsize=prefetch)
+      self._thread = threading.Thread(target=self._fill, daemon=True)
+      self._thread.start()
+
+  def _put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(self._sharding, v)
+            for k, v in batch.items()}
+
+  def _fill(self) -> None:
+    try:
+      for batch in self._source:
+        item = ("batch", self._put(batch))
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if self._stop.is_set():
+          return
+      item = ("end", None)
+    except Exception as e:  # pylint: disable=broad-except
+      item = ("error", e)  # re-raised in the consumer's thread
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
+  def __iter__(self) -> "DeviceIterator":
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    if self._thread is None:
+      return self._put(next(self._source))
+    if self._stop.is_set():
+      raise StopIteration
+    kind, value = self._queue.get()
+    if kind == "batch":
+      return value
+    self._stop.set()
+    if kind == "error":
+      raise value
+    raise StopIteration
+
+  def close(self) -> None:
+    """Stops the background thread (it finishes the batch it is converting)."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+
+  def __enter__(self) -> "DeviceIterator":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def device_batches(dataset: tf.data.Dataset | Iterable[dict[str, np.ndarray]],
+                   sharding: jax.sharding.Sharding,
+                   prefetch: int = 2) -> DeviceIterator:
+  """Iterates ``dataset``'s local batches as global, sharded jax.Arrays.
+
+  Args:
+    dataset: from :func:`create_split` (or any iterable of numpy dicts).
+    sharding: e.g. ``NamedSharding(mesh, PartitionSpec("data"))``: axis 0 of
+      every entry is split over the mesh's data axis; each process supplies
+      the rows of its addressable devices.
+    prefetch: batches converted ahead (``data.prefetch``).
+  """
+  if isinstance(dataset, tf.data.Dataset):
+    dataset = dataset.as_numpy_iterator()
+  return DeviceIterator(dataset, sharding, prefetch)

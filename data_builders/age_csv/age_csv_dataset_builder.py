@@ -1,0 +1,212 @@
+"""Any folder of face images with a CSV of ages: MORPH, AFAD, FG-NET, CACD, own data.
+
+The CSV has the header ``path,age`` and, optionally, ``identity``, ``gender``,
+``split`` and a face box ``x1,y1,x2,y2`` (pixels, x2/y2 exclusive); column
+order is free. Paths are relative to the CSV's folder. Rows with a face box are
+cropped with the shared DEX rule (box widened by ``margin``); without box
+columns the whole image is resized, for releases that are crops already.
+
+Splits: the ``split`` column when present; else a hash of the identity, which
+keeps each person in one split; else a hash of the path.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from typing import Iterator, Sequence
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import gcs_utils
+
+from agejax import face_crop
+from data_builders import common
+
+# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
+# build or load of this dataset must never wait on the network, whatever the
+# TFDS version's default is.
+gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+GENDER_NAMES = {"f": "female", "female": "female", "w": "female", "woman": "female",
+                "m": "male", "male": "male", "man": "male",
+                "": "unknown", "u": "unknown", "unknown": "unknown"}
+SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation",
+               "val": "validation", "test": "test"}
+MAX_AGE = 120
+REPORT_FILE = "cleaning_report.json"
+
+
+@dataclasses.dataclass(eq=False)
+class AgeCsvConfig(tfds.core.BuilderConfig):
+  """Where the labels are and how the faces are stored.
+
+  Attributes:
+    csv: the CSV's path, relative to the manual dir.
+    image_size: side of the stored square image in pixels.
+    margin: widening of a face box per side, as a fraction of its size.
+    split_fractions: train, validation and test shares of the hash split.
+  """
+  csv: str = "labels.csv"
+  image_size: int = face_crop.DEFAULT_SIZE
+  margin: float = face_crop.DEFAULT_MARGIN
+  split_fractions: Sequence[float] = common.DEFAULT_FRACTIONS
+
+  def __post_init__(self):
+    # JSON configs (`tfds build --config='{...}'`) give lists.
+    self.split_fractions = tuple(self.split_fractions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One usable CSV row."""
+  path: str
+  age: int
+  identity: str
+  gender: str
+  box: tuple[float, float, float, float] | None
+
+
+def parse_age(text: str) -> int | None:
+  """The age rounded to whole years, None unless a number in [0, MAX_AGE]."""
+  try:
+    age = float(text)
+  except (TypeError, ValueError):
+    return None
+  if not math.isfinite(age) or not 0 <= age <= MAX_AGE:
+    return None
+  return int(round(age))
+
+
+def parse_box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
+  """The face box of a row, None unless four finite numbers with x1 < x2, y1 < y2."""
+  try:
+    x1, y1, x2, y2 = (float(row[c]) for c in BOX_COLUMNS)
+  except (TypeError, ValueError):
+    return None
+  if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+    return None
+  return x1, y1, x2, y2
+
+
+def read_rows(text: str, fractions: Sequence[float],
+              report: common.CleaningReport) -> dict[str, list[Row]]:
+  """The CSV's usable rows by split; the others are counted in ``report``."""
+  reader = csv.DictReader(io.StringIO(text))
+  columns = set(reader.fieldnames or ())
+  missing = {"path", "age"} - columns
+  if missing:
+    raise ValueError(f"the CSV lacks the columns {sorted(missing)}; its header is "
+                     f"{reader.fieldnames}, expected path,age[,identity][,gender][,split]")
+  has_box = set(BOX_COLUMNS) <= columns
+  by_split = {split: [] for split in common.SPLITS}
+  seen = set()
+  for record in reader:
+    path = (record["path"] or "").strip()
+    age = parse_age(record["age"])
+    gender = GENDER_NAMES.get((record.get("gender") or "").strip().lower())
+    identity = (record.get("identity") or "").strip()
+    box = parse_box(record) if has_box else None
+    if not path:
+      reason = "no_path"
+    elif path in seen:
+      reason = "duplicate_path"
+    elif age is None:
+      reason = "bad_age"
+    elif gender is None:
+      reason = "bad_gender"
+    elif has_box and box is None:
+      reason = "bad_box"
+    else:
+      reason = None
+    if reason:
+      report.drop(reason)
+      continue
+    seen.add(path)
+    if "split" in columns:
+      split = SPLIT_NAMES.get((record["split"] or "").strip().lower())
+      if split is None:
+        report.drop("bad_split")
+        continue
+    else:
+      # A person is keyed by name so that spelling variants stay together; a
+      # row without identity can only be split by its own path.
+      split = common.split_of(common.normalize_name(identity) if identity else path, fractions)
+    by_split[split].append(Row(path, age, identity, gender, box))
+  return by_split
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """Face images listed in a CSV with their ages."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "CSV of path and age, optional identity, gender, split, face box."}
+  BUILDER_CONFIGS = [
+      AgeCsvConfig(name="default", description="labels.csv, faces stored at 256x256.")]
+  DEFAULT_CONFIG_NAME = "default"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Put the images and a CSV with the header path,age[,identity][,gender][,split][,x1,y1,x2,y2]
+  in the manual dir; paths are relative to the CSV's folder. The default config reads
+  labels.csv; name your own variant with --config='{"name": "morph", "csv": "morph.csv"}'.
+  """
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+            "age": tfds.features.Scalar(np.int32),
+            "gender": tfds.features.ClassLabel(names=["female", "male", "unknown"]),
+            # "" where the CSV names no person.
+            "identity": tfds.features.Text(),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "age"),
+    )
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    self._report = common.CleaningReport()
+    super()._download_and_prepare(dl_manager, download_config)
+    # Written inside the version folder, which TFDS moves into place only
+    # once the whole build succeeded.
+    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
+    final = self.data_path.parent / str(self.version)  # where TFDS moves it
+    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
+          f"{self._report.format()}")
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    csv_path = epath.Path(dl_manager.manual_dir) / self.builder_config.csv
+    if not csv_path.exists():
+      raise FileNotFoundError(
+          f"{csv_path} not found: config {self.builder_config.name!r} reads the CSV "
+          f"{self.builder_config.csv!r} from the manual dir.")
+    rows = read_rows(csv_path.read_text(encoding="utf-8-sig"),
+                     self.builder_config.split_fractions, self._report)
+    return {split: self._generate_examples(csv_path.parent, split, rows[split])
+            for split in common.SPLITS}
+
+  def _generate_examples(self, root: epath.Path, split: str,
+                         rows: list[Row]) -> Iterator[tuple[str, dict]]:
+    config = self.builder_config
+    for row in rows:
+      file = root / row.path
+      if not file.exists():
+        self._report.drop("missing_image")
+        continue
+      try:
+        image = face_crop.decode_rgb(file.read_bytes())
+        image = face_crop.crop_face(image, row.box, margin=config.margin, size=config.image_size)
+      except face_crop.UndecodableImage:
+        self._report.drop("undecodable_image")
+        continue
+      except ValueError:  # the box lies outside the image
+        self._report.drop("bad_box")
+        continue
+      self._report.keep(split)
+      yield row.path, dict(image=face_crop.encode_jpeg(image), age=row.age, gender=row.gender,
+                           identity=row.identity, file_name=row.path)

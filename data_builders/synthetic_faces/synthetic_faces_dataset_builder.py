@@ -1,0 +1,93 @@
+"""Synthetic cartoon faces with ages 0..100, drawn on the spot from a seed.
+
+A stand-in dataset, not a benchmark: it lets the whole training program run
+(and tests train on something learnable) with nothing downloaded. How age
+shows in the drawing is described in ``faces.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import gcs_utils
+
+from agejax import face_crop
+from data_builders import common
+from data_builders.synthetic_faces import faces
+
+# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
+# build or load of this dataset must never wait on the network, whatever the
+# TFDS version's default is.
+gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+
+REPORT_FILE = "cleaning_report.json"
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticFacesConfig(tfds.core.BuilderConfig):
+  """Size and seed of the generated dataset.
+
+  Attributes:
+    image_size: side of the stored square image in pixels.
+    num_train: examples in the train split.
+    num_validation: examples in the validation split.
+    num_test: examples in the test split.
+    seed: the same seed gives the same pictures, bit for bit.
+  """
+  image_size: int = 64
+  num_train: int = 4096
+  num_validation: int = 512
+  num_test: int = 512
+  seed: int = 0
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """Cartoon faces whose age shows in proportions, grey hair and wrinkles."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Proportions, grey hair and wrinkles follow age; uniform ages 0..100."}
+  BUILDER_CONFIGS = [
+      SyntheticFacesConfig(name="default", description="4096/512/512 faces at 64x64, seed 0."),
+      # For tests and smoke runs: builds in about a second.
+      SyntheticFacesConfig(name="tiny", description="256/64/64 faces at 32x32, seed 0.",
+                           image_size=32, num_train=256, num_validation=64, num_test=64),
+  ]
+  DEFAULT_CONFIG_NAME = "default"
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+            "age": tfds.features.Scalar(np.int32),
+            "gender": tfds.features.ClassLabel(names=["female", "male", "unknown"]),
+        }),
+        supervised_keys=("image", "age"),
+    )
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    # Nothing is ever dropped here; the report is written anyway so every
+    # builder's output looks the same.
+    self._report = common.CleaningReport()
+    super()._download_and_prepare(dl_manager, download_config)
+    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
+    final = self.data_path.parent / str(self.version)  # where TFDS moves it
+    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
+          f"{self._report.format()}")
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # nothing to download or read
+    config = self.builder_config
+    sizes = dict(train=config.num_train, validation=config.num_validation, test=config.num_test)
+    return {split: self._generate_examples(split, n) for split, n in sizes.items()}
+
+  def _generate_examples(self, split: str, count: int) -> Iterator[tuple[int, dict]]:
+    config = self.builder_config
+    for index in range(count):
+      image, face = faces.example(config.seed, split, index, config.image_size)
+      self._report.keep(split)
+      yield index, dict(image=face_crop.encode_jpeg(image), age=face.age, gender=face.gender)

@@ -1,0 +1,150 @@
+"""UTKFace, aligned and cropped: 23,708 faces aged 0 to 116, labels in the file names.
+
+Every file is named ``AGE_GENDER_RACE_DATETIME.jpg.chip.jpg`` (gender 0 male,
+1 female; race 0 White, 1 Black, 2 Asian, 3 Indian, 4 Others). A handful of
+release files miss a field; they are counted and left out. The release has no
+person ids and no splits, so each file's split follows from a hash of its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import BinaryIO, Iterator, Sequence
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import gcs_utils
+
+from agejax import face_crop
+from data_builders import common
+
+# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
+# build or load of this dataset must never wait on the network, whatever the
+# TFDS version's default is.
+gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+
+RELEASE_DIR = "UTKFace"
+RELEASE_ARCHIVE = "UTKFace.tar.gz"
+# UTKFace's gender codes, mapped to the common labels.
+GENDERS = {0: "male", 1: "female"}
+RACES = ("white", "black", "asian", "indian", "others")
+MAX_AGE = 120
+REPORT_FILE = "cleaning_report.json"
+
+
+@dataclasses.dataclass(eq=False)
+class UtkFaceConfig(tfds.core.BuilderConfig):
+  """How the faces are stored and split.
+
+  Attributes:
+    image_size: side of the stored square image in pixels.
+    split_fractions: train, validation and test shares of the hash split.
+  """
+  image_size: int = face_crop.DEFAULT_SIZE
+  split_fractions: Sequence[float] = common.DEFAULT_FRACTIONS
+
+  def __post_init__(self):
+    # JSON configs (`tfds build --config='{...}'`) give lists.
+    self.split_fractions = tuple(self.split_fractions)
+
+
+def parse_name(base_name: str) -> tuple[int, str, int] | None:
+  """(age, gender name, race index) from a release file name, None if malformed."""
+  fields = base_name.split(".", 1)[0].split("_")
+  if len(fields) != 4 or not fields[3]:
+    return None
+  try:
+    age, gender, race = (int(f) for f in fields[:3])
+  except ValueError:
+    return None
+  if not 0 <= age <= MAX_AGE or gender not in GENDERS or not 0 <= race < len(RACES):
+    return None
+  return age, GENDERS[gender], race
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """UTKFace aligned and cropped faces with age, gender and race."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Aligned and cropped release, hash split of the file names."}
+  BUILDER_CONFIGS = [UtkFaceConfig(name="default", description="Faces stored at 256x256, 90/5/5.")]
+  DEFAULT_CONFIG_NAME = "default"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+  Download the "Aligned&Cropped Faces" release {RELEASE_ARCHIVE} from
+  https://susanqq.github.io/UTKFace/ and put it in the manual dir (or extract it
+  there, keeping the {RELEASE_DIR}/ folder).
+  """
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+            "age": tfds.features.Scalar(np.int32),
+            "gender": tfds.features.ClassLabel(names=["female", "male", "unknown"]),
+            "race": tfds.features.ClassLabel(names=list(RACES)),
+            "file_name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "age"),
+        homepage="https://susanqq.github.io/UTKFace/",
+    )
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    self._report = common.CleaningReport()
+    super()._download_and_prepare(dl_manager, download_config)
+    # Written inside the version folder, which TFDS moves into place only
+    # once the whole build succeeded.
+    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
+    final = self.data_path.parent / str(self.version)  # where TFDS moves it
+    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
+          f"{self._report.format()}")
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    manual_dir = epath.Path(dl_manager.manual_dir)
+    archive = manual_dir / RELEASE_ARCHIVE
+    folder = manual_dir / RELEASE_DIR
+    if not archive.exists() and not folder.is_dir():
+      raise FileNotFoundError(
+          f"UTKFace not found in the manual dir {manual_dir}: expected {RELEASE_ARCHIVE} or the "
+          f"extracted folder {RELEASE_DIR}/.")
+
+    def files() -> Iterator[tuple[str, BinaryIO]]:
+      if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+          with path.open("rb") as f:
+            yield f"{RELEASE_DIR}/{path.name}", f
+      else:
+        # Streamed: a split reads the archive front to back once, without
+        # unpacking it to disk.
+        yield from dl_manager.iter_archive(tfds.download.Resource(
+            path=archive, extract_method=tfds.download.ExtractMethod.TAR_GZ_STREAM))
+
+    return {split: self._generate_examples(files, split) for split in common.SPLITS}
+
+  def _generate_examples(self, files, split: str) -> Iterator[tuple[str, dict]]:
+    fractions = self.builder_config.split_fractions
+    for path, f in files():
+      base_name = path.rsplit("/", 1)[-1]
+      if not base_name.lower().endswith(".jpg"):
+        continue  # not a face image (folder entries, notes)
+      # The split comes first, so each file is read, and counted, by one split
+      # only; the bare name keys it, so archive and folder split alike.
+      if common.split_of(base_name, fractions) != split:
+        continue
+      labels = parse_name(base_name)
+      if labels is None:
+        self._report.drop("malformed_name")
+        continue
+      try:
+        image = face_crop.decode_rgb(f.read())
+      except face_crop.UndecodableImage:
+        self._report.drop("undecodable_image")
+        continue
+      age, gender, race = labels
+      self._report.keep(split)
+      yield base_name, dict(
+          image=face_crop.encode_jpeg(
+              face_crop.crop_face(image, None, size=self.builder_config.image_size)),
+          age=age, gender=gender, race=race, file_name=f"{RELEASE_DIR}/{base_name}")

@@ -1,0 +1,205 @@
+"""Normalisation constants, crops and augmentations against numpy, number by number."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from agejax import augment
+from agejax import config
+from agejax.errors import ConfigError
+
+
+def _gradient(height: int, width: int) -> np.ndarray:
+  """uint8 RGB: red grows along x, green along y, blue constant."""
+  y, x = np.mgrid[0:height, 0:width]
+  return np.stack([5 * x, 5 * y, np.full_like(x, 128)], -1).astype(np.uint8)
+
+
+def _augment_cfg(**on):
+  cfg = config.default_config().data.augment
+  cfg.random_resized_crop = False
+  cfg.flip = False
+  cfg.rotation_degrees = 0.0
+  cfg.color_jitter = 0.0
+  for key, value in on.items():
+    setattr(cfg, key, value)
+  return cfg
+
+
+def _key(i: int) -> tf.Tensor:
+  return tf.constant([7, i], tf.int64)
+
+
+def test_constants_are_the_published_ones():
+  assert augment.IMAGENET_MEAN_RGB == (0.485, 0.456, 0.406)
+  assert augment.IMAGENET_STD_RGB == (0.229, 0.224, 0.225)
+  assert augment.CAFFE_MEAN_BGR == (103.939, 116.779, 123.68)
+  assert augment.PREPROCESSINGS == ("imagenet", "caffe")
+
+
+def test_caffe_pure_red_is_bgr_minus_mean():
+  red = np.zeros([2, 3, 3], np.uint8)
+  red[..., 0] = 255
+  out = augment.normalize(red, "caffe")
+  assert out.dtype == np.float32 and out.shape == (2, 3, 3)
+  # BGR order: blue 0, green 0, red 255.
+  expected = np.array([-103.939, -116.779, np.float32(255) - np.float32(123.68)],
+                      np.float32)
+  np.testing.assert_array_equal(out, np.broadcast_to(expected, (2, 3, 3)))
+  np.testing.assert_allclose(out[0, 0], [-103.939, -116.779, 131.32], rtol=1e-6)
+
+
+def test_imagenet_known_pixel():
+  pixel = np.array([[[255, 128, 0]]], np.uint8)
+  out = augment.normalize(pixel, "imagenet")
+  expected = [(1.0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, -0.406 / 0.225]
+  np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
+  np.testing.assert_allclose(out[0, 0], [2.2489083, 0.2051822, -1.8044444], rtol=1e-6)
+
+
+@pytest.mark.parametrize("preprocessing", ["imagenet", "caffe"])
+def test_tensorflow_and_numpy_agree_exactly(preprocessing):
+  image = _gradient(6, 5)
+  np.testing.assert_array_equal(
+      augment.normalize(tf.constant(image), preprocessing).numpy(),
+      augment.normalize(image, preprocessing))
+  # Floats in [0, 255] give what their uint8 values give.
+  np.testing.assert_array_equal(
+      augment.normalize(image.astype(np.float32), preprocessing),
+      augment.normalize(image, preprocessing))
+
+
+def test_unknown_preprocessing_names_the_key():
+  with pytest.raises(ConfigError, match=r"^model\.preprocessing: .*'torch'"):
+    augment.normalize(np.zeros([1, 1, 3]), "torch")
+
+
+def test_flip_images_array_dict_and_jit():
+  images = np.arange(2 * 3 * 4 * 3, dtype=np.float32).reshape(2, 3, 4, 3)
+  flipped = augment.flip_images(images)
+  for w in range(4):
+    np.testing.assert_array_equal(flipped[:, :, w], images[:, :, 3 - w])
+  batch = {"image": images, "age": np.array([1.0, 2.0])}
+  out = augment.flip_images(batch)
+  np.testing.assert_array_equal(out["image"], flipped)
+  assert out["age"] is batch["age"] and batch["image"] is images
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(augment.flip_images)(jnp.asarray(images))), flipped)
+
+
+def test_eval_resize_side():
+  assert augment.eval_resize_side(40, 48) == 48  # centre 40 of 48, no resize
+  assert augment.eval_resize_side(40, 32) == 40  # smaller than the crop: upscale
+  assert augment.eval_resize_side(224, 256) == 256
+  assert augment.eval_resize_side(224, None) == 256  # 224 / 0.875
+
+
+def test_center_crop_is_the_numpy_centre():
+  image = _gradient(48, 48)
+  out = augment.center_crop(tf.constant(image), 40, 48).numpy()
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, image[4:44, 4:44])
+  wide = _gradient(48, 61)  # offset (61 - 40) // 2 = 10
+  np.testing.assert_array_equal(
+      augment.center_crop(tf.constant(wide), 40, 48).numpy(), wide[4:44, 10:50])
+  # A smaller stored image is resized so its shorter side is the crop.
+  small = augment.center_crop(tf.constant(_gradient(20, 20)), 40, 40).numpy()
+  assert small.shape == (40, 40, 3)
+
+
+def test_train_without_augmentation_is_the_eval_crop():
+  image = tf.constant(_gradient(48, 48))
+  expected = augment.center_crop(image, 40, 48).numpy()
+  for i in range(3):
+    out = augment.train_image(image, _key(i), _augment_cfg(), 40, 48).numpy()
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_flip_is_exact_and_random():
+  image = tf.constant(_gradient(48, 48))
+  crop = augment.center_crop(image, 40, 48).numpy()
+  flips = []
+  for i in range(16):
+    out = augment.train_image(image, _key(i), _augment_cfg(flip=True), 40, 48).numpy()
+    flipped = np.array_equal(out, crop[:, ::-1])
+    assert flipped or np.array_equal(out, crop)
+    flips.append(flipped)
+  assert 0 < sum(flips) < 16
+
+
+def test_rotation_by_a_right_angle_is_rot90():
+  image = (np.arange(40 * 40 * 3, dtype=np.float32).reshape(40, 40, 3) % 251)
+  transform = augment.affine_transform(
+      tf.constant(20.0), tf.constant(20.0), tf.constant(40.0), tf.constant(40.0),
+      tf.constant(False), tf.constant(math.pi / 2), 40)
+  out = augment.warp(tf.constant(image), transform, 40).numpy()
+  # float32 cos(pi/2) is -4e-8, not 0: sampling lands a hair off the pixels.
+  np.testing.assert_allclose(out, np.rot90(image, 1), atol=1e-3)
+
+
+def test_rotation_stays_within_its_range():
+  image = tf.constant(_gradient(48, 48))
+  crop = augment.center_crop(image, 40, 48).numpy()
+  cfg = _augment_cfg(rotation_degrees=10.0)
+  outs = [augment.train_image(image, _key(i), cfg, 40, 48).numpy() for i in range(4)]
+  for out in outs:
+    assert not np.array_equal(out, crop)
+    # Rotating about the centre keeps the centre pixel (up to interpolation).
+    np.testing.assert_allclose(out[19:21, 19:21], crop[19:21, 19:21], atol=6.0)
+  # A 10 degree turn moves a corner by at most 28 * sin(10 deg) ~ 4.9 px,
+  # i.e. 25 grey levels of the 5-per-pixel gradient.
+  assert max(np.abs(o - crop)[2:-2, 2:-2, :2].max() for o in outs) <= 25.0
+
+
+def test_sample_crop_area_ratio_and_bounds():
+  areas, ratios = [], []
+  for i in range(64):
+    cx, cy, w, h = (float(v) for v in augment.sample_crop(
+        _key(i), tf.constant(48), tf.constant(64), (0.3, 0.5), (0.8, 1.25)))
+    assert 0 <= cx - w / 2 and cx + w / 2 <= 64 + 1e-4
+    assert 0 <= cy - h / 2 and cy + h / 2 <= 48 + 1e-4
+    areas.append(w * h / (48 * 64))
+    ratios.append(w / h)
+  assert 0.3 - 1e-5 <= min(areas) and max(areas) <= 0.5 + 1e-5
+  assert 0.8 - 1e-5 <= min(ratios) and max(ratios) <= 1.25 + 1e-5
+  assert max(areas) - min(areas) > 0.1  # it does vary
+
+
+def test_fixed_scale_crop_is_a_quarter_upscaled():
+  cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25,
+                     crop_scale_max=0.25, crop_ratio_min=1.0, crop_ratio_max=1.0)
+  image = tf.constant(_gradient(48, 48))
+  out = augment.train_image(image, _key(3), cfg, 48, 48).numpy()
+  # A 24 px window shown at 48 px: the red ramp (5 per stored pixel) now
+  # rises 2.5 per output pixel, over a 24 px span.
+  steps = np.diff(out[24, 1:-1, 0])
+  np.testing.assert_allclose(steps, 2.5, atol=1e-3)
+
+
+def test_color_jitter():
+  image = tf.constant(_gradient(40, 40).astype(np.float32))
+  np.testing.assert_array_equal(
+      augment.color_jitter(image, _key(0), 0.0).numpy(), image.numpy())
+  a = augment.color_jitter(image, _key(1), 0.4).numpy()
+  b = augment.color_jitter(image, _key(1), 0.4).numpy()
+  c = augment.color_jitter(image, _key(2), 0.4).numpy()
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c) and not np.array_equal(a, image.numpy())
+  assert a.min() >= 0.0 and a.max() <= 255.0
+
+
+def test_train_image_is_a_function_of_its_key():
+  cfg = config.default_config().data.augment  # everything on
+  image = tf.constant(_gradient(48, 48))
+  a = augment.train_image(image, _key(5), cfg, 40, 48).numpy()
+  b = augment.train_image(image, _key(5), cfg, 40, 48).numpy()
+  c = augment.train_image(image, _key(6), cfg, 40, 48).numpy()
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert a.shape == (40, 40, 3) and a.dtype == np.float32

@@ -1,0 +1,124 @@
+"""synthetic_faces: a small build, determinism, and age that shows in the picture."""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from agejax import face_crop
+from data_builders import synthetic_faces
+from data_builders.synthetic_faces import faces
+
+SMALL = synthetic_faces.SyntheticFacesConfig(
+    name="small", image_size=32, num_train=40, num_validation=8, num_test=8, seed=3)
+
+
+class SyntheticFacesTest(tfds.testing.DatasetBuilderTestCase):
+  DATASET_CLASS = synthetic_faces.Builder
+  BUILDER_CONFIG_NAMES_TO_TEST = [SMALL]
+  SPLITS = {"train": 40, "validation": 8, "test": 8}
+
+  @classmethod
+  def setUpClass(cls):
+    # Nothing is read, but the test case wants a folder of example files.
+    cls._dummy = tempfile.mkdtemp()
+    cls.EXAMPLE_DIR = cls._dummy
+    super().setUpClass()
+
+  @classmethod
+  def tearDownClass(cls):
+    super().tearDownClass()
+    shutil.rmtree(cls._dummy)
+
+
+def test_default_config_is_the_documented_one():
+  (config,) = synthetic_faces.Builder.BUILDER_CONFIGS
+  assert (config.name, config.image_size, config.num_train, config.num_validation,
+          config.num_test, config.seed) == ("default", 64, 4096, 512, 512, 0)
+
+
+def test_same_seed_same_bytes():
+  for index in (0, 17):
+    a, face_a = faces.example(5, "train", index, 64)
+    b, face_b = faces.example(5, "train", index, 64)
+    assert a.dtype == np.uint8 and a.shape == (64, 64, 3)
+    assert a.tobytes() == b.tobytes() and face_a.age == face_b.age
+    assert face_crop.encode_jpeg(a) == face_crop.encode_jpeg(b)
+  # Another seed, split or index is another face.
+  first = faces.example(5, "train", 0, 64)[0]
+  for other in (faces.example(6, "train", 0, 64)[0], faces.example(5, "test", 0, 64)[0],
+                faces.example(5, "train", 1, 64)[0]):
+    assert np.abs(first.astype(int) - other).mean() > 10
+
+
+def test_built_examples_are_the_generated_ones(tmp_path):
+  builder = synthetic_faces.Builder(data_dir=str(tmp_path), config=SMALL)
+  builder.download_and_prepare()
+  with open(os.path.join(builder.data_dir, "cleaning_report.json")) as f:
+    assert json.load(f) == dict(total=56, kept=56, dropped=0, dropped_per_reason={},
+                                kept_per_split=dict(test=8, train=40, validation=8))
+  ds = builder.as_dataset(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
+  got = sorted((int(ex["age"]), int(ex["gender"]), ex["image"]) for ex in tfds.as_numpy(ds))
+  want = []
+  for index in range(8):
+    image, face = faces.example(3, "validation", index, 32)
+    want.append((face.age, ["female", "male"].index(face.gender), face_crop.encode_jpeg(image)))
+  assert got == sorted(want)
+
+
+@pytest.fixture(scope="module")
+def sample():
+  """512 faces at 64x64, as in the default config's validation split."""
+  pairs = [faces.example(0, "validation", i, 64) for i in range(512)]
+  return np.stack([p[0] for p in pairs]), pairs
+
+
+def test_ages_cover_0_to_100_and_both_genders(sample):
+  _, pairs = sample
+  ages = np.array([face.age for _, face in pairs])
+  assert ages.min() == 0 and ages.max() == 100
+  assert 0.4 < np.mean([face.gender == "female" for _, face in pairs]) < 0.6
+
+
+def test_hair_patch_is_always_hair(sample):
+  """The documented hair patch lies in the hair of every face, at any size."""
+  _, pairs = sample
+  for size in (32, 64):
+    r0, r1 = (int(round(f * size)) for f in faces.HAIR_PATCH_ROWS)
+    c0, c1 = (int(round(f * size)) for f in faces.HAIR_PATCH_COLS)
+    for _, face in pairs:
+      clean = faces.draw_face(dataclasses.replace(face, gain=1.0), size)  # no noise
+      hair = np.round((1 - face.grey) * face.hair + face.grey * face.grey_level)
+      assert np.abs(clean[r0:r1, c0:c1] - hair).max() <= 1
+
+
+def test_age_is_learnable_from_hair_brightness(sample):
+  """One pixel statistic, blind to every nuisance, already follows age."""
+  images, pairs = sample
+  ages = np.array([face.age for _, face in pairs])
+  brightness = faces.hair_brightness(images)
+  assert np.corrcoef(brightness, ages)[0, 1] > 0.9
+  # Least squares on that statistic alone: far better than guessing the mean.
+  design = np.stack([brightness, np.ones_like(brightness)], 1)
+  fit = design @ np.linalg.lstsq(design, ages, rcond=None)[0]
+  assert np.abs(fit - ages).mean() < 0.5 * np.abs(ages - ages.mean()).mean()
+
+
+def test_children_have_lower_larger_eyes_and_adults_wrinkles():
+  young = faces.sample_face(np.random.default_rng(0))
+  young = dataclasses.replace(young, age=2, grey=0.0)
+  old = dataclasses.replace(young, age=80)
+  a = faces.draw_face(young, 64).astype(int)
+  b = faces.draw_face(old, 64).astype(int)
+  # Same nuisance, other age: the pictures differ where the drawing follows age.
+  assert np.abs(a - b).mean() > 2
+  # Forehead lines make the old face's forehead band darker than the child's.
+  cx, cy = young.center
+  rows = slice(int(0.36 * 64), int(0.44 * 64))
+  cols = slice(int((cx - 0.1) * 64), int((cx + 0.1) * 64))
+  assert b[rows, cols].mean() < a[rows, cols].mean() - 5
