@@ -10,6 +10,16 @@ import re
 import unicodedata
 from typing import Iterable, Mapping, Sequence
 
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import gcs_utils
+
+# Builds and loads read local files only. TFDS falls back to its public bucket
+# for dataset info when this flag is False (4.9.10 ships it True); pinning it
+# means an upgrade that flips the default cannot make a build wait on GCS.
+gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+
+REPORT_FILE = "cleaning_report.json"
+
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)
 
@@ -79,3 +89,19 @@ class CleaningReport:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
       json.dump(self.as_dict(), f, indent=1)
+
+
+class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder whose generation fills ``self._report`` (a CleaningReport).
+
+  The report is written as JSON inside the version folder, which TFDS moves
+  into place only once the whole build succeeded, and printed at the end.
+  """
+
+  def _download_and_prepare(self, dl_manager, download_config) -> None:
+    self._report = CleaningReport()
+    super()._download_and_prepare(dl_manager, download_config)
+    self._report.write(os.fspath(self.data_path / REPORT_FILE))
+    final = self.data_path.parent / str(self.version)  # where TFDS moves it
+    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
+          f"{self._report.format()}")

@@ -36,10 +36,12 @@ class SyntheticFacesTest(tfds.testing.DatasetBuilderTestCase):
     shutil.rmtree(cls._dummy)
 
 
-def test_default_config_is_the_documented_one():
-  (config,) = synthetic_faces.Builder.BUILDER_CONFIGS
-  assert (config.name, config.image_size, config.num_train, config.num_validation,
-          config.num_test, config.seed) == ("default", 64, 4096, 512, 512, 0)
+def test_configs_are_the_documented_ones():
+  configs = {c.name: c for c in synthetic_faces.Builder.BUILDER_CONFIGS}
+  sizes = {name: (c.image_size, c.num_train, c.num_validation, c.num_test, c.seed)
+           for name, c in configs.items()}
+  assert sizes == {"default": (64, 4096, 512, 512, 0), "tiny": (32, 256, 64, 64, 0)}
+  assert synthetic_faces.Builder.DEFAULT_CONFIG_NAME == "default"
 
 
 def test_same_seed_same_bytes():

@@ -15,22 +15,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 from typing import Iterator, Sequence
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import face_crop
 from data_builders import common
 
-# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
-# build or load of this dataset must never wait on the network, whatever the
-# TFDS version's default is.
-gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 GENDER_NAMES = {"f": "female", "female": "female", "w": "female", "woman": "female",
@@ -39,7 +33,7 @@ GENDER_NAMES = {"f": "female", "female": "female", "w": "female", "woman": "fema
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation",
                "val": "validation", "test": "test"}
 MAX_AGE = 120
-REPORT_FILE = "cleaning_report.json"
+REPORT_FILE = common.REPORT_FILE
 
 
 @dataclasses.dataclass(eq=False)
@@ -141,7 +135,7 @@ def read_rows(text: str, fractions: Sequence[float],
   return by_split
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.ReportingBuilder):
   """Face images listed in a CSV with their ages."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -169,15 +163,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         supervised_keys=("image", "age"),
     )
 
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    self._report = common.CleaningReport()
-    super()._download_and_prepare(dl_manager, download_config)
-    # Written inside the version folder, which TFDS moves into place only
-    # once the whole build succeeded.
-    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
-    final = self.data_path.parent / str(self.version)  # where TFDS moves it
-    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
-          f"{self._report.format()}")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     csv_path = epath.Path(dl_manager.manual_dir) / self.builder_config.csv

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import zipfile
 from typing import Iterator
@@ -19,15 +18,10 @@ from typing import Iterator
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import face_crop
 from data_builders import common
 
-# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
-# build or load of this dataset must never wait on the network, whatever the
-# TFDS version's default is.
-gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
 
 RELEASE_DIR = "appa-real-release"
 RELEASE_ZIP = "appa-real-release.zip"
@@ -36,7 +30,7 @@ SPLIT_FOLDERS = {"train": "train", "validation": "valid", "test": "test"}
 CSV_COLUMNS = ("file_name", "num_ratings", "apparent_age_avg", "apparent_age_std", "real_age")
 FACE_SUFFIX = "_face.jpg"
 MAX_AGE = 120
-REPORT_FILE = "cleaning_report.json"
+REPORT_FILE = common.REPORT_FILE
 
 
 @dataclasses.dataclass(eq=False)
@@ -111,7 +105,7 @@ def parse_row(row: dict[str, str]) -> tuple[float, float, int] | None:
   return apparent, std, int(real)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.ReportingBuilder):
   """APPA-REAL face crops with apparent and real age."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -138,15 +132,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         homepage="https://chalearnlap.cvc.uab.cat/dataset/26/description/",
     )
 
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    self._report = common.CleaningReport()
-    super()._download_and_prepare(dl_manager, download_config)
-    # Written inside the version folder, which TFDS moves into place only
-    # once the whole build succeeded.
-    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
-    final = self.data_path.parent / str(self.version)  # where TFDS moves it
-    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
-          f"{self._report.format()}")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = epath.Path(dl_manager.manual_dir)

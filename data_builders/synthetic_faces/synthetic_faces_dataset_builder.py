@@ -8,23 +8,17 @@ shows in the drawing is described in ``faces.py``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import face_crop
 from data_builders import common
 from data_builders.synthetic_faces import faces
 
-# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
-# build or load of this dataset must never wait on the network, whatever the
-# TFDS version's default is.
-gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
 
-REPORT_FILE = "cleaning_report.json"
+REPORT_FILE = common.REPORT_FILE
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,7 +39,7 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.ReportingBuilder):
   """Cartoon faces whose age shows in proportions, grey hair and wrinkles."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -69,15 +63,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         supervised_keys=("image", "age"),
     )
 
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    # Nothing is ever dropped here; the report is written anyway so every
-    # builder's output looks the same.
-    self._report = common.CleaningReport()
-    super()._download_and_prepare(dl_manager, download_config)
-    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
-    final = self.data_path.parent / str(self.version)  # where TFDS moves it
-    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
-          f"{self._report.format()}")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # nothing to download or read

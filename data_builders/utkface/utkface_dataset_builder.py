@@ -9,21 +9,15 @@ person ids and no splits, so each file's split follows from a hash of its name.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import BinaryIO, Iterator, Sequence
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import face_crop
 from data_builders import common
 
-# TFDS may look for prepared copies of a dataset on Google Cloud Storage. A
-# build or load of this dataset must never wait on the network, whatever the
-# TFDS version's default is.
-gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
 
 RELEASE_DIR = "UTKFace"
 RELEASE_ARCHIVE = "UTKFace.tar.gz"
@@ -31,7 +25,7 @@ RELEASE_ARCHIVE = "UTKFace.tar.gz"
 GENDERS = {0: "male", 1: "female"}
 RACES = ("white", "black", "asian", "indian", "others")
 MAX_AGE = 120
-REPORT_FILE = "cleaning_report.json"
+REPORT_FILE = common.REPORT_FILE
 
 
 @dataclasses.dataclass(eq=False)
@@ -64,7 +58,7 @@ def parse_name(base_name: str) -> tuple[int, str, int] | None:
   return age, GENDERS[gender], race
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.ReportingBuilder):
   """UTKFace aligned and cropped faces with age, gender and race."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -91,15 +85,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         homepage="https://susanqq.github.io/UTKFace/",
     )
 
-  def _download_and_prepare(self, dl_manager, download_config) -> None:
-    self._report = common.CleaningReport()
-    super()._download_and_prepare(dl_manager, download_config)
-    # Written inside the version folder, which TFDS moves into place only
-    # once the whole build succeeded.
-    (self.data_path / REPORT_FILE).write_text(json.dumps(self._report.as_dict(), indent=1))
-    final = self.data_path.parent / str(self.version)  # where TFDS moves it
-    print(f"{self.name}/{self.builder_config.name} cleaning report, {final / REPORT_FILE}:\n"
-          f"{self._report.format()}")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = epath.Path(dl_manager.manual_dir)
