@@ -51,6 +51,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict()
   c.init.pretrained = ""  # ImageNet backbone weights (file or converted dir)
   c.init.checkpoint = ""  # an earlier agejax workdir or checkpoint dir
+  # Parameters of the model the source lacks, or the source has and the model
+  # lacks, are an error unless allowed (the head is always re-initialised when
+  # its shape differs, and said so).
+  c.init.allow_missing = False
+  c.init.allow_unexpected = False
 
   # --- data --------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -88,6 +93,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 128  # global batch, summed over all devices and hosts
   c.train.num_epochs = 30.0
   c.train.num_train_steps = 0  # > 0 overrides num_epochs
+  c.train.log_every_steps = 50  # train metrics (and the only host syncs)
+  c.train.eval_every_steps = 0  # 0: after every epoch
+  c.train.checkpoint_every_steps = 0  # 0: after every evaluation
+  c.train.keep_checkpoints = 3  # the last K, plus the best ones below
+  c.train.keep_best = 1
+  c.train.best_metric = "mae"  # validation metric that picks the best checkpoint
+  c.train.early_stop_patience = 0  # stop after P evaluations without improvement; 0: off
+  c.train.profile = False  # capture a profiler trace of a few steps into the workdir
 
   # --- optimizer -----------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()

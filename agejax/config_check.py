@@ -94,6 +94,13 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.batch_size": _POSITIVE,
     "train.num_epochs": _NON_NEGATIVE,
     "train.num_train_steps": _NON_NEGATIVE,
+    "train.log_every_steps": _POSITIVE,
+    "train.eval_every_steps": _NON_NEGATIVE,
+    "train.checkpoint_every_steps": _NON_NEGATIVE,
+    "train.keep_checkpoints": _POSITIVE,
+    "train.keep_best": _NON_NEGATIVE,
+    "train.best_metric": _one_of(("mae", "loss", "rmse")),
+    "train.early_stop_patience": _NON_NEGATIVE,
 }
 
 

@@ -40,6 +40,7 @@ from tensorflow_datasets.core import naming
 from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import augment
+from agejax import datasets
 from agejax.errors import ConfigError
 
 # The pipeline runs on the host CPU; a GPU belongs to JAX alone. This fails
@@ -65,6 +66,7 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared builder of ``name`` under ``data_dir``, read from local files."""
   if not name:
     raise ConfigError("data.dataset", "is empty")
+  datasets.register_builders()
   try:
     parsed, _ = naming.parse_builder_name_kwargs(name)
   except ValueError as e:

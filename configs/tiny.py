@@ -1,4 +1,4 @@
-"""A tiny ResNet-18 on 32 px images: the configuration tests and CPU smoke runs use."""
+"""A tiny ResNet-18 on 32 px synthetic faces: the configuration tests and CPU smoke runs use."""
 
 from agejax.config import default_config
 
@@ -7,8 +7,10 @@ def get_config():
   config = default_config()
   config.model.arch = "resnet18"
   config.model.width = 8
+  config.data.dataset = "synthetic_faces/tiny"
   config.data.image_size = 32
   config.data.num_train_examples = 256
+  config.data.shuffle_buffer = 256
   config.train.batch_size = 16
   config.train.num_epochs = 2.0
   config.optim.name = "momentum"
@@ -16,4 +18,5 @@ def get_config():
   config.optim.weight_decay = 1e-4
   config.optim.schedule.name = "warmup_cosine"
   config.optim.schedule.warmup_steps = 4
+  config.train.log_every_steps = 4
   return config

@@ -1,0 +1,267 @@
+"""Checkpoints of the train state, on top of an orbax ``CheckpointManager``.
+
+Each step directory holds two items: ``state`` (the train state pytree,
+written by every process through ``StandardSave`` so sharded and replicated
+arrays both work on many hosts) and ``extra`` (a JSON dict written once, e.g.
+the input position and the config). Validation metrics ride along as orbax's
+own ``metrics`` item so that retention survives a restart.
+
+Retention is orbax's preservation policy: ``LatestN(keep_last)`` OR
+``BestN(keep_best)`` over the checkpoints that carry metrics. A checkpoint
+saved without metrics is therefore kept only while it is among the latest.
+
+Completeness is orbax's atomic commit: a step is written under a temporary
+name and renamed (or, on object stores, marked by a commit file) only when
+every item of every process is on disk. A process killed mid-write leaves a
+temporary directory that is never listed as a step and is removed by the next
+``Checkpointer`` (``cleanup_tmp_directories``).
+
+Every process must call every method here in the same order with the same
+arguments: saving, waiting and restoring contain cross-process barriers.
+
+PRNG keys: store raw key data (``jax.random.key_data``, uint32) in the train
+state and wrap it with ``jax.random.wrap_key_data`` where it is used. The
+installed orbax also round-trips typed key arrays (the test suite checks
+this), but raw data keeps checkpoints readable by older orbax releases, which
+the package's version range admits, and by tools that know nothing of key
+implementations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+_STATE = "state"
+_EXTRA = "extra"
+
+
+class NonFiniteStateError(FloatingPointError):
+  """The state to be saved holds NaN or Inf; nothing was written.
+
+  Attributes:
+    step: The step whose save was refused.
+    last_good_step: The latest complete checkpoint, or None if there is none.
+  """
+
+  def __init__(self, step: int, last_good_step: int | None):
+    self.step = step
+    self.last_good_step = last_good_step
+    if last_good_step is None:
+      fallback = "there is no earlier checkpoint"
+    else:
+      fallback = f"the last good checkpoint is step {last_good_step}"
+    super().__init__(
+        f"Refusing to save step {step}: the train state holds NaN or Inf; "
+        f"{fallback}.")
+
+
+def abstract_like(state: Any) -> Any:
+  """Returns a restore target shaped like `state`.
+
+  Args:
+    state: A pytree of arrays (or of ``jax.ShapeDtypeStruct``, e.g. from
+      ``jax.eval_shape``), whose shardings are kept.
+
+  Returns:
+    The same pytree with every leaf a ``jax.ShapeDtypeStruct`` carrying the
+    leaf's shape, dtype and (if it has one) sharding.
+  """
+
+  def one(leaf: Any) -> jax.ShapeDtypeStruct:
+    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+      leaf = np.asarray(leaf)
+    return jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
+
+  return jax.tree.map(one, state)
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _is_finite(state: Any) -> bool:
+  """Whether every inexact leaf of `state` is free of NaN and Inf."""
+  leaves = []
+  for leaf in jax.tree.leaves(state):
+    dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+    # Key arrays and integers cannot hold NaN (and isfinite rejects keys).
+    if jnp.issubdtype(dtype, jnp.inexact):
+      leaves.append(leaf)
+  if not leaves:
+    return True
+  # One compiled reduction over the global arrays: every process computes the
+  # same flag, so all of them refuse together instead of some entering the
+  # save barriers alone. The scalar is replicated, so the first local copy is
+  # readable even when the array spans devices of other processes.
+  flag = _all_finite(leaves)
+  return bool(np.asarray(flag.addressable_data(0)))
+
+
+class Checkpointer:
+  """Saves and restores (train state, extra) per step; see module docstring."""
+
+  def __init__(self, directory: str, *, keep_last: int = 3, keep_best: int = 1,
+               best_metric: str = "mae", best_mode: str = "min",
+               async_save: bool = True):
+    """Opens (and creates) the checkpoint directory.
+
+    Args:
+      directory: Where step directories live, normally WORKDIR/checkpoints.
+        Local paths are made absolute; URLs such as gs://... are kept.
+      keep_last: How many of the latest checkpoints to keep (at least 1).
+      keep_best: How many checkpoints to keep by `best_metric`, besides the
+        latest ones.
+      best_metric: The key of the `metrics` dict that ranks checkpoints.
+      best_mode: "min" if lower values of `best_metric` are better, else
+        "max".
+      async_save: Write in the background; `save` returns once the arrays
+        are copied off the devices.
+    """
+    if keep_last < 1:
+      raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    if keep_best < 0:
+      raise ValueError(f"keep_best must be at least 0, got {keep_best}")
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    if "://" not in directory:
+      directory = os.path.abspath(directory)
+    self._best_metric = best_metric
+    self._in_flight: int | None = None
+
+    def metric(metrics: dict[str, float]) -> float:
+      return metrics[best_metric]
+
+    policy = preservation_policy.AnyPreservationPolicy([
+        preservation_policy.LatestN(n=keep_last),
+        # BestN keeps the tail of an ascending sort; reversing makes the
+        # tail the smallest values.
+        preservation_policy.BestN(
+            get_metric_fn=metric, reverse=best_mode == "min", n=keep_best,
+            keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        # best_fn/best_mode also make orbax write the metrics item and
+        # answer best_step(); retention itself is decided by `policy`.
+        best_fn=metric,
+        best_mode=best_mode,
+        preservation_policy=policy,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(directory, options=options)
+
+  @property
+  def directory(self) -> str:
+    return str(self._manager.directory)
+
+  def save(self, step: int, state: Any, *, extra: dict[str, Any],
+           metrics: dict[str, float] | None = None) -> None:
+    """Saves `state` and `extra` as `step` (in the background if async).
+
+    Args:
+      step: The step number; must be above every step already saved.
+      state: A pytree of jax.Arrays (any sharding).
+      extra: A JSON-serialisable dict returned as is by `restore`.
+      metrics: Validation metrics (name -> number) including `best_metric`,
+        or None if this checkpoint should count only as one of the latest.
+
+    Raises:
+      NonFiniteStateError: An inexact leaf of `state` holds NaN or Inf.
+      TypeError: `extra` is not JSON-serialisable.
+      ValueError: `metrics` lacks a finite `best_metric`, or `step` is not
+        after the latest step.
+    """
+    step = int(step)
+    try:
+      json.dumps(extra)
+    except (TypeError, ValueError) as e:
+      # Checked here because an async write would only fail in the background.
+      raise TypeError(f"extra of step {step} is not JSON-serialisable: {e}"
+                     ) from e
+    if metrics is not None:
+      metrics = {name: float(value) for name, value in metrics.items()}
+      value = metrics.get(self._best_metric)
+      if value is None or not math.isfinite(value):
+        raise ValueError(f"metrics of step {step} need a finite "
+                         f"{self._best_metric!r}, got {value}")
+    if not _is_finite(state):
+      self.wait()
+      raise NonFiniteStateError(step, self.latest_step())
+    args = ocp.args.Composite(**{
+        _STATE: ocp.args.StandardSave(state),
+        _EXTRA: ocp.args.JsonSave(extra),
+    })
+    if not self._manager.save(step, args=args, metrics=metrics):
+      # Orbax declines steps at or below its latest one.
+      raise ValueError(f"step {step} is not after the latest checkpoint, "
+                       f"step {self._manager.latest_step()}")
+    self._in_flight = step
+
+  def all_steps(self) -> list[int]:
+    """The kept, completely written steps, ascending."""
+    steps = sorted(self._manager.all_steps())
+    if self._in_flight is not None and self._manager.is_saving_in_progress():
+      steps = [s for s in steps if s != self._in_flight]
+    return steps
+
+  def latest_step(self) -> int | None:
+    """The latest completely written step, or None."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def best_step(self) -> int | None:
+    """The kept step with the best metric, or None if none has metrics.
+
+    This may name a step whose asynchronous write is still finishing;
+    `restore` waits for it.
+    """
+    return self._manager.best_step()
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Reads `step` back.
+
+    Args:
+      step: A step listed by `all_steps` (or `best_step`).
+      abstract_state: The state's pytree with ``jax.ShapeDtypeStruct`` leaves
+        whose shardings say where each restored array goes (see
+        `abstract_like`); the saved sharding may differ.
+
+    Returns:
+      (state with the pytree structure and shardings of `abstract_state`,
+      the `extra` dict saved with it).
+    """
+    # A step is readable only once its write has been committed.
+    self.wait()
+    args = ocp.args.Composite(**{
+        _STATE: ocp.args.StandardRestore(abstract_state),
+        _EXTRA: ocp.args.JsonRestore(),
+    })
+    restored = self._manager.restore(int(step), args=args)
+    return restored[_STATE], restored[_EXTRA]
+
+  def wait(self) -> None:
+    """Blocks until the pending write (if any) is committed; re-raises its
+    failure."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending writes and deletions, then releases orbax."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()

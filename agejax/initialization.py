@@ -1,0 +1,120 @@
+"""Starting weights from an earlier agejax run or a converted pretrained backbone.
+
+Weights land by parameter path. The head (``head/...``) is re-initialised
+when the source lacks it or its shape differs (a different age range or head
+type), and the log says so. Any other missing, unexpected or mis-shaped
+tensor is listed in one error unless ``init.allow_missing`` /
+``init.allow_unexpected`` permit it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from agejax import paths
+from agejax.errors import ConfigError
+
+HEAD_PREFIX = "head/"
+_SHOWN = 12  # paths listed per kind in an error before "... and N more"
+
+
+def _listing(kind: str, items: list[str]) -> str:
+  shown = ", ".join(items[:_SHOWN])
+  more = f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+  return f"{kind} ({len(items)}): {shown}{more}"
+
+
+def merge_by_path(target: dict[str, Any], source: dict[str, Any], *, key: str,
+                  allow_missing: bool, allow_unexpected: bool) -> tuple[dict[str, Any], list[str]]:
+  """``target`` with every leaf the (flat) ``source`` has at the same path.
+
+  Args:
+    target: flat {path: array} of the freshly initialised model.
+    source: flat {path: array} to load.
+    key: the config key named in errors.
+
+  Returns:
+    The merged flat dict and the paths left at their fresh initialisation.
+  """
+  merged, fresh = dict(target), []
+  missing, unexpected, misshaped = [], [], []
+  for path, value in target.items():
+    if path not in source:
+      (fresh if path.startswith(HEAD_PREFIX) else missing).append(path)
+      continue
+    loaded = np.asarray(source[path])
+    if loaded.shape != tuple(value.shape):
+      if path.startswith(HEAD_PREFIX):
+        fresh.append(path)
+        continue
+      misshaped.append(f"{path} {loaded.shape} vs model {tuple(value.shape)}")
+      continue
+    merged[path] = loaded.astype(value.dtype)
+  unexpected = [p for p in source if p not in target and not p.startswith(HEAD_PREFIX)]
+  problems = []
+  if misshaped:
+    problems.append(_listing("shape differs", misshaped))
+  if missing and not allow_missing:
+    problems.append(_listing("missing in the source", missing))
+  if unexpected and not allow_unexpected:
+    problems.append(_listing("not in the model", unexpected))
+  if problems:
+    raise ConfigError(key, "cannot load into the model: " + "; ".join(problems) +
+                      " (init.allow_missing / init.allow_unexpected permit the last two)")
+  if missing:
+    fresh.extend(missing)
+  return merged, fresh
+
+
+def _checkpoint_dir(path: str) -> str:
+  """A workdir, its checkpoints/ folder, or one step's folder -> a step folder."""
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = [d for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  if steps:
+    return os.path.join(path, max(steps, key=int))
+  return path
+
+
+def read_source(path: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Flat (params, batch_stats) from an agejax checkpoint or converted weights."""
+  if not os.path.exists(path):
+    raise ConfigError(key, f"{path} does not exist")
+  if os.path.isfile(path):
+    raise ConfigError(key, f"{path} is a file; convert it first with "
+                      "`python -m agejax.convert --input FILE --output DIR`")
+  step_dir = _checkpoint_dir(path)
+  item = os.path.join(step_dir, "state")
+  if not os.path.isdir(item):
+    item = step_dir
+  restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(item))
+  if not isinstance(restored, dict) or "params" not in restored:
+    raise ConfigError(key, f"{item} holds no 'params' tree (not an agejax checkpoint)")
+  logging.info("initial weights from %s", item)
+  return paths.flatten(restored["params"]), paths.flatten(restored.get("batch_stats") or {})
+
+
+def load_initial_weights(init_cfg: ml_collections.ConfigDict, params: Any,
+                         batch_stats: Any) -> tuple[Any, Any]:
+  """``params``/``batch_stats`` overwritten from ``init.checkpoint`` or ``init.pretrained``."""
+  if init_cfg.checkpoint and init_cfg.pretrained:
+    raise ConfigError("init.checkpoint", "set init.checkpoint or init.pretrained, not both")
+  key = "init.checkpoint" if init_cfg.checkpoint else "init.pretrained"
+  source_path = init_cfg.checkpoint or init_cfg.pretrained
+  if not source_path:
+    return params, batch_stats
+  src_params, src_stats = read_source(source_path, key)
+  opts = dict(key=key, allow_missing=init_cfg.allow_missing,
+              allow_unexpected=init_cfg.allow_unexpected)
+  new_params, fresh = merge_by_path(paths.flatten(params), src_params, **opts)
+  new_stats, fresh_stats = merge_by_path(paths.flatten(batch_stats), src_stats, **opts)
+  if fresh or fresh_stats:
+    logging.warning("initialised afresh (not in %s or shaped differently): %s",
+                    source_path, ", ".join(fresh + fresh_stats))
+  return paths.unflatten(new_params), paths.unflatten(new_stats)

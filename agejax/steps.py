@@ -1,0 +1,159 @@
+"""The train state and the pure train / eval steps.
+
+Everything here is a pure function of arrays, compiled once by the trainer
+with ``jax.jit`` over a mesh whose ``data`` axis shards the batch while the
+state is replicated. BatchNorm then normalises with the statistics of the
+global batch (XLA inserts the all-reduce): synchronised BN, with no code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from agejax import models
+from agejax import optim
+from agejax import paths
+
+CS_YEARS = 5  # the CS@k reported while training (fraction within k years)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # micro-batches done (= optimizer updates x grad_accum_steps)
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any  # {} when optim.ema_decay == 0
+  rng: jax.Array  # raw uint32 key data: portable across checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """What the steps close over: static structure, never traced."""
+  graphdef: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  assignments: dict[str, optim.Assignment]
+  ema_decay: float
+  grad_accum_steps: int
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _group_norms(tree: Any, assignments: dict[str, optim.Assignment]) -> dict[str, jax.Array]:
+  """L2 norm of each optimizer group's leaves."""
+  squares: dict[str, jax.Array] = {}
+  for path, leaf in paths.flatten(tree).items():
+    a = assignments[path]
+    if not a.frozen:
+      squares[a.group] = squares.get(a.group, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+  return {g: jnp.sqrt(s) for g, s in squares.items()}
+
+
+def init_state(fns: StepFns, params: Any, batch_stats: Any, rng: jax.Array,
+               ema: bool) -> TrainState:
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=fns.tx.init(params),
+      ema_params=jax.tree.map(jnp.copy, params) if ema else {},
+      rng=jax.random.key_data(rng))
+
+
+def train_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array]
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One micro-batch: forward, backward, optimizer update, EMA.
+
+  Returns the new state and this step's scalar metrics (device arrays; the
+  trainer fetches them only at logging intervals).
+  """
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  mask = batch.get("mask", jnp.ones_like(batch["age"]))
+
+  def loss_fn(params):
+    model = models.merge_state(fns.graphdef, params, state.batch_stats)
+    outputs = model(batch["image"], train=True, dropout_rng=key)
+    loss = _masked_mean(model.head.loss(outputs, batch["age"]), mask)
+    age, _ = model.head.predict(outputs)
+    return loss, (models.split_state(model)[2], age)
+
+  (loss, (batch_stats, age)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  ema = state.ema_params
+  if fns.ema_decay > 0:
+    # With gradient accumulation the parameters change only on the last
+    # micro-batch of each update; the EMA must follow updates, not batches.
+    updated = (state.step + 1) % fns.grad_accum_steps == 0
+    new_ema = optim.ema_update(ema, params, fns.ema_decay)
+    ema = jax.tree.map(lambda n, o: jnp.where(updated, n, o), new_ema, ema)
+
+  errors = jnp.abs(age - batch["age"])
+  metrics = {
+      "loss": loss,
+      "mae": _masked_mean(errors, mask),
+      f"cs{CS_YEARS}": _masked_mean((errors <= CS_YEARS).astype(jnp.float32), mask),
+      "grad_norm": optax.global_norm(grads),
+  }
+  update_norms = _group_norms(updates, fns.assignments)
+  param_norms = _group_norms(state.params, fns.assignments)
+  for group, norm in update_norms.items():
+    metrics[f"update_ratio/{group}"] = norm / jnp.maximum(param_norms[group], 1e-12)
+  for group, lr in optim.learning_rates(
+      fns.assignments, fns.schedule, state.step // fns.grad_accum_steps).items():
+    metrics[f"lr/{group}"] = lr
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats,
+      opt_state=opt_state, ema_params=ema)
+  return new_state, metrics
+
+
+def eval_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array],
+              use_ema: bool) -> dict[str, jax.Array]:
+  """Sums over one (padded, masked) evaluation batch.
+
+  Returns sums, not means, so batches and processes add up exactly; the
+  caller divides by ``count`` once at the end.
+  """
+  params = state.ema_params if use_ema else state.params
+  model = models.merge_state(fns.graphdef, params, state.batch_stats)
+  outputs = model(batch["image"], train=False)
+  mask = batch.get("mask", jnp.ones_like(batch["age"]))
+  age, spread = model.head.predict(outputs)
+  errors = age - batch["age"]
+  return {
+      "count": jnp.sum(mask),
+      "loss": jnp.sum(model.head.loss(outputs, batch["age"]) * mask),
+      "abs_error": jnp.sum(jnp.abs(errors) * mask),
+      "sq_error": jnp.sum(jnp.square(errors) * mask),
+      f"cs{CS_YEARS}": jnp.sum((jnp.abs(errors) <= CS_YEARS) * mask),
+      "spread": jnp.sum(spread * mask),
+  }
+
+
+def finalize_eval(sums: dict[str, float]) -> dict[str, float]:
+  """Per-example metrics from the summed eval outputs."""
+  n = max(float(sums["count"]), 1.0)
+  return {
+      "loss": float(sums["loss"]) / n,
+      "mae": float(sums["abs_error"]) / n,
+      "rmse": (float(sums["sq_error"]) / n) ** 0.5,
+      f"cs{CS_YEARS}": float(sums[f"cs{CS_YEARS}"]) / n,
+      "spread": float(sums["spread"]) / n,
+      "count": float(sums["count"]),
+  }
+
+
+def bind(fns: StepFns, fn: Callable, **static) -> Callable:
+  """``fn`` with its structure and static options closed over, for jax.jit."""
+  return lambda *args: fn(fns, *args, **static)
