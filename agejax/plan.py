@@ -66,10 +66,15 @@ def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
   """The training-set size the schedule is laid out for."""
   if cfg.data.num_train_examples > 0:
     return cfg.data.num_train_examples
-  raise ConfigError(
-      "data.num_train_examples",
-      f"is 0 and the size of {cfg.data.dataset}:{cfg.data.train_split} is "
-      "not known here; set it to the number of training examples")
+  from agejax import input_pipeline  # TensorFlow only when the dataset is read
+
+  try:
+    return input_pipeline.num_examples(cfg.data, cfg.data.train_split)
+  except ConfigError as e:
+    raise ConfigError(
+        "data.num_train_examples",
+        f"is 0 and the size of {cfg.data.dataset}:{cfg.data.train_split} cannot be "
+        f"read ({e}); build the dataset or set the number of training examples") from e
 
 
 def abstract_params(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -250,7 +250,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         if step % ckpt_every:
           save(step, last_eval)
         break
-      if preemption.agreed():
+      # Agreeing across hosts is a collective: do it only at logging steps.
+      may_sync = jax.process_count() == 1 or step % cfg.train.log_every_steps == 0
+      if may_sync and preemption.agreed():
         summary["stopped"] = "preempted"
         if step % ckpt_every:
           save(step, last_eval if evaluated else None)

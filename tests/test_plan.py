@@ -117,3 +117,15 @@ def test_cli_rejects_a_non_positive_lr(tmp_path):
                 "--config.optim.lr=0")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith("config error: optim.lr:")
+
+
+def test_training_set_size_comes_from_the_built_dataset(tmp_path):
+  from agejax import datasets
+  cfg = tiny.get_config()
+  cfg.data.data_dir = str(tmp_path)
+  cfg.data.num_train_examples = 0
+  with pytest.raises(ConfigError, match=r"^data\.num_train_examples: is 0 and the size of "
+                     r"synthetic_faces/tiny:train cannot be read"):
+    plan_lib.make_plan(cfg)
+  datasets.ensure_prepared(cfg.data)
+  assert plan_lib.make_plan(cfg).length.num_train_examples == 256
