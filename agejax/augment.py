@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -38,8 +40,8 @@ DEFAULT_EVAL_CROP_FRACTION = 0.875
 def normalize(images: Any, preprocessing: str) -> Any:
   """uint8 or float RGB images in [0, 255] to the network's input.
 
-  Works on ``tf.Tensor`` (inside the tf.data pipeline) and on anything numpy
-  accepts (prediction on single photos), channels last.
+  Works on ``tf.Tensor`` (inside the tf.data pipeline), on ``jax.Array``
+  (also traced, inside jit) and on anything numpy accepts, channels last.
 
   Args:
     images: [..., 3] RGB values in [0, 255].
@@ -54,6 +56,8 @@ def normalize(images: Any, preprocessing: str) -> Any:
         f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSINGS}")
   if tf.is_tensor(images):
     x = tf.cast(images, tf.float32)
+  elif isinstance(images, jax.Array):  # also inside jit (prediction, export)
+    x = images.astype(jnp.float32)
   else:
     x = np.asarray(images, np.float32)
   if preprocessing == "caffe":

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from agejax import paths
+from agejax import pretrained
 from agejax.errors import ConfigError
 
 HEAD_PREFIX = "head/"
@@ -83,12 +84,9 @@ def _checkpoint_dir(path: str) -> str:
 
 
 def read_source(path: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Flat (params, batch_stats) from an agejax checkpoint or converted weights."""
+  """Flat (params, batch_stats) from an agejax run's checkpoint."""
   if not os.path.exists(path):
     raise ConfigError(key, f"{path} does not exist")
-  if os.path.isfile(path):
-    raise ConfigError(key, f"{path} is a file; convert it first with "
-                      "`python -m agejax.convert --input FILE --output DIR`")
   step_dir = _checkpoint_dir(path)
   item = os.path.join(step_dir, "state")
   if not os.path.isdir(item):
@@ -100,16 +98,36 @@ def read_source(path: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
   return paths.flatten(restored["params"]), paths.flatten(restored.get("batch_stats") or {})
 
 
-def load_initial_weights(init_cfg: ml_collections.ConfigDict, params: Any,
-                         batch_stats: Any) -> tuple[Any, Any]:
-  """``params``/``batch_stats`` overwritten from ``init.checkpoint`` or ``init.pretrained``."""
-  if init_cfg.checkpoint and init_cfg.pretrained:
+def prepare_pretrained(cfg: ml_collections.ConfigDict) -> pretrained.Imported | None:
+  """Reads ``init.pretrained`` and sets the model keys its weights need.
+
+  Call before anything is built from ``cfg.model``: the layer variant,
+  BatchNorm epsilon and input preprocessing follow the weights.
+  """
+  if cfg.init.checkpoint and cfg.init.pretrained:
     raise ConfigError("init.checkpoint", "set init.checkpoint or init.pretrained, not both")
+  if not cfg.init.pretrained:
+    return None
+  try:
+    imported = pretrained.load(cfg.init.pretrained)
+    pretrained.apply_overrides(cfg.model, imported)
+  except pretrained.WeightImportError as e:
+    raise ConfigError("init.pretrained", str(e)) from e
+  return imported
+
+
+def load_initial_weights(init_cfg: ml_collections.ConfigDict, params: Any, batch_stats: Any,
+                         imported: pretrained.Imported | None = None) -> tuple[Any, Any]:
+  """``params``/``batch_stats`` overwritten from ``init.checkpoint`` or ``init.pretrained``."""
   key = "init.checkpoint" if init_cfg.checkpoint else "init.pretrained"
   source_path = init_cfg.checkpoint or init_cfg.pretrained
   if not source_path:
     return params, batch_stats
-  src_params, src_stats = read_source(source_path, key)
+  if init_cfg.pretrained:
+    imported = imported or pretrained.load(init_cfg.pretrained)
+    src_params, src_stats = imported.params, imported.batch_stats
+  else:
+    src_params, src_stats = read_source(source_path, key)
   opts = dict(key=key, allow_missing=init_cfg.allow_missing,
               allow_unexpected=init_cfg.allow_unexpected)
   new_params, fresh = merge_by_path(paths.flatten(params), src_params, **opts)

@@ -69,7 +69,10 @@ def dry_run(cfg, workdir: str) -> str:
   from agejax import plan as plan_lib
   from agejax import plots
 
+  from agejax import initialization
+
   config_check.validate(cfg)
+  initialization.prepare_pretrained(cfg)  # the weights decide variant and preprocessing
   plan = plan_lib.make_plan(cfg)
   print(plan_lib.format_plan(plan))
   out = plan_lib.write_plan(plan, workdir)

@@ -70,7 +70,8 @@ def build_step_fns(cfg: ml_collections.ConfigDict,
 
 
 def create_train_state(cfg: ml_collections.ConfigDict, fns: steps.StepFns,
-                       replicated: NamedSharding, load_weights: bool = True) -> steps.TrainState:
+                       replicated: NamedSharding, load_weights: bool = True,
+                       imported: Any = None) -> steps.TrainState:
   """A fresh state (with ``init.*`` weights when ``load_weights``), replicated."""
   init_key, state_key = jax.random.split(jax.random.key(cfg.seed))
 
@@ -80,7 +81,8 @@ def create_train_state(cfg: ml_collections.ConfigDict, fns: steps.StepFns,
 
   params, batch_stats = jax.jit(init_model)(init_key)
   if load_weights:
-    params, batch_stats = initialization.load_initial_weights(cfg.init, params, batch_stats)
+    params, batch_stats = initialization.load_initial_weights(
+        cfg.init, params, batch_stats, imported)
   init = functools.partial(steps.init_state, fns, ema=cfg.optim.ema_decay > 0)
   return jax.jit(init, out_shardings=replicated)(params, batch_stats, state_key)
 
@@ -142,6 +144,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   deliver a SIGTERM at a chosen step).
   """
   config_check.validate(cfg)
+  imported = initialization.prepare_pretrained(cfg)
   mesh = make_mesh()
   if cfg.train.batch_size % mesh.size:
     raise ConfigError("train.batch_size", f"{cfg.train.batch_size} does not divide "
@@ -161,7 +164,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       keep_best=cfg.train.keep_best, best_metric=cfg.train.best_metric, best_mode="min")
   progress_state = {"best": None, "evals_since_best": 0}
   latest = ckpt.latest_step()
-  state = create_train_state(cfg, fns, replicated, load_weights=latest is None)
+  state = create_train_state(cfg, fns, replicated, load_weights=latest is None,
+                             imported=imported)
   if latest is not None:
     state, extra = ckpt.restore(latest, checkpointing.abstract_like(state))
     progress_state = extra.get("progress", progress_state)

@@ -1,0 +1,124 @@
+"""ImageNet backbones from the files people have: Keras .h5, torchvision/timm .pth and .safetensors.
+
+Nothing is downloaded: every reader takes a local file. :func:`read` detects
+the format from the file's first bytes, maps the tensors onto agejax's
+parameter paths and returns an :class:`Imported` that also says which layer
+variant, BatchNorm epsilon and input preprocessing the weights need
+(``model_overrides``). :func:`apply_overrides` puts those into the model
+config, so training, evaluation and prediction all feed the network what it
+was trained on.
+
+A converted directory (``python -m agejax.convert --output DIR``) holds the
+same tensors as an orbax checkpoint (``DIR/state``) and ``DIR/pretrained.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from agejax import paths
+from agejax.pretrained.types import Imported, WeightImportError
+
+FORMATS = ("keras-h5", "torch", "safetensors")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+META_FILE = "pretrained.json"
+STATE_ITEM = "state"
+
+__all__ = ["Imported", "WeightImportError", "FORMATS", "detect_format", "read", "load",
+           "save_converted", "apply_overrides"]
+
+
+def detect_format(path: str) -> str:
+  """``keras-h5``, ``torch`` (torch.save zip) or ``safetensors``, from the first bytes."""
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if head == _HDF5_MAGIC:
+    return "keras-h5"
+  if head[:4] == _ZIP_MAGIC:
+    return "torch"
+  if len(head) == 8 and int.from_bytes(head, "little") < os.path.getsize(path):
+    # safetensors: an 8-byte little-endian header length, then a JSON header.
+    with open(path, "rb") as f:
+      f.seek(8)
+      if f.read(1) == b"{":
+        return "safetensors"
+  raise WeightImportError(
+      f"{path}: not a Keras HDF5, torch.save zip or safetensors file (first bytes {head!r}); "
+      "legacy (non-zip) torch files can be re-saved with torch.save(sd, f) in torch >= 1.6")
+
+
+def read(path: str, fmt: str | None = None, arch: str | None = None) -> Imported:
+  """Imports a weights file (format detected unless ``fmt`` is given)."""
+  if not os.path.isfile(path):
+    raise WeightImportError(f"{path}: no such file")
+  fmt = fmt or detect_format(path)
+  if fmt == "keras-h5":
+    from agejax.pretrained import keras_h5
+    imported = keras_h5.read(path)
+  elif fmt in ("torch", "safetensors"):
+    from agejax.pretrained import torch_layout
+    imported = torch_layout.read(path, arch=arch)
+  else:
+    raise WeightImportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+  if arch and imported.arch != arch:
+    raise WeightImportError(f"{path} holds a {imported.arch}, not the requested {arch}")
+  return imported
+
+
+def save_converted(imported: Imported, out_dir: str) -> str:
+  """Writes ``imported`` as an orbax checkpoint plus its metadata; returns ``out_dir``."""
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  tree = {"params": paths.unflatten(imported.params),
+          "batch_stats": paths.unflatten(imported.batch_stats)}
+  ocp.PyTreeCheckpointer().save(os.path.join(out_dir, STATE_ITEM), tree, force=True)
+  meta = {"arch": imported.arch, "source": imported.source,
+          "model_overrides": imported.model_overrides}
+  with open(os.path.join(out_dir, META_FILE), "w") as f:
+    json.dump(meta, f, indent=1)
+  return out_dir
+
+
+def load(path: str) -> Imported:
+  """A weights file, or a directory written by :func:`save_converted`."""
+  if os.path.isfile(path):
+    return read(path)
+  meta_path = os.path.join(path, META_FILE)
+  if not os.path.isfile(meta_path):
+    raise WeightImportError(f"{path}: neither a weights file nor a converted directory "
+                            f"(no {META_FILE})")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  tree = ocp.PyTreeCheckpointer().restore(os.path.join(os.path.abspath(path), STATE_ITEM))
+  as_numpy = lambda t: {p: np.asarray(v) for p, v in paths.flatten(t or {}).items()}
+  return Imported(arch=meta["arch"], params=as_numpy(tree["params"]),
+                  batch_stats=as_numpy(tree.get("batch_stats")),
+                  model_overrides=meta["model_overrides"], source=meta["source"])
+
+
+def apply_overrides(model_cfg: ml_collections.ConfigDict, imported: Imported) -> dict[str, Any]:
+  """Sets the model keys the weights need (variant, epsilon, preprocessing); returns what changed."""
+  if model_cfg.arch != imported.arch:
+    raise WeightImportError(f"model.arch: the pretrained weights are a {imported.arch}, "
+                            f"the config asks for a {model_cfg.arch}")
+  if model_cfg.width != 64:
+    raise WeightImportError(f"model.width: pretrained {imported.arch} weights need the "
+                            f"published width 64, not {model_cfg.width}")
+  wanted = dict(imported.model_overrides)
+  changed = {}
+  for key, value in wanted.items():
+    if model_cfg[key] != value:
+      changed[key] = (model_cfg[key], value)
+      model_cfg[key] = value
+  if changed:
+    logging.warning("pretrained %s weights need %s", imported.source,
+                    ", ".join(f"model.{k}={new!r} (was {old!r})" for k, (old, new) in changed.items()))
+  return changed
