@@ -7,6 +7,9 @@ wrong types and impossible values before anything is built or compiled.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import ml_collections
 
 
@@ -146,3 +149,26 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.schedule.boundaries_epochs = ()
   c.optim.schedule.scales = ()
   return c
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A config saved with ``to_json_best_effort``, on top of the defaults.
+
+  JSON turns tuples into lists; the group and boundary sequences come back
+  as tuples so the config compares equal to the one that was saved.
+  """
+  def as_tuple(value: Any) -> Any:
+    return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
+
+  def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        flat.update(flatten(value, f"{prefix}{key}."))
+      else:
+        flat[f"{prefix}{key}"] = as_tuple(value)
+    return flat
+
+  cfg = default_config()
+  cfg.update_from_flattened_dict(flatten(json.loads(text)))
+  return cfg

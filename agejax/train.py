@@ -10,6 +10,7 @@ takes part in checkpointing.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import signal
@@ -28,6 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from agejax import checkpointing
+from agejax import config as config_lib
 from agejax import config_check
 from agejax import datasets
 from agejax import initialization
@@ -39,6 +41,18 @@ from agejax import optim
 from agejax import schedules
 from agejax import steps
 from agejax.errors import ConfigError
+
+
+CONFIG_FILE = "config.json"
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in ``workdir`` trained with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir} is not an agejax training workdir")
+  with open(path) as f:
+    return config_lib.from_json(f.read())
 
 
 class TrainingDiverged(RuntimeError):
@@ -171,6 +185,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     progress_state = extra.get("progress", progress_state)
     logging.info("resumed from step %d in %s", latest, ckpt.directory)
 
+  if is_chief:
+    # The resolved config (with the pretrained weights' model keys): what
+    # evaluate, predict and export rebuild the network from.
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=1))
   writer = metric_io.create_writer(workdir, is_chief)
   if latest is None:
     writer.write_hparams(_flat_hparams(cfg))
