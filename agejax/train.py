@@ -10,7 +10,6 @@ takes part in checkpointing.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import signal

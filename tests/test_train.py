@@ -205,3 +205,18 @@ def test_init_checkpoint_loads_the_backbone_and_refreshes_a_resized_head(data_di
   assert loaded["head/fc/kernel"].shape == (64, 81)
   stats = paths.flatten(state.batch_stats)
   np.testing.assert_array_equal(stats["stem/bn/mean"], stored["batch_stats/stem/bn/mean"])
+
+
+def test_a_trained_model_comes_back_from_its_workdir(uninterrupted):
+  from agejax import restore
+  workdir, summary = uninterrupted
+  best = restore.load_trained(workdir, "best")
+  latest = restore.load_trained(workdir, "latest")
+  assert (best.step, latest.step) == (summary["best_step"], TOTAL)
+  assert best.config == _config(best.config.data.data_dir)
+  _, stored = _final_params(workdir)
+  flat = paths.flatten(latest.params)
+  for path, value in flat.items():
+    np.testing.assert_array_equal(value, stored[f"params/{path}"])
+  with pytest.raises(ValueError, match="checkpoint '7': use best, latest or one of"):
+    restore.load_trained(workdir, "7")
