@@ -16,6 +16,10 @@ def get_config():
   config.init.checkpoint = ""  # workdir of the IMDB-WIKI run
 
   config.data.dataset = "appa_real"
+  # Train on the apparent age (ChaLearn LAP's target); its std gives the
+  # epsilon-error in evaluation.
+  config.data.label = "apparent_age"
+  config.data.label_std = "apparent_age_std"
   config.data.image_size = 224
   config.data.num_train_examples = 4113
 

@@ -1,0 +1,224 @@
+"""agejax.evaluate on a checkpoint of the tiny config, against numpy and the network itself."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from agejax import age_metrics
+from agejax import datasets
+from agejax import evaluate
+from agejax import input_pipeline
+from agejax import metric_io
+from agejax import restore
+from agejax import train
+from agejax.errors import ConfigError
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 16
+N_VALIDATION = 64  # synthetic_faces/tiny
+# 64 examples in batches of 24: the last batch carries 8 padding rows.
+BATCH = 24
+FIGURES = ("pred_vs_true", "mae_by_age", "cs", "error_hist")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  cfg = tiny.get_config()
+  cfg.data.data_dir = directory
+  datasets.ensure_prepared(cfg.data)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def workdir(data_dir, tmp_path_factory):
+  cfg = tiny.get_config()
+  cfg.data.data_dir = data_dir
+  cfg.train.num_train_steps = STEPS
+  cfg.train.eval_every_steps = 8
+  # The tiny config's lr saturates the softmax within 16 steps: every face
+  # then gets the same age, and flipping could not change a prediction.
+  cfg.optim.lr = 0.005
+  directory = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(cfg, directory)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def plain(workdir):
+  """The latest checkpoint on the run's validation split, no TTA."""
+  return evaluate.evaluate_run(workdir, "latest", batch_size=BATCH)
+
+
+def _stem(workdir, tag):
+  return os.path.join(workdir, "eval", tag)
+
+
+@pytest.fixture(scope="module")
+def direct(workdir):
+  """Validation ages from the network applied by hand, one batch, no mesh: {flip: ages}."""
+  trained = restore.load_trained(workdir, "latest")
+  cfg = trained.config
+  batch = next(input_pipeline.create_split(
+      cfg.data, cfg.model, "validation", train=False,
+      batch_size=N_VALIDATION).as_numpy_iterator())
+  model = trained.module()
+  ages = jax.jit(lambda images: model.head.predict(model(images, train=False))[0])
+  # NHWC: axis 2 is the width, so this is the mirror image.
+  return {flip: np.asarray(ages(jnp.asarray(batch["image"][:, :, ::-1] if flip
+                                            else batch["image"])))
+          for flip in (False, True)}
+
+
+def test_every_metric_matches_numpy_on_the_saved_predictions(workdir, plain, data_dir):
+  assert list(plain) == ["synthetic_faces/tiny:validation"]
+  record = plain["synthetic_faces/tiny:validation"]
+  with open(_stem(workdir, "synthetic_faces_tiny_validation_16.json")) as f:
+    saved = json.load(f)
+  assert saved == record
+  assert (saved["checkpoint_step"], saved["tta"], saved["label"], saved["label_std"]) == (
+      STEPS, "none", "age", "")
+  rows = np.load(_stem(workdir, "synthetic_faces_tiny_validation_16_predictions.npz"))
+  assert sorted(rows.files) == ["pred", "spread", "std", "true"]
+  pred, true = rows["pred"].astype(np.float64), rows["true"].astype(np.float64)
+
+  # Every example once, in stored order, padding rows dropped.
+  builder = tfds.builder("synthetic_faces/tiny", data_dir=data_dir)
+  labels = [int(e["age"]) for e in builder.as_dataset(split="validation",
+                                                      shuffle_files=False)]
+  assert saved["n"] == pred.size == N_VALIDATION
+  np.testing.assert_array_equal(true, labels)
+
+  errors = pred - true
+  assert saved["mae"] == pytest.approx(np.abs(errors).mean(), rel=1e-12)
+  assert saved["rmse"] == pytest.approx(np.sqrt(np.square(errors).mean()), rel=1e-12)
+  assert saved["mean_error"] == pytest.approx(errors.mean(), rel=1e-12)
+  assert saved["cs"] == [np.mean(np.abs(errors) <= k) for k in range(11)]
+  assert saved["cs5"] == saved["cs"][5]
+  decades = np.minimum(true // 10 * 10, 100)
+  assert saved["mae_by_decade"] == pytest.approx({
+      (f"{d:.0f}-{d + 9:.0f}" if d < 100 else "100+"): np.abs(errors[decades == d]).mean()
+      for d in np.unique(decades)}, rel=1e-12)
+  assert sum(saved["n_by_decade"].values()) == N_VALIDATION
+  assert "epsilon_error" not in saved  # synthetic faces have no apparent-age std
+
+  # The trainer's own validation pass over the same checkpoint agrees.
+  logged = [r for r in metric_io.read_metrics(workdir)
+            if r["split"] == "validation" and r["step"] == STEPS][-1]
+  assert saved["mae"] == pytest.approx(logged["mae"], rel=1e-5)
+  assert saved["rmse"] == pytest.approx(logged["rmse"], rel=1e-5)
+  assert logged["count"] == N_VALIDATION
+
+
+def test_predictions_are_the_networks(workdir, plain, direct):
+  del plain
+  rows = np.load(_stem(workdir, "synthetic_faces_tiny_validation_16_predictions.npz"))
+  np.testing.assert_allclose(rows["pred"], direct[False], atol=1e-4)
+  assert np.ptp(rows["pred"]) > 0.5  # a model that tells faces apart, or TTA tests nothing
+
+
+def test_figures_are_png_files_and_tensorboard_images(workdir, plain):
+  del plain
+  for name in FIGURES:
+    path = _stem(workdir, f"synthetic_faces_tiny_validation_16_{name}.png")
+    assert os.path.getsize(path) > 1024, path
+    with Image.open(path) as image:
+      assert image.format == "PNG"
+      pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2, path  # not a blank canvas
+
+  tags = set()
+  for events in glob.glob(os.path.join(workdir, "eval", "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(events):
+      tags.update(v.tag for v in event.summary.value)
+  tag = "synthetic_faces_tiny_validation"
+  assert {f"{tag}/{name}" for name in FIGURES} <= tags
+  assert {f"{tag}/mae", f"{tag}/rmse", f"{tag}/cs5", f"{tag}/n"} <= tags
+  records = metric_io.read_metrics(os.path.join(workdir, "eval"))
+  assert any(r["split"] == tag and r["step"] == STEPS and r["n"] == N_VALIDATION
+             for r in records)
+
+
+def test_flip_tta_averages_image_and_mirror_and_is_recorded(workdir, plain, direct):
+  del plain
+  # label_std="age" is not an apparent-age std; it only sends a std column
+  # through the pipeline so the epsilon-error path runs end to end.
+  record = evaluate.evaluate_run(workdir, "latest", tta=True, batch_size=BATCH,
+                                 label_std="age")["synthetic_faces/tiny:validation"]
+  assert record["tta"] == "flip" and record["label_std"] == "age"
+  with open(_stem(workdir, "synthetic_faces_tiny_validation_flip_16.json")) as f:
+    assert json.load(f) == record
+  flipped = np.load(_stem(workdir, "synthetic_faces_tiny_validation_flip_16_predictions.npz"))
+  plain_rows = np.load(_stem(workdir, "synthetic_faces_tiny_validation_16_predictions.npz"))
+  assert np.abs(flipped["pred"] - plain_rows["pred"]).max() > 1e-3
+  np.testing.assert_allclose(flipped["pred"], 0.5 * (direct[False] + direct[True]), atol=1e-4)
+
+  pred, mu = flipped["pred"].astype(np.float64), flipped["true"].astype(np.float64)
+  np.testing.assert_array_equal(flipped["std"], flipped["true"])
+  used = mu > 0  # age 0 gives sigma 0: no defined error
+  z = (pred[used] - mu[used]) / mu[used]
+  assert record["epsilon_n"] == used.sum()
+  assert record["epsilon_error"] == pytest.approx(np.mean(1 - np.exp(-z * z / 2)), rel=1e-12)
+  assert record["mae"] == pytest.approx(age_metrics.mae(pred, mu), rel=1e-12)
+
+
+def test_dataset_specs_and_file_tags():
+  assert evaluate.parse_dataset("appa_real:test", "validation") == ("appa_real", "test")
+  assert evaluate.parse_dataset("imdb_wiki/clean:test", "x") == ("imdb_wiki/clean", "test")
+  assert evaluate.parse_dataset("imdb_wiki/clean:1.0.0:test", "x") == (
+      "imdb_wiki/clean:1.0.0", "test")
+  assert evaluate.parse_dataset("appa_real:test[:50%]", "x") == ("appa_real", "test[:50%]")
+  assert evaluate.parse_dataset("appa_real", "validation") == ("appa_real", "validation")
+  with pytest.raises(ConfigError, match="--dataset: ':test' is not NAME"):
+    evaluate.parse_dataset(":test", "x")
+  assert evaluate.file_tag("imdb_wiki/clean", "test[:50%]", True) == (
+      "imdb_wiki_clean_test__50___flip")
+
+
+def test_labels_follow_the_run_on_its_dataset_and_the_dataset_elsewhere():
+  run = tiny.get_config().data
+  run.dataset, run.label, run.label_std = "imdb_wiki/clean", "age", ""
+  appa = ["image", "apparent_age", "apparent_age_std", "real_age", "age", "file_name"]
+  resolve = evaluate.resolve_labels
+  assert resolve(run, "appa_real", appa, "apparent_age") == ("apparent_age", "apparent_age_std")
+  assert resolve(run, "appa_real", appa, "apparent_age", label="age") == ("age", "")
+  assert resolve(run, "appa_real", appa, "apparent_age", label_std="") == ("apparent_age", "")
+  assert resolve(run, "imdb_wiki/clean", ["image", "age"], "age") == ("age", "")
+  run.dataset, run.label, run.label_std = "appa_real", "apparent_age", "apparent_age_std"
+  assert resolve(run, "appa_real", appa, "apparent_age") == ("apparent_age", "apparent_age_std")
+  assert resolve(run, "appa_real", appa, "apparent_age", label="real_age") == ("real_age", "")
+  with pytest.raises(ConfigError, match="--label_std: appa_real has no feature 'sd'"):
+    resolve(run, "appa_real", appa, "apparent_age", label_std="sd")
+
+
+def test_unknown_checkpoint_or_split_is_a_one_line_error(workdir):
+  with pytest.raises(ConfigError, match=r"--checkpoint: checkpoint '7': use best, latest"):
+    evaluate.evaluate_run(workdir, "7")
+  with pytest.raises(ConfigError, match=r"'nope' is not a split of synthetic_faces/tiny"):
+    evaluate.evaluate_run(workdir, "latest", ["synthetic_faces/tiny:nope"])
+
+
+def test_command_line(workdir):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "agejax.evaluate", f"--workdir={workdir}", "--checkpoint=8",
+       "--dataset=synthetic_faces/tiny:test", "--tta=flip", f"--batch_size={BATCH}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "synthetic_faces/tiny:test" in result.stdout and "MAE" in result.stdout
+  with open(_stem(workdir, "synthetic_faces_tiny_test_flip_8.json")) as f:
+    record = json.load(f)
+  assert (record["checkpoint_step"], record["tta"], record["n"]) == (8, "flip", 64)
+  assert math.isfinite(record["mae"])
