@@ -55,6 +55,9 @@ def initialize_distributed() -> None:
   """Joins the other processes before any device is touched (multi-host only)."""
   import jax
 
+  # Only the CPU backend reads this: it gives CPU-only processes real
+  # cross-process collectives (tests, CPU clusters); GPUs use NCCL regardless.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,

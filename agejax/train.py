@@ -285,10 +285,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     ckpt.wait()
     writer.flush()
 
+  # Identical on every process when the replicas agree (multi-host tests read it).
+  checksum = float(jax.device_get(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params))))
   summary.update(step=step, best=progress_state["best"], best_step=ckpt.best_step(),
-                 validation=last_eval)
-  logging.info("%s at step %d; best validation %s %s (step %s)", summary["stopped"], step,
-               cfg.train.best_metric, progress_state["best"], ckpt.best_step())
+                 validation=last_eval, param_checksum=checksum)
+  logging.info("%s at step %d; best validation %s %s (step %s); parameter checksum %.9g",
+               summary["stopped"], step, cfg.train.best_metric, progress_state["best"],
+               ckpt.best_step(), checksum)
   return summary
 
 
