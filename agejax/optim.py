@@ -307,7 +307,8 @@ def _labeller(labels: Mapping[str, str]) -> Callable[[Any], Any]:
 
 
 def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
-                    total_steps: int) -> optax.GradientTransformation:
+                    total_steps: int,
+                    schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
   """Builds the whole optimizer for ``params``.
 
   Args:
@@ -317,6 +318,8 @@ def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
     steps_per_epoch: optimizer updates per epoch.
     total_steps: optimizer updates in the run (micro-batches divided by
       ``optim.grad_accum_steps``).
+    schedule: the base learning rate per update, instead of the one
+      ``optim.schedule`` describes (the LR range test sweeps its own).
 
   Returns:
     An optax GradientTransformation; ``update`` needs ``params`` (weight decay
@@ -326,8 +329,9 @@ def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
     ConfigError: naming the offending ``optim.*`` key.
   """
   assignments = assign_groups(optim_cfg, params)
-  schedule = schedules.build_schedule(optim_cfg.schedule, optim_cfg.lr,
-                                      steps_per_epoch, total_steps)
+  if schedule is None:
+    schedule = schedules.build_schedule(optim_cfg.schedule, optim_cfg.lr,
+                                        steps_per_epoch, total_steps)
   trainable = {p: a for p, a in assignments.items() if not a.frozen}
   transforms = {}
   for a in trainable.values():

@@ -63,20 +63,26 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
-def build_step_fns(cfg: ml_collections.ConfigDict,
-                   length: length_lib.RunLength) -> steps.StepFns:
-  """The model's structure and the optimizer, from shapes alone."""
+def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
+                   schedule: Any = None) -> steps.StepFns:
+  """The model's structure and the optimizer, from shapes alone.
+
+  ``schedule`` replaces the base learning rate ``optim.schedule`` describes.
+  """
   graphdef, abstract_params, _ = models.split_state(nnx.eval_shape(
       lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0))))
   accum = cfg.optim.grad_accum_steps
   # The optimizer and its schedule count updates, not micro-batches.
   updates_per_epoch = max(1, length.steps_per_epoch // accum)
   total_updates = max(1, length.total_steps // accum)
+  if schedule is None:
+    schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
+                                        updates_per_epoch, total_updates)
   return steps.StepFns(
       graphdef=graphdef,
-      tx=optim.build_optimizer(cfg.optim, abstract_params, updates_per_epoch, total_updates),
-      schedule=schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
-                                        updates_per_epoch, total_updates),
+      tx=optim.build_optimizer(cfg.optim, abstract_params, updates_per_epoch, total_updates,
+                               schedule),
+      schedule=schedule,
       assignments=optim.assign_groups(cfg.optim, abstract_params),
       ema_decay=float(cfg.optim.ema_decay),
       grad_accum_steps=accum)
@@ -150,11 +156,15 @@ def update_progress(progress: dict[str, Any], metric: float) -> dict[str, Any]:
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
-                       step_hook: Callable[[int], None] | None = None) -> dict[str, Any]:
+                       step_hook: Callable[[int], None] | None = None,
+                       eval_hook: Callable[[int, dict[str, float]], None] | None = None
+                       ) -> dict[str, Any]:
   """Trains ``cfg`` in ``workdir`` (resuming what is there); returns a summary.
 
   ``step_hook(step)`` runs after every step on the host (tests use it to
-  deliver a SIGTERM at a chosen step).
+  deliver a SIGTERM at a chosen step); ``eval_hook(step, metrics)`` after
+  every evaluation and its checkpoint (hyperparameter search reports there,
+  and may stop the run by raising).
   """
   config_check.validate(cfg)
   imported = initialization.prepare_pretrained(cfg)
@@ -265,6 +275,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
       if step % ckpt_every == 0 or step == total:
         save(step, last_eval if evaluated else None)
+      if evaluated and eval_hook is not None:
+        eval_hook(step, last_eval)
       # Evaluation and checkpointing are not training time.
       interval_start += time.perf_counter() - pause_start
       patience = cfg.train.early_stop_patience
