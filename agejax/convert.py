@@ -33,6 +33,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the converted 
 _FEATURES = flags.DEFINE_string("features", None, "Images .npy: uint8 RGB, N x 224 x 224 x 3.")
 _FEATURES_OUT = flags.DEFINE_string("features_out", None, "Where to write the N x D features .npy.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass for --features.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 224, "Input size the converted VGG-16 fc6 is laid out for (ResNets ignore it).")
 
 
 def backbone(imported: pretrained.Imported, image_size: int) -> nnx.Module:
@@ -80,8 +82,10 @@ def main(argv: list[str]) -> None:
   if bool(_FEATURES.value) != bool(_FEATURES_OUT.value):
     raise app.UsageError("--features and --features_out go together")
   try:
-    imported = (pretrained.read(_INPUT.value, _FORMAT.value, _ARCH.value)
-                if _FORMAT.value or _ARCH.value else pretrained.load(_INPUT.value))
+    image_size = np.load(_FEATURES.value, mmap_mode="r").shape[1] if _FEATURES.value \
+        else _IMAGE_SIZE.value
+    imported = (pretrained.read(_INPUT.value, _FORMAT.value, _ARCH.value, image_size)
+                if _FORMAT.value or _ARCH.value else pretrained.load(_INPUT.value, image_size))
   except pretrained.WeightImportError as e:
     print(f"cannot import: {e}", file=sys.stderr)
     sys.exit(2)

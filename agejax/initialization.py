@@ -109,7 +109,7 @@ def prepare_pretrained(cfg: ml_collections.ConfigDict) -> pretrained.Imported | 
   if not cfg.init.pretrained:
     return None
   try:
-    imported = pretrained.load(cfg.init.pretrained)
+    imported = pretrained.load(cfg.init.pretrained, cfg.data.image_size)
     pretrained.apply_overrides(cfg.model, imported)
   except pretrained.WeightImportError as e:
     raise ConfigError("init.pretrained", str(e)) from e

@@ -55,8 +55,13 @@ def detect_format(path: str) -> str:
       "legacy (non-zip) torch files can be re-saved with torch.save(sd, f) in torch >= 1.6")
 
 
-def read(path: str, fmt: str | None = None, arch: str | None = None) -> Imported:
-  """Imports a weights file (format detected unless ``fmt`` is given)."""
+def read(path: str, fmt: str | None = None, arch: str | None = None,
+         image_size: int = 224) -> Imported:
+  """Imports a weights file (format detected unless ``fmt`` is given).
+
+  ``image_size`` matters only for VGG-16 from torchvision, whose adaptive
+  pool before fc6 is folded into fc6 for inputs other than 224-255 px.
+  """
   if not os.path.isfile(path):
     raise WeightImportError(f"{path}: no such file")
   fmt = fmt or detect_format(path)
@@ -65,7 +70,7 @@ def read(path: str, fmt: str | None = None, arch: str | None = None) -> Imported
     imported = keras_h5.read(path)
   elif fmt in ("torch", "safetensors"):
     from agejax.pretrained import torch_layout
-    imported = torch_layout.read(path, arch=arch)
+    imported = torch_layout.read(path, arch=arch, image_size=image_size)
   else:
     raise WeightImportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if arch and imported.arch != arch:
@@ -87,10 +92,10 @@ def save_converted(imported: Imported, out_dir: str) -> str:
   return out_dir
 
 
-def load(path: str) -> Imported:
+def load(path: str, image_size: int = 224) -> Imported:
   """A weights file, or a directory written by :func:`save_converted`."""
   if os.path.isfile(path):
-    return read(path)
+    return read(path, image_size=image_size)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     raise WeightImportError(f"{path}: neither a weights file nor a converted directory "
@@ -109,10 +114,7 @@ def apply_overrides(model_cfg: ml_collections.ConfigDict, imported: Imported) ->
   if model_cfg.arch != imported.arch:
     raise WeightImportError(f"model.arch: the pretrained weights are a {imported.arch}, "
                             f"the config asks for a {model_cfg.arch}")
-  if model_cfg.width != 64:
-    raise WeightImportError(f"model.width: pretrained {imported.arch} weights need the "
-                            f"published width 64, not {model_cfg.width}")
-  wanted = dict(imported.model_overrides)
+  wanted = {"width": 64, **imported.model_overrides}  # published networks are width 64
   changed = {}
   for key, value in wanted.items():
     if model_cfg[key] != value:
