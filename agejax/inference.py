@@ -1,0 +1,212 @@
+"""Ages from face crops, with the input the trained network saw in evaluation.
+
+``load(path)`` takes an exported bundle (``agejax.export``) or a training
+workdir and returns a :class:`Predictor`::
+
+  predictor = inference.load("/models/dex")
+  ages, spreads = predictor(crops)  # uint8 RGB face crops, any size
+
+A face crop goes through exactly the evaluation path of
+``agejax.input_pipeline``: it is resized to the dataset's stored size with
+the resize that built the dataset (``face_crop.crop_face``, PIL bilinear,
+uint8), then ``augment.center_crop``'s shorter-side resize (only when the
+stored side is below the network's input) and centre crop, then
+``augment.normalize``. Cropping and normalising run in numpy on the host:
+numpy's ``x / 255`` rounds as tf.data's does, XLA's division differs by an
+ulp, and a trained network turns an ulp of input into ~1e-4 years of output.
+``tests/test_export.py`` checks the result against the tf.data pipeline's
+output for the same stored images (bit-exact without a resize).
+
+The network is compiled once: every call runs fixed-size batches of
+``batch_size`` crops, the last one padded, so a new number of faces never
+triggers a new compilation, and predictors of the same network share it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from agejax import augment
+from agejax import face_crop
+from agejax import models
+
+BUNDLE_FORMAT = "agejax-model"
+BUNDLE_VERSION = 1
+MODEL_FILE = "model.json"
+PARAMS_DIR = "params"
+DEFAULT_BATCH_SIZE = 16
+
+
+def eval_crop(images: np.ndarray, image_size: int, stored_size: int) -> np.ndarray:
+  """``augment.center_crop`` of square stored images (float32 numpy).
+
+  Args:
+    images: [N, stored_size, stored_size, 3], any real dtype, values 0..255.
+    image_size: the network's input side.
+    stored_size: the dataset's stored side.
+  """
+  side = augment.eval_resize_side(image_size, stored_size)
+  x = np.asarray(images, np.float32)
+  if side != stored_size:
+    # tf.image.resize(bilinear, antialias=True) is a triangle-kernel
+    # scale-and-translate with half-pixel centres; jax.image.resize is the
+    # same algorithm. A square image stays square, so both sides go to side.
+    x = np.asarray(jax.image.resize(x, (x.shape[0], side, side, x.shape[3]), "linear",
+                                    antialias=True))
+  offset = (side - image_size) // 2  # the integer offsets center_crop uses
+  return x[:, offset:offset + image_size, offset:offset + image_size, :]
+
+
+def to_stored(image: np.ndarray, stored_size: int) -> np.ndarray:
+  """One uint8 RGB crop as the dataset stored it: ``stored_size`` square."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"face crops must be uint8 RGB [H, W, 3], got {image.dtype} "
+                     f"{image.shape}")
+  if image.shape[:2] == (stored_size, stored_size):
+    return image
+  return face_crop.crop_face(image, None, size=stored_size)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "flip_tta"))
+def _predict_batch(params: Any, batch_stats: Any, x: jax.Array, *, graphdef: nnx.GraphDef,
+                   flip_tta: bool) -> tuple[jax.Array, jax.Array]:
+  """Ages and spreads of one batch of network inputs.
+
+  Module level with the structure static: predictors of the same network
+  (a model loaded again, every ``agejax.predict`` call in one process) share
+  one compilation.
+  """
+  model = models.merge_state(graphdef, params, batch_stats)
+  age, spread = model.head.predict(model(x, train=False))
+  if flip_tta:  # data.eval_flip_tta: the mean over the image and its mirror
+    age_m, spread_m = model.head.predict(model(augment.flip_images(x), train=False))
+    age, spread = (age + age_m) / 2, (spread + spread_m) / 2
+  return age, spread
+
+
+class Predictor:
+  """Age and spread of face crops, from a bundle's ``model.json`` and weights.
+
+  Attributes:
+    meta: the bundle's model.json contents.
+    margin: face-box margin the training crops used (for ``crop_face``).
+    stored_size: side the training crops were stored at.
+    image_size: the network's input side.
+    batch_size: crops per compiled batch.
+  """
+
+  def __init__(self, meta: dict[str, Any], params: Any, batch_stats: Any,
+               batch_size: int = DEFAULT_BATCH_SIZE):
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.meta = meta
+    self.margin = float(meta["crop"]["margin"])
+    self.stored_size = int(meta["crop"]["stored_size"])
+    self.image_size = int(meta["image_size"])
+    self.batch_size = int(batch_size)
+    self._preprocessing = str(meta["preprocessing"])
+    augment.normalize(np.zeros([3], np.uint8), self._preprocessing)  # fail early
+    model_cfg = ml_collections.ConfigDict(meta["model"])
+    self._graphdef = models.split_state(nnx.eval_shape(
+        lambda: models.build_model(model_cfg, self.image_size, nnx.Rngs(0))))[0]
+    self._params = jax.tree.map(jnp.asarray, params)
+    self._batch_stats = jax.tree.map(jnp.asarray, batch_stats or {})
+    self._flip_tta = bool(meta.get("flip_tta", False))
+
+  def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 [N, stored, stored, 3]: each crop resized as the dataset was built."""
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+      raise ValueError(f"expected a batch [N, H, W, 3] or a list of [H, W, 3] crops, "
+                       f"got shape {images.shape}")
+    stored = [to_stored(image, self.stored_size) for image in images]
+    if not stored:
+      return np.zeros((0, self.stored_size, self.stored_size, 3), np.uint8)
+    return np.stack(stored)
+
+  def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """The float32 network input of uint8 RGB face crops (as :meth:`prepare` takes)."""
+    crops = eval_crop(self.prepare(images), self.image_size, self.stored_size)
+    return augment.normalize(crops, self._preprocessing)
+
+  def __call__(self, images: np.ndarray | Sequence[np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Ages and spreads (float32 [N]) of uint8 RGB face crops.
+
+    Args:
+      images: uint8 [N, H, W, 3], or a list of [H, W, 3] crops of any sizes.
+    """
+    x = self.preprocess(images)
+    ages, spreads = [], []
+    for start in range(0, len(x), self.batch_size):
+      chunk = x[start:start + self.batch_size]
+      rows = len(chunk)
+      if rows < self.batch_size:  # one batch shape, one compilation; eval rows are independent
+        chunk = np.concatenate([chunk, np.zeros((self.batch_size - rows, *chunk.shape[1:]),
+                                                np.float32)])
+      age, spread = _predict_batch(self._params, self._batch_stats, chunk,
+                                   graphdef=self._graphdef, flip_tta=self._flip_tta)
+      ages.append(np.asarray(age)[:rows])
+      spreads.append(np.asarray(spread)[:rows])
+    if not ages:
+      return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return (np.concatenate(ages).astype(np.float32),
+            np.concatenate(spreads).astype(np.float32))
+
+
+def read_bundle(path: str) -> tuple[dict[str, Any], Any, Any]:
+  """``(model.json, params, batch_stats)`` of an exported bundle."""
+  path = os.path.abspath(path)
+  with open(os.path.join(path, MODEL_FILE)) as f:
+    meta = json.load(f)
+  if meta.get("format") != BUNDLE_FORMAT:
+    raise ValueError(f"{path}/{MODEL_FILE} is not an agejax model bundle")
+  if meta.get("format_version", 0) > BUNDLE_VERSION:
+    raise ValueError(f"{path} is bundle format {meta['format_version']}; this "
+                     f"agejax reads up to {BUNDLE_VERSION}")
+  checkpointer = ocp.PyTreeCheckpointer()
+  params_dir = os.path.join(path, PARAMS_DIR)
+  # Plain numpy leaves: a bundle moves between machines, and the device
+  # layout recorded where it was written means nothing on another one.
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(params_dir).item_metadata)
+  tree = checkpointer.restore(params_dir, restore_args=as_numpy)
+  return meta, tree["params"], tree.get("batch_stats") or {}
+
+
+def load(path: str, checkpoint: str = "best",
+         batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+  """A predictor from an exported bundle or a training workdir.
+
+  Args:
+    path: a directory with ``model.json`` (``agejax.export``'s output) or a
+      training workdir (its ``config.json`` and checkpoints).
+    checkpoint: workdir only: ``best``, ``latest`` or a step number.
+    batch_size: crops per compiled batch.
+
+  Raises:
+    FileNotFoundError: ``path`` is neither.
+  """
+  if os.path.exists(os.path.join(path, MODEL_FILE)):
+    return Predictor(*read_bundle(path), batch_size=batch_size)
+  # Imported here: a bundle needs neither the training code nor TFDS.
+  from agejax import export  # pylint: disable=g-import-not-at-top
+  from agejax import restore  # pylint: disable=g-import-not-at-top
+  from agejax import train  # pylint: disable=g-import-not-at-top
+
+  if not os.path.exists(os.path.join(path, train.CONFIG_FILE)):
+    raise FileNotFoundError(f"{path} holds neither an exported model ({MODEL_FILE}) "
+                            f"nor a training run ({train.CONFIG_FILE})")
+  trained = restore.load_trained(path, checkpoint)
+  meta = export.metadata(trained.config, trained.step, workdir=path, checkpoint=checkpoint)
+  return Predictor(meta, trained.params, trained.batch_stats, batch_size=batch_size)

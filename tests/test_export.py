@@ -1,0 +1,194 @@
+"""Export and inference: a bundle predicts what the trained network evaluates."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from agejax import augment
+from agejax import datasets
+from agejax import export
+from agejax import face_crop
+from agejax import inference
+from agejax import input_pipeline
+from agejax import metric_io
+from agejax import models
+from agejax import paths
+from agejax import predict
+from agejax import restore
+from agejax import train
+from configs import tiny
+
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input)."""
+  cfg = tiny.get_config()
+  cfg.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  cfg.train.num_train_steps = STEPS
+  cfg.train.eval_every_steps = 8
+  cfg.train.checkpoint_every_steps = 8
+  datasets.ensure_prepared(cfg.data)
+  directory = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(cfg, directory)
+  return directory
+
+
+@pytest.fixture(scope="module")
+def bundle(workdir, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("export") / "model")
+  assert export.main(["--workdir", workdir, "--output", out, "--checkpoint", str(STEPS)]) == 0
+  return out
+
+
+@pytest.fixture(scope="module")
+def validation(workdir):
+  """The stored validation crops (uint8, stored order) and the pipeline's batches."""
+  cfg = restore.load_trained(workdir, "latest").config
+  builder = tfds.builder(cfg.data.dataset, data_dir=cfg.data.data_dir)
+  examples = list(tfds.as_numpy(builder.as_dataset(split="validation", shuffle_files=False)))
+  stored = np.stack([e["image"] for e in examples])
+  ages = np.array([e["age"] for e in examples], np.float32)
+  batches = list(input_pipeline.create_split(
+      cfg.data, cfg.model, "validation", train=False,
+      batch_size=cfg.train.batch_size).as_numpy_iterator())
+  return stored, ages, batches
+
+
+def test_model_json_describes_the_run(bundle):
+  with open(os.path.join(bundle, inference.MODEL_FILE)) as f:
+    meta = json.load(f)
+  assert meta["format"] == "agejax-model" and meta["format_version"] == 1
+  assert meta["source"]["step"] == STEPS and meta["source"]["dataset"] == "synthetic_faces/tiny"
+  assert meta["model"]["arch"] == "resnet18" and meta["model"]["width"] == 8
+  assert (meta["image_size"], meta["preprocessing"], meta["head"]) == (32, "imagenet", "dex")
+  assert (meta["min_age"], meta["max_age"], meta["flip_tta"], meta["ema"]) == (0, 100, False, False)
+  # synthetic_faces/tiny stores 32 px crops and has no margin of its own.
+  assert meta["crop"]["stored_size"] == 32 and meta["crop"]["margin"] == 0.4
+  assert "defaults for margin" in meta["crop"]["source"]
+  assert meta["agejax_version"] == "0.1.0"
+  assert os.path.isdir(os.path.join(bundle, inference.PARAMS_DIR))
+
+
+def test_preprocessing_matches_the_tf_pipeline(bundle, validation):
+  stored, _, batches = validation
+  pipeline = np.concatenate([b["image"][b["mask"]] for b in batches])
+  ours = inference.load(bundle).preprocess(stored)
+  assert ours.shape == pipeline.shape == (64, 32, 32, 3)
+  np.testing.assert_array_equal(ours, pipeline)  # stored 32 = input 32: no resampling
+
+
+@pytest.mark.parametrize("image_size", [24, 32, 48, 100])
+def test_eval_crop_matches_augment_center_crop(image_size):
+  """Crop only (24, 32: bit-exact) and resize up, then crop (48, 100)."""
+  image = np.random.default_rng(image_size).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  side = augment.eval_resize_side(image_size, 32)
+  expected = augment.center_crop(tf.constant(image), image_size, side).numpy()
+  ours = np.asarray(inference.eval_crop(image[None], image_size, 32))[0]
+  if side == 32:
+    np.testing.assert_array_equal(ours, expected)
+  else:  # two implementations of one resampling: float rounding apart, < 2e-4 of 255
+    np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=0)
+    np.testing.assert_allclose(augment.normalize(ours, "imagenet"),
+                               augment.normalize(expected, "imagenet"), atol=1e-5, rtol=0)
+
+
+def test_bundle_predicts_what_the_trained_network_evaluates(workdir, bundle, validation):
+  stored, labels, batches = validation
+  module = restore.load_trained(workdir, str(STEPS)).module()
+
+  # Compiled, as evaluation and prediction are: op-by-op dispatch rounds
+  # differently, by up to 1e-4 years on this network.
+  @nnx.jit
+  def evaluate(model, images):
+    return model.head.predict(model(images, train=False))[0]
+
+  reference = np.concatenate([np.asarray(evaluate(module, b["image"]))[b["mask"]]
+                              for b in batches])
+  ages, spreads = inference.load(bundle)(stored)
+  assert ages.dtype == spreads.dtype == np.float32 and ages.shape == (64,)
+  assert np.std(reference) > 5  # the network tells the faces apart: no trivial match
+  np.testing.assert_allclose(ages, reference, atol=1e-5, rtol=0)
+  assert np.all((spreads >= 0) & (spreads <= 50))
+  # The bundle's MAE is the one the run logged for that step.
+  logged = [r["mae"] for r in metric_io.read_metrics(workdir)
+            if r["split"] == "validation" and r["step"] == STEPS]
+  assert np.mean(np.abs(ages - labels)) == pytest.approx(logged[-1], abs=1e-4)
+
+
+def test_workdir_and_bundle_give_the_same_ages(workdir, bundle, validation):
+  stored = validation[0][:20]
+  from_bundle = inference.load(bundle)(stored)
+  from_workdir = inference.load(workdir, checkpoint="latest")(stored)
+  np.testing.assert_array_equal(from_bundle[0], from_workdir[0])
+  np.testing.assert_array_equal(from_bundle[1], from_workdir[1])
+
+
+def test_batches_are_padded_and_crops_resized(bundle, validation):
+  stored = validation[0]
+  predictor = inference.load(bundle, batch_size=8)
+  compiled = inference._predict_batch._cache_size()
+  all_ages, _ = predictor(stored[:20])  # 3 batches, the last one padded by 4
+  few_ages, _ = predictor(list(stored[:3]))
+  again, _ = inference.load(bundle, batch_size=8)(stored[:3])
+  np.testing.assert_allclose(few_ages, all_ages[:3], atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(again, few_ages)
+  # One batch shape, one compilation, shared by the second predictor.
+  assert inference._predict_batch._cache_size() == compiled + 1
+  # A crop of another size is resized as the dataset's builders resize.
+  big = np.asarray(tf.image.resize(stored[:1], [96, 96], "nearest"))[0]
+  np.testing.assert_array_equal(predictor.prepare([big, stored[1]]),
+                                [face_crop.crop_face(big, None, size=32), stored[1]])
+  assert predictor([])[0].shape == (0,)
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    predictor([stored[0].astype(np.float32)])
+
+
+def test_predict_cli_reads_the_bundle_and_the_workdir(workdir, bundle, validation, tmp_path,
+                                                      capsys):
+  from PIL import Image
+  path = str(tmp_path / "crop.png")
+  Image.fromarray(validation[0][0]).save(path)
+  expected = inference.load(bundle)(validation[0][:1])[0][0]
+  for source in (["--model", bundle], ["--workdir", workdir, "--checkpoint", "latest"]):
+    assert predict.main([*source, "--no_detect", "--json", path]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["faces"][0]["box"] == [0, 0, 32, 32]
+    assert record["faces"][0]["age"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_export_keeps_an_existing_bundle_unless_told(workdir, bundle, capsys):
+  assert export.main(["--workdir", workdir, "--output", bundle]) == 1
+  assert "already holds an exported model" in capsys.readouterr().err
+  assert export.main(["--workdir", workdir, "--output", bundle, "--overwrite",
+                      "--checkpoint", str(STEPS), "--margin", "0.25"]) == 0
+  assert inference.load(bundle).margin == 0.25
+  assert export.main(["--workdir", workdir, "--output", bundle + "-x",
+                      "--checkpoint", "7"]) == 1
+  assert "use best, latest or one of [8, 16]" in capsys.readouterr().err
+
+
+def test_a_network_without_batch_norm_round_trips(tmp_path):
+  """VGG-16 has no BatchNorm statistics: the bundle stores none and reads {}."""
+  cfg = tiny.get_config()
+  cfg.model.arch = "vgg16"
+  cfg.model.width = 4
+  _, params, batch_stats = models.split_state(
+      models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(3)))
+  assert batch_stats == {}
+  crop = {"margin": 0.3, "stored_size": 40, "source": "test"}
+  export.write_bundle(str(tmp_path), export.metadata(cfg, 0, crop=crop), params, batch_stats)
+  meta, read_params, read_stats = inference.read_bundle(str(tmp_path))
+  assert read_stats == {} and meta["model"]["arch"] == "vgg16"
+  flat, read_flat = paths.flatten(params), paths.flatten(read_params)
+  assert flat.keys() == read_flat.keys() and len(flat) == 32  # 13 convs + 3 fc, kernel and bias
+  for path, value in flat.items():
+    np.testing.assert_array_equal(read_flat[path], value, err_msg=path)
+  predictor = inference.Predictor(meta, read_params, read_stats)
+  assert (predictor.margin, predictor.stored_size, predictor.image_size) == (0.3, 40, 32)
