@@ -27,9 +27,7 @@ nothing here builds or downloads a dataset.
 from __future__ import annotations
 
 import functools
-import queue
-import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -41,6 +39,7 @@ from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import augment
 from agejax import datasets
+from agejax import device_prefetch
 from agejax.errors import ConfigError
 
 # The pipeline runs on the host CPU; a GPU belongs to JAX alone. This fails
@@ -322,94 +321,6 @@ def create_split(data_cfg: ml_collections.ConfigDict,
   return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-class DeviceIterator:
-  """Global jax.Arrays from per-process numpy batches, ``prefetch`` ahead.
-
-  A background thread reads the local batches, assembles each into global
-  arrays with ``jax.make_array_from_process_local_data`` (batch axis sharded
-  as ``sharding`` says) and queues up to ``prefetch`` of them, so the host copy
-  overlaps the device step. ``prefetch=0`` converts on demand in the caller.
-  """
-
-  def __init__(self, batches: Iterable[dict[str, np.ndarray]],
-               sharding: jax.sharding.Sharding, prefetch: int):
-    self._source = iter(batches)
-    self._sharding = sharding
-    self._prefetch = prefetch
-    self._stop = threading.Event()
-    self._thread = None
-    if prefetch > 0:
-      self._queue = queue.Queue(maxsize=prefetch)
-      self._thread = threading.Thread(target=self._fill, daemon=True)
-      self._thread.start()
-
-  def _put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(self._sharding, v)
-            for k, v in batch.items()}
-
-  def _fill(self) -> None:
-    try:
-      for batch in self._source:
-        item = ("batch", self._put(batch))
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if self._stop.is_set():
-          return
-      item = ("end", None)
-    except Exception as e:  # pylint: disable=broad-except
-      item = ("error", e)  # re-raised in the consumer's thread
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return
-      except queue.Full:
-        continue
-
-  def __iter__(self) -> "DeviceIterator":
-    return self
-
-  def __next__(self) -> dict[str, jax.Array]:
-    if self._thread is None:
-      return self._put(next(self._source))
-    if self._stop.is_set():
-      raise StopIteration
-    kind, value = self._queue.get()
-    if kind == "batch":
-      return value
-    self._stop.set()
-    if kind == "error":
-      raise value
-    raise StopIteration
-
-  def close(self) -> None:
-    """Stops the background thread (it finishes the batch it is converting)."""
-    self._stop.set()
-    if self._thread is not None:
-      self._thread.join()
-
-  def __enter__(self) -> "DeviceIterator":
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    self.close()
-
-
-def device_batches(dataset: tf.data.Dataset | Iterable[dict[str, np.ndarray]],
-                   sharding: jax.sharding.Sharding,
-                   prefetch: int = 2) -> DeviceIterator:
-  """Iterates ``dataset``'s local batches as global, sharded jax.Arrays.
-
-  Args:
-    dataset: from :func:`create_split` (or any iterable of numpy dicts).
-    sharding: e.g. ``NamedSharding(mesh, PartitionSpec("data"))``: axis 0 of
-      every entry is split over the mesh's data axis; each process supplies
-      the rows of its addressable devices.
-    prefetch: batches converted ahead (``data.prefetch``).
-  """
-  if isinstance(dataset, tf.data.Dataset):
-    dataset = dataset.as_numpy_iterator()
-  return DeviceIterator(dataset, sharding, prefetch)
+# Kept here so the pipeline's users have one module to import.
+DeviceIterator = device_prefetch.DeviceIterator
+device_batches = device_prefetch.device_batches

@@ -16,6 +16,8 @@ the work, each trial claimed by exactly one of them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -71,18 +73,34 @@ def create_study(study: str, storage: str) -> optuna.Study:
   """
   import sqlalchemy.exc  # optuna's RDB storage is built on SQLAlchemy
 
-  engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+  sqlite_file = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else None
+  engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite_file else {}
   for attempt in range(5):
     try:
-      return optuna.create_study(
-          study_name=study, load_if_exists=True, direction="minimize",
-          storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
-          pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    except sqlalchemy.exc.IntegrityError:
-      # Workers starting together race to create the schema or the study;
-      # the loser finds it there on the next attempt.
+      with _exclusive(sqlite_file + ".lock" if sqlite_file else None):
+        return optuna.create_study(
+            study_name=study, load_if_exists=True, direction="minimize",
+            storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+      # Workers starting together on a server database race to create the
+      # schema or the study; the loser finds it there on the next attempt.
       time.sleep(0.5 * (attempt + 1))
   raise RuntimeError(f"could not create or join study {study!r} in {storage}")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str | None):
+  """Holds an exclusive file lock (SQLite has no safe concurrent schema creation)."""
+  if lock_path is None:
+    yield
+    return
+  with open(lock_path, "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def objective(base_config: Callable[[], ml_collections.ConfigDict], space: Callable,

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import unicodedata
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils

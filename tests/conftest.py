@@ -12,3 +12,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding synthetic_faces/tiny, built once per test process."""
+  from agejax import datasets
+  from configs import tiny
+
+  cfg = tiny.get_config()
+  cfg.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  datasets.ensure_prepared(cfg.data)
+  return cfg.data.data_dir

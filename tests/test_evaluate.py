@@ -16,7 +16,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from agejax import age_metrics
-from agejax import datasets
 from agejax import evaluate
 from agejax import input_pipeline
 from agejax import metric_io
@@ -34,12 +33,8 @@ FIGURES = ("pred_vs_true", "mae_by_age", "cs", "error_hist")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  cfg = tiny.get_config()
-  cfg.data.data_dir = directory
-  datasets.ensure_prepared(cfg.data)
-  return directory
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from agejax import augment
-from agejax import datasets
 from agejax import export
 from agejax import face_crop
 from agejax import inference
@@ -27,14 +26,13 @@ STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, tiny_data_dir):
   """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input)."""
   cfg = tiny.get_config()
-  cfg.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  cfg.data.data_dir = tiny_data_dir
   cfg.train.num_train_steps = STEPS
   cfg.train.eval_every_steps = 8
   cfg.train.checkpoint_every_steps = 8
-  datasets.ensure_prepared(cfg.data)
   directory = str(tmp_path_factory.mktemp("run"))
   train.train_and_evaluate(cfg, directory)
   return directory

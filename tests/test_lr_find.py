@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from agejax import datasets
 from agejax import lr_find
 from agejax import metric_io
 from agejax import train
@@ -27,10 +26,9 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
   assert got == pytest.approx(1e-2, rel=0.13)  # the grid point nearest the inflexion
 
 
-def test_suggested_lr_trains_the_tiny_config(tmp_path):
+def test_suggested_lr_trains_the_tiny_config(tmp_path, tiny_data_dir):
   cfg = tiny.get_config()
-  cfg.data.data_dir = str(tmp_path / "tfds")
-  datasets.ensure_prepared(cfg.data)
+  cfg.data.data_dir = tiny_data_dir
   result = lr_find.range_test(cfg, num_steps=60, min_lr=1e-5, max_lr=50.0)
   lr = result["suggested_lr"]
   assert 1e-3 <= lr <= 1.0, lr

@@ -12,11 +12,8 @@ import socket
 import subprocess
 import sys
 
-import pytest
 
-from agejax import datasets
 from agejax import metric_io
-from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKSUM = re.compile(r"completed at step (\d+);.*parameter checksum ([0-9.e+-]+)")
@@ -39,11 +36,8 @@ def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
 
 
-def test_two_processes_train_together_and_resume_alone(tmp_path):
-  data_dir = str(tmp_path / "tfds")
-  cfg = tiny.get_config()
-  cfg.data.data_dir = data_dir
-  datasets.ensure_prepared(cfg.data)
+def test_two_processes_train_together_and_resume_alone(tmp_path, tiny_data_dir):
+  data_dir = tiny_data_dir
   workdir = str(tmp_path / "run")
   port = _free_port()
   procs = [

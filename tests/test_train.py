@@ -1,6 +1,5 @@
 """The training loop on the tiny config: exact resume, SIGTERM, NaN, best checkpoint, metrics."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from agejax import checkpointing
-from agejax import datasets
 from agejax import length
 from agejax import metric_io
 from agejax import paths
@@ -23,12 +21,8 @@ TOTAL = 24  # 1.5 epochs of 16 steps: a resume at step 10 is mid-epoch
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  cfg = tiny.get_config()
-  cfg.data.data_dir = directory
-  datasets.ensure_prepared(cfg.data)
-  return directory
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 def _config(data_dir, **train_overrides):

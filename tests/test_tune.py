@@ -8,7 +8,6 @@ import sys
 import optuna
 import pytest
 
-from agejax import datasets
 from agejax import metric_io
 from agejax import tune
 from agejax.errors import ConfigError
@@ -26,12 +25,8 @@ def space(trial):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("tfds"))
-  cfg = tiny.get_config()
-  cfg.data.data_dir = directory
-  datasets.ensure_prepared(cfg.data)
-  return directory
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 def _space(tmp_path, data_dir, lrs):

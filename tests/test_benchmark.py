@@ -1,0 +1,139 @@
+"""The benchmark harness at tiny settings: it runs and writes well-formed JSON lines.
+
+No speed is asserted anywhere: the numbers depend on the machine and its
+load. What is checked is the protocol: every result parses, carries the
+machine description and its settings, and reports positive measurements.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agejax.benchmark import build
+from agejax.benchmark import common
+from agejax.benchmark import e2e
+from agejax.benchmark import peer
+from agejax.benchmark import pipeline
+from agejax.benchmark import step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMON_KEYS = ("name", "date", "platform", "device_kind", "device_count", "jax_version",
+               "cpu_count", "load", "settings")
+TINY_STEP = step.StepSettings(arch="resnet18", width=8, image_size=32, batch_size=4,
+                              steps=2, repeats=2, warmup=1, matmul_size=256)
+
+
+def _round_trip(results, columns, tmp_path):
+  """The results as written by common.Output and read back, line by line."""
+  path = tmp_path / "bench.jsonl"
+  out = common.Output(str(path))
+  out.write(results, columns)
+  out.close()
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _check(record, name, positive):
+  for key in COMMON_KEYS:
+    assert key in record, key
+  assert record["name"] == name
+  assert isinstance(record["settings"], dict) and record["settings"]
+  assert len(record["load"]) == 3
+  for key in positive:
+    assert isinstance(record[key], (int, float)) and math.isfinite(record[key]), key
+    assert record[key] > 0, key
+
+
+def test_step(tmp_path):
+  (record,) = _round_trip(step.run(TINY_STEP), step.COLUMNS, tmp_path)
+  _check(record, "step", ("images_per_sec", "ms_per_step", "ms_per_step_min",
+                          "ms_per_step_max", "flops_per_step", "gflops_per_sec",
+                          "matmul_gflops_per_sec", "mfu"))
+  assert record["settings"]["arch"] == "resnet18"
+  assert record["ms_per_step_min"] <= record["ms_per_step"] <= record["ms_per_step_max"]
+  assert len(record["seconds"]) == TINY_STEP.repeats
+
+
+def test_peer_protocol(tmp_path):
+  settings = peer.PeerSettings(image_size=32, batch_size=2, steps=1, repeats=1, warmup=1,
+                               timeout=120)
+  # A stand-in agejax result with the same settings: checks the ratio's arithmetic.
+  fake_step = {"settings": {"arch": "resnet50", "width": 64, "image_size": 32,
+                            "batch_size": 2, "dtype": "float32"}, "images_per_sec": 10.0}
+  try:
+    results = peer.run(settings, fake_step)
+  except subprocess.TimeoutExpired:
+    pytest.skip("the tf-keras child took over 120 s on this machine")
+  (record,) = _round_trip(results, peer.COLUMNS, tmp_path)
+  _check(record, "peer", ("images_per_sec", "ms_per_step", "ratio"))
+  assert record["ratio"] == pytest.approx(10.0 / record["images_per_sec"])
+  assert record["tf_version"]
+
+
+def test_peer_ratio_needs_the_same_settings():
+  settings = peer.PeerSettings()
+  other = {"settings": {"arch": "resnet18", "width": 8, "image_size": 32, "batch_size": 4,
+                        "dtype": "float32"}, "images_per_sec": 1.0}
+  assert not peer.comparable(other, settings)
+  assert not peer.comparable(None, settings)
+  with pytest.raises(ValueError, match="no 'resnet18'"):
+    peer.run(peer.PeerSettings(arch="resnet18"))
+
+
+def test_input(tmp_path):
+  settings = pipeline.InputSettings(images=64, batch_size=8, batches=2, repeats=1, warmup=1)
+  records = _round_trip(pipeline.run(settings), pipeline.COLUMNS, tmp_path)
+  assert [r["variant"] for r in records] == ["minimal", "crop_flip", "rotation", "color_jitter"]
+  for record in records:
+    _check(record, "input", ("images_per_sec", "images_per_sec_per_core", "ms_per_batch"))
+  assert records[0]["ratio"] is None
+  assert all(r["ratio"] > 0 for r in records[1:])
+  assert records[2]["settings"]["rotation_degrees"] > 0
+  assert records[3]["settings"]["color_jitter"] > 0
+
+
+def test_build(tmp_path):
+  (record,) = _round_trip(build.run(build.BuildSettings(images=30)), build.COLUMNS, tmp_path)
+  _check(record, "build", ("images_per_sec", "seconds", "release_images", "kept"))
+  assert record["kept"] < record["release_images"]  # the hand-made bad rows are dropped
+
+
+def test_e2e(tmp_path):
+  settings = e2e.E2ESettings(config=os.path.join(REPO, "configs", "tiny.py"), steps=8,
+                             data_dir=str(tmp_path / "tfds"))
+  (record,) = _round_trip(e2e.run(settings), e2e.COLUMNS, tmp_path)
+  _check(record, "e2e", ("images_per_sec", "steps_per_sec", "seconds", "timed_steps"))
+  assert 0 <= record["data_wait_fraction"] <= 1
+  assert record["timed_steps"] == 7
+
+
+def test_output_to_stdout_keeps_the_table_on_stderr(capsys):
+  out = common.Output(None)
+  out.write([{"name": "x", "images_per_sec": 2.5}], ("images_per_sec",))
+  captured = capsys.readouterr()
+  assert json.loads(captured.out) == {"name": "x", "images_per_sec": 2.5}
+  assert "images_per_sec=2.5" in captured.err
+
+
+def test_cli(tmp_path):
+  output = tmp_path / "cli.jsonl"
+  proc = subprocess.run(
+      [sys.executable, "-m", "agejax.benchmark", "step", "--output", str(output),
+       "--repeats", "1", "--steps", "1", "--warmup", "1", "--arch", "resnet18",
+       "--width", "8", "--image_size", "32", "--batch_size", "4", "--matmul_size", "128",
+       "--platform", "cpu"],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = output.read_text().splitlines()
+  _check(json.loads(line), "step", ("images_per_sec", "mfu"))
+  assert "step" in proc.stdout  # the table row
+
+
+def test_cli_rejects_unknown_names():
+  proc = subprocess.run([sys.executable, "-m", "agejax.benchmark", "nonsense"], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 2
+  assert "unknown benchmark" in proc.stderr
