@@ -1,0 +1,130 @@
+"""Compiled train-step throughput on synthetic on-device data.
+
+The step is agejax's own: a config from ``default_config`` with the
+benchmark's overrides, ``train.build_step_fns`` + ``create_train_state`` and
+``jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)``, exactly as
+the trainer compiles it. Data is generated once on the device, so only the
+step is measured. FLOPs come from XLA's cost analysis of the compiled step;
+model FLOP utilisation (MFU) divides the achieved FLOP/s by a matmul peak
+measured in the same run, so a loaded or throttled machine lowers both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+
+from agejax import config as config_lib
+from agejax import length as length_lib
+from agejax import steps
+from agejax import train
+from agejax.benchmark import common
+
+COLUMNS = ("images_per_sec", "ms_per_step", "gflops_per_step", "gflops_per_sec",
+           "matmul_gflops_per_sec", "mfu")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the step benchmark runs; the defaults are its published settings."""
+  arch: str = "resnet50"
+  width: int = 64
+  image_size: int = 112
+  batch_size: int = 16
+  dtype: str = "float32"
+  steps: int = 5  # train steps per timed run
+  repeats: int = 5
+  warmup: int = 2  # untimed runs after compilation
+  matmul_size: int = 2048
+
+
+def make_config(s: StepSettings) -> ml_collections.ConfigDict:
+  """``default_config`` with the benchmark's model and batch: momentum SGD."""
+  cfg = config_lib.default_config()
+  cfg.model.arch = s.arch
+  cfg.model.width = s.width
+  cfg.model.dtype = s.dtype
+  cfg.data.image_size = s.image_size
+  cfg.train.batch_size = s.batch_size
+  cfg.optim.name = "momentum"
+  cfg.optim.schedule.name = "constant"
+  return cfg
+
+
+def _flops(compiled: Any) -> float:
+  """FLOPs of one call from XLA's cost analysis (a dict, or a list of one)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+def matmul_peak(size: int, dtype: str, repeats: int) -> float:
+  """Median FLOP/s of a ``size`` x ``size`` matmul: what this device can reach now."""
+  x = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
+  matmul = jax.jit(jnp.matmul).lower(x, x).compile()
+  seconds = common.time_calls(lambda: matmul(x, x).block_until_ready(),
+                              repeats=max(repeats, 3), warmup=1)
+  return 2 * size**3 / statistics.median(seconds)
+
+
+def _synthetic_batch(s: StepSettings, sharding: NamedSharding) -> dict[str, jax.Array]:
+  """A batch shaped like the input pipeline's, made on the device."""
+  k1, k2 = jax.random.split(jax.random.key(1))
+  batch = {
+      "image": jax.random.normal(k1, (s.batch_size, s.image_size, s.image_size, 3)),
+      "age": jax.random.uniform(k2, (s.batch_size,), maxval=100.0),
+      "age_std": jnp.zeros((s.batch_size,)),
+  }
+  return jax.device_put(batch, sharding)
+
+
+def run(s: StepSettings) -> list[dict[str, Any]]:
+  """Times ``s.repeats`` runs of ``s.steps`` compiled train steps; one result."""
+  cfg = make_config(s)
+  # The schedule never ends inside the benchmark: a long nominal run.
+  length = length_lib.run_length(cfg, s.batch_size * 1000)
+  fns = train.build_step_fns(cfg, length)
+  mesh = train.make_mesh()
+  state = train.create_train_state(cfg, fns, NamedSharding(mesh, P()), load_weights=False)
+  batch = _synthetic_batch(s, NamedSharding(mesh, P("data")))
+  train_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
+  # Calling the compiled object reuses this compilation (no second compile).
+  compiled = train_fn.lower(state, batch).compile()
+  flops = _flops(compiled)
+
+  holder = {"state": state}
+
+  def k_steps():
+    current = holder["state"]
+    for _ in range(s.steps):
+      current, metrics = compiled(current, batch)
+    jax.block_until_ready((current, metrics))
+    holder["state"] = current
+
+  seconds = common.time_calls(k_steps, s.repeats, s.warmup)
+  summary = common.summarize(seconds, s.batch_size * s.steps, "images")
+  ms_per_step = summary["ms_per_call"] / s.steps
+  flops_per_sec = flops / (ms_per_step / 1000)
+  # The peak is measured in the compute dtype of the model: bf16 on a GPU has
+  # a different peak than float32.
+  peak = matmul_peak(s.matmul_size, s.dtype, s.repeats)
+  results = {
+      "images_per_sec": summary["images_per_sec"],
+      "ms_per_step": ms_per_step,
+      "ms_per_step_min": summary["ms_per_call_min"] / s.steps,
+      "ms_per_step_max": summary["ms_per_call_max"] / s.steps,
+      "flops_per_step": flops,
+      "gflops_per_step": flops / 1e9,
+      "gflops_per_sec": flops_per_sec / 1e9,
+      "matmul_gflops_per_sec": peak / 1e9,
+      "mfu": flops_per_sec / peak,
+      "seconds": seconds,
+  }
+  return [common.record("step", dataclasses.asdict(s), results)]
