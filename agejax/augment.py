@@ -247,3 +247,38 @@ def train_image(image: tf.Tensor, key: tf.Tensor,
   if augment.color_jitter > 0:
     out = color_jitter(out, color_key, augment.color_jitter)
   return out
+
+
+def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
+  """Random crop + flip without rotation: only the window need be decoded."""
+  return bool(augment.random_resized_crop) and augment.rotation_degrees == 0
+
+
+def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
+                          augment: ml_collections.ConfigDict, image_size: int) -> tf.Tensor:
+  """:func:`train_image` without rotation, straight from JPEG bytes.
+
+  The JPEG decoder skips everything outside the crop window, which is most of
+  the work of an input pipeline. The key is split as in :func:`train_image`,
+  so the window and the flip are the same draws; the window is rounded out
+  to whole pixels.
+  """
+  crop_key, flip_key, _, color_key = tf.unstack(
+      tf.random.experimental.stateless_split(key, num=4))
+  shape = tf.image.extract_jpeg_shape(encoded)
+  cx, cy, crop_w, crop_h = sample_crop(
+      crop_key, shape[0], shape[1], (augment.crop_scale_min, augment.crop_scale_max),
+      (augment.crop_ratio_min, augment.crop_ratio_max))
+  left = tf.clip_by_value(tf.cast(tf.floor(cx - crop_w / 2), tf.int32), 0, shape[1] - 1)
+  top = tf.clip_by_value(tf.cast(tf.floor(cy - crop_h / 2), tf.int32), 0, shape[0] - 1)
+  width = tf.clip_by_value(tf.cast(tf.math.ceil(crop_w), tf.int32), 1, shape[1] - left)
+  height = tf.clip_by_value(tf.cast(tf.math.ceil(crop_h), tf.int32), 1, shape[0] - top)
+  window = tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, left, height, width]),
+                                         channels=3)
+  out = tf.image.resize(window, [image_size, image_size], method="bilinear")
+  if augment.flip:
+    flip = tf.random.stateless_uniform([], flip_key) < 0.5
+    out = tf.cond(flip, lambda: out[:, ::-1], lambda: out)
+  if augment.color_jitter > 0:
+    out = color_jitter(out, color_key, augment.color_jitter)
+  return out

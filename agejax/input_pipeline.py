@@ -289,10 +289,16 @@ def create_split(data_cfg: ml_collections.ConfigDict,
         index_offset=sum(counts[:process_index]), seed=seed,
         process_index=process_index, start_example=start_step * local_batch)
 
+    stored_as_jpeg = getattr(builder.info.features["image"], "encoding_format", None) == "jpeg"
+    fast = stored_as_jpeg and augment.crops_while_decoding(data_cfg.augment)
+
     def prepare(epoch, index, copy, record):
       key = _key(_AUGMENT, seed, epoch, index, copy)
-      image = augment.train_image(decode(record["image"]), key,
-                                  data_cfg.augment, size, resize_side)
+      if fast:
+        image = augment.train_image_from_jpeg(record["image"], key, data_cfg.augment, size)
+      else:
+        image = augment.train_image(decode(record["image"]), key,
+                                    data_cfg.augment, size, resize_side)
       return {"image": normalize(image, preprocessing),
               "age": record["age"], "age_std": record["age_std"]}
 

@@ -203,3 +203,39 @@ def test_train_image_is_a_function_of_its_key():
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert a.shape == (40, 40, 3) and a.dtype == np.float32
+
+
+def test_jpeg_fast_path_decodes_only_the_window_and_flips_like_the_warp():
+  """Full-image window at the stored size: the decoded JPEG itself, or its mirror."""
+  encoded = tf.io.encode_jpeg(tf.constant(_gradient(48, 48)), quality=100)
+  decoded = tf.io.decode_jpeg(encoded).numpy().astype(np.float32)
+  cfg = _augment_cfg(random_resized_crop=True, flip=True, crop_scale_min=1.0,
+                     crop_scale_max=1.0, crop_ratio_min=1.0, crop_ratio_max=1.0)
+  assert augment.crops_while_decoding(cfg)
+  assert not augment.crops_while_decoding(_augment_cfg(random_resized_crop=True,
+                                                       rotation_degrees=5.0))
+  flips = []
+  for i in range(16):
+    fast = augment.train_image_from_jpeg(encoded, _key(i), cfg, 48).numpy()
+    slow = augment.train_image(tf.constant(decoded.astype(np.uint8)), _key(i), cfg, 48, 48).numpy()
+    flipped = np.array_equal(fast, decoded[:, ::-1])
+    assert flipped or np.array_equal(fast, decoded)
+    # Same key, same draw: the warp path flips the same images.
+    assert np.array_equal(slow, decoded[:, ::-1]) == flipped
+    flips.append(flipped)
+  assert 0 < sum(flips) < 16
+
+
+def test_jpeg_fast_path_window_matches_the_sampled_crop():
+  encoded = tf.io.encode_jpeg(tf.constant(_gradient(48, 48)), quality=100)
+  cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25, crop_scale_max=0.25,
+                     crop_ratio_min=1.0, crop_ratio_max=1.0)
+  out = augment.train_image_from_jpeg(encoded, _key(3), cfg, 24).numpy()
+  crop_key = tf.unstack(tf.random.experimental.stateless_split(_key(3), num=4))[0]
+  cx, cy, w, h = (float(v) for v in augment.sample_crop(crop_key, 48, 48, (0.25, 0.25), (1, 1)))
+  assert (w, h) == (24.0, 24.0)
+  # A 24 px window resized to 24 px: red = 5 * x and green = 5 * y of its
+  # top-left pixel (JPEG at quality 100 keeps the gradient within a few levels).
+  left, top = math.floor(cx - 12), math.floor(cy - 12)
+  np.testing.assert_allclose(out[0, 0, :2], [5 * left, 5 * top], atol=4)
+  np.testing.assert_allclose(out[-1, -1, :2], [5 * (left + 23), 5 * (top + 23)], atol=4)
