@@ -212,7 +212,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   ckpt_every = cfg.train.checkpoint_every_steps or eval_every
   hooks = []
   if is_chief:
-    # Logs steps/s and ETA; train/steps_per_sec in the metrics is measured here.
+    # Logs steps/s and ETA; the metrics' steps_per_sec is measured by the loop.
     hooks.append(periodic_actions.ReportProgress(num_train_steps=total))
     if cfg.train.profile:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
@@ -294,6 +294,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         break
   finally:
     preemption.restore()
+    train_iter.close()
     ckpt.wait()
     writer.flush()
 
