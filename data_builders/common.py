@@ -19,6 +19,16 @@ from tensorflow_datasets.core.utils import gcs_utils
 gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
 
 REPORT_FILE = "cleaning_report.json"
+GENDERS = ("female", "male", "unknown")
+
+
+def image_feature(size: int) -> tfds.features.Image:
+  """Every builder stores square RGB JPEG face crops of ``size`` pixels."""
+  return tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg")
+
+
+def gender_feature() -> tfds.features.ClassLabel:
+  return tfds.features.ClassLabel(names=list(GENDERS))
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)

@@ -3,13 +3,13 @@
 import csv
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+
+import builder_testing
 
 from agejax import face_crop
 from data_builders import age_csv
@@ -115,20 +115,10 @@ def write_data(root: str) -> None:
     save(os.path.join(root, path), image=photo(int(age)))
 
 
-class _Case(tfds.testing.DatasetBuilderTestCase):
+class _Case(builder_testing.ReleaseTestCase):
   DATASET_CLASS = age_csv.Builder
 
-  @classmethod
-  def setUpClass(cls):
-    cls._dummy = tempfile.mkdtemp()
-    write_data(cls._dummy)
-    cls.EXAMPLE_DIR = cls._dummy
-    super().setUpClass()
-
-  @classmethod
-  def tearDownClass(cls):
-    super().tearDownClass()
-    shutil.rmtree(cls._dummy)
+  write_release = staticmethod(write_data)
 
 
 class AgeCsvIdentityTest(_Case):

@@ -3,14 +3,14 @@
 import csv
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+
+import builder_testing
 
 from data_builders import appa_real
 
@@ -63,21 +63,11 @@ def write_release(root: str) -> None:
         f.write(b"not a jpeg at all")
 
 
-class AppaRealTest(tfds.testing.DatasetBuilderTestCase):
+class AppaRealTest(builder_testing.ReleaseTestCase):
   DATASET_CLASS = appa_real.Builder
   SPLITS = SPLITS
 
-  @classmethod
-  def setUpClass(cls):
-    cls._dummy = tempfile.mkdtemp()
-    write_release(cls._dummy)
-    cls.EXAMPLE_DIR = cls._dummy
-    super().setUpClass()
-
-  @classmethod
-  def tearDownClass(cls):
-    super().tearDownClass()
-    shutil.rmtree(cls._dummy)
+  write_release = staticmethod(write_release)
 
 
 def build(manual_dir: str, data_dir: str, size: int = 32) -> tfds.core.DatasetBuilder:

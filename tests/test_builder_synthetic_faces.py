@@ -3,12 +3,12 @@
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+
+import builder_testing
 
 from agejax import face_crop
 from data_builders import synthetic_faces
@@ -18,22 +18,12 @@ SMALL = synthetic_faces.SyntheticFacesConfig(
     name="small", image_size=32, num_train=40, num_validation=8, num_test=8, seed=3)
 
 
-class SyntheticFacesTest(tfds.testing.DatasetBuilderTestCase):
+class SyntheticFacesTest(builder_testing.ReleaseTestCase):
+  """Nothing is read: the case still wants a folder of example files."""
+
   DATASET_CLASS = synthetic_faces.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = [SMALL]
   SPLITS = {"train": 40, "validation": 8, "test": 8}
-
-  @classmethod
-  def setUpClass(cls):
-    # Nothing is read, but the test case wants a folder of example files.
-    cls._dummy = tempfile.mkdtemp()
-    cls.EXAMPLE_DIR = cls._dummy
-    super().setUpClass()
-
-  @classmethod
-  def tearDownClass(cls):
-    super().tearDownClass()
-    shutil.rmtree(cls._dummy)
 
 
 def test_configs_are_the_documented_ones():

@@ -3,14 +3,14 @@
 import io
 import json
 import os
-import shutil
 import tarfile
-import tempfile
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+
+import builder_testing
 
 from data_builders import common
 from data_builders import utkface
@@ -78,21 +78,11 @@ def write_release(root: str, archive: bool = True) -> None:
       tar.addfile(info, io.BytesIO(data))
 
 
-class UtkFaceTest(tfds.testing.DatasetBuilderTestCase):
+class UtkFaceTest(builder_testing.ReleaseTestCase):
   DATASET_CLASS = utkface.Builder
   SPLITS = SPLITS
 
-  @classmethod
-  def setUpClass(cls):
-    cls._dummy = tempfile.mkdtemp()
-    write_release(cls._dummy)
-    cls.EXAMPLE_DIR = cls._dummy
-    super().setUpClass()
-
-  @classmethod
-  def tearDownClass(cls):
-    super().tearDownClass()
-    shutil.rmtree(cls._dummy)
+  write_release = staticmethod(write_release)
 
 
 def build(manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:

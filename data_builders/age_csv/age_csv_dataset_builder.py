@@ -153,9 +153,9 @@ class Builder(common.ReportingBuilder):
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+            "image": common.image_feature(size),
             "age": tfds.features.Scalar(np.int32),
-            "gender": tfds.features.ClassLabel(names=["female", "male", "unknown"]),
+            "gender": common.gender_feature(),
             # "" where the CSV names no person.
             "identity": tfds.features.Text(),
             "file_name": tfds.features.Text(),

@@ -121,7 +121,7 @@ class Builder(common.ReportingBuilder):
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+            "image": common.image_feature(size),
             "apparent_age": tfds.features.Scalar(np.float32),
             "apparent_age_std": tfds.features.Scalar(np.float32),
             "real_age": tfds.features.Scalar(np.int32),

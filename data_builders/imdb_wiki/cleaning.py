@@ -34,7 +34,7 @@ BAD_BOX = "bad_box"
 REASONS = (NO_FACE, LOW_SCORE, SECOND_FACE, BAD_DOB, AGE_OUT_OF_RANGE,
            MISSING_FILE, UNDECODABLE, TOO_SMALL, BAD_BOX)
 
-GENDERS = ("female", "male", "unknown")
+GENDERS = common.GENDERS
 
 # MATLAB's datenum counts days from the year 0 (datenum(1, 1, 1) == 367);
 # Python's ordinal counts from 0001-01-01 == 1.

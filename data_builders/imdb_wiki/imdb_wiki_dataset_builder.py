@@ -116,9 +116,9 @@ class Builder(common.ReportingBuilder):
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+            "image": common.image_feature(size),
             "age": tfds.features.Scalar(dtype=np.int32),
-            "gender": tfds.features.ClassLabel(names=cleaning.GENDERS),
+            "gender": common.gender_feature(),
             "identity": tfds.features.Text(),
             "source": tfds.features.ClassLabel(names=release.SOURCES),
             "file_name": tfds.features.Text(),
