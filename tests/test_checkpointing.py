@@ -229,7 +229,7 @@ def test_invalid_saves_are_rejected(ckpt_dir):
 
 
 KILL_DURING_ASYNC_SAVE = """
-import os, signal, sys
+import os, signal, sys, time
 import jax.numpy as jnp
 from agejax.checkpointing import Checkpointer
 
@@ -237,6 +237,12 @@ ckpt = Checkpointer(sys.argv[1], async_save=True)
 ckpt.save(1, {"w": jnp.arange(8.0)}, extra={"pos": 1})
 ckpt.wait()
 ckpt.save(2, {"w": jnp.ones((4096, 4096))}, extra={"pos": 2})
+# Kill once the write is under way (its temporary folder exists), however
+# slowly a loaded machine gets there.
+deadline = time.time() + 60
+while time.time() < deadline and not any(
+    n.startswith("2.") for n in os.listdir(sys.argv[1])):
+  time.sleep(0.001)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
