@@ -10,6 +10,7 @@ import re
 import unicodedata
 from typing import Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
 
@@ -27,8 +28,14 @@ def image_feature(size: int) -> tfds.features.Image:
   return tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg")
 
 
-def gender_feature() -> tfds.features.ClassLabel:
-  return tfds.features.ClassLabel(names=list(GENDERS))
+def face_features(size: int, **extra: tfds.features.FeatureConnector) -> tfds.features.FeaturesDict:
+  """The features the input pipeline relies on (image, int age, gender), plus ``extra``."""
+  return tfds.features.FeaturesDict({
+      "image": image_feature(size),
+      "age": tfds.features.Scalar(np.int32),
+      "gender": tfds.features.ClassLabel(names=list(GENDERS)),
+      **extra,
+  })
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)

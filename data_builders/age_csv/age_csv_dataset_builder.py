@@ -19,7 +19,6 @@ import math
 from typing import Iterator, Sequence
 
 from etils import epath
-import numpy as np
 import tensorflow_datasets as tfds
 
 from agejax import face_crop
@@ -152,14 +151,12 @@ class Builder(common.ReportingBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": common.image_feature(size),
-            "age": tfds.features.Scalar(np.int32),
-            "gender": common.gender_feature(),
+        features=common.face_features(
+            size,
             # "" where the CSV names no person.
-            "identity": tfds.features.Text(),
-            "file_name": tfds.features.Text(),
-        }),
+            identity=tfds.features.Text(),
+            file_name=tfds.features.Text(),
+        ),
         supervised_keys=("image", "age"),
     )
 

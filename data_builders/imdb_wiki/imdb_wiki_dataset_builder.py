@@ -115,15 +115,13 @@ class Builder(common.ReportingBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": common.image_feature(size),
-            "age": tfds.features.Scalar(dtype=np.int32),
-            "gender": common.gender_feature(),
-            "identity": tfds.features.Text(),
-            "source": tfds.features.ClassLabel(names=release.SOURCES),
-            "file_name": tfds.features.Text(),
-            "face_score": tfds.features.Scalar(dtype=np.float32),
-        }),
+        features=common.face_features(
+            size,
+            identity=tfds.features.Text(),
+            source=tfds.features.ClassLabel(names=release.SOURCES),
+            file_name=tfds.features.Text(),
+            face_score=tfds.features.Scalar(dtype=np.float32),
+        ),
         supervised_keys=("image", "age"),
         homepage="https://data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki/",
         metadata=tfds.core.MetadataDict(),

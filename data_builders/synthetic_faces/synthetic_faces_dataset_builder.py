@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from agejax import face_crop
@@ -55,11 +54,7 @@ class Builder(common.ReportingBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": common.image_feature(size),
-            "age": tfds.features.Scalar(np.int32),
-            "gender": common.gender_feature(),
-        }),
+        features=common.face_features(size),
         supervised_keys=("image", "age"),
     )
 

@@ -12,7 +12,6 @@ import dataclasses
 from typing import BinaryIO, Iterator, Sequence
 
 from etils import epath
-import numpy as np
 import tensorflow_datasets as tfds
 
 from agejax import face_crop
@@ -74,13 +73,11 @@ class Builder(common.ReportingBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": common.image_feature(size),
-            "age": tfds.features.Scalar(np.int32),
-            "gender": common.gender_feature(),
-            "race": tfds.features.ClassLabel(names=list(RACES)),
-            "file_name": tfds.features.Text(),
-        }),
+        features=common.face_features(
+            size,
+            race=tfds.features.ClassLabel(names=list(RACES)),
+            file_name=tfds.features.Text(),
+        ),
         supervised_keys=("image", "age"),
         homepage="https://susanqq.github.io/UTKFace/",
     )
