@@ -21,12 +21,13 @@ from agejax.errors import ConfigError
 DTYPES = ("float32", "bfloat16")
 
 
-def _leaves(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def leaves(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(dotted key, value) of every non-section entry, sorted."""
   for name in sorted(cfg.keys()):
     value = cfg[name]
     key = f"{prefix}{name}"
     if isinstance(value, ml_collections.ConfigDict):
-      yield from _leaves(value, key + ".")
+      yield from leaves(value, key + ".")
     else:
       yield key, value
 
@@ -43,9 +44,9 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 def check_keys_and_types(cfg: ml_collections.ConfigDict) -> None:
   """Rejects keys the defaults do not declare and values of the wrong type."""
-  defaults = dict(_leaves(config_lib.default_config()))
+  defaults = dict(leaves(config_lib.default_config()))
   default_sections = {k.rsplit(".", 1)[0] for k in defaults if "." in k}
-  for key, value in _leaves(cfg):
+  for key, value in leaves(cfg):
     if key not in defaults:
       if key in default_sections:
         raise ConfigError(key, "is a section; set its keys, not the section itself")

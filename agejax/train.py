@@ -309,14 +309,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
 
 
 def _flat_hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = {}
-  def walk(node, prefix):
-    for k, v in node.items():
-      if isinstance(v, ml_collections.ConfigDict):
-        walk(v, f"{prefix}{k}.")
-      elif isinstance(v, (bool, int, float, str)):
-        flat[f"{prefix}{k}"] = v
-      else:
-        flat[f"{prefix}{k}"] = str(v)
-  walk(cfg, "")
-  return flat
+  """Dotted keys to scalars (sequences such as groups as text) for TensorBoard."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in config_check.leaves(cfg)}
