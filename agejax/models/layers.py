@@ -18,6 +18,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from agejax.errors import ConfigError
+from agejax.models import batch_norm as batch_norm_lib
+from agejax.models import cpu_lowering
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -62,7 +64,8 @@ def conv(in_channels: int, out_channels: int, kernel: int, *, stride: int = 1,
       in_channels, out_channels, (kernel, kernel), strides=(stride, stride),
       padding=((padding, padding), (padding, padding)), use_bias=use_bias,
       dtype=dtype, param_dtype=jnp.float32, kernel_init=he_normal_fan_out,
-      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+      bias_init=jax.nn.initializers.zeros,
+      conv_general_dilated=cpu_lowering.conv_general_dilated, rngs=rngs)
 
 
 def batch_norm(num_features: int, model_cfg: Any, *, dtype: Any,
@@ -73,9 +76,10 @@ def batch_norm(num_features: int, model_cfg: Any, *, dtype: Any,
   * batch`` with the biased batch variance (Flax's convention; PyTorch keeps
   the unbiased one, a factor n / (n - 1) that is negligible at batch sizes
   where batch statistics are worth keeping). Scale starts at 1 everywhere:
-  no zero-init of the last BN of a residual block.
+  no zero-init of the last BN of a residual block. Training uses the
+  closed-form gradient of :mod:`agejax.models.batch_norm`.
   """
-  return nnx.BatchNorm(
+  return batch_norm_lib.BatchNorm(
       num_features, momentum=float(model_cfg.bn_momentum),
       epsilon=float(model_cfg.bn_epsilon), dtype=dtype,
       param_dtype=jnp.float32,
@@ -109,11 +113,7 @@ def max_pool(x: jax.Array, window: int, stride: int,
 
   -inf (not 0) so that a padded pixel never wins, as in PyTorch's MaxPool2d.
   """
-  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  # A Python -inf, not an array: lax only recognises (and differentiates) a
-  # max pool when the initial value is the concrete identity of max.
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), pad)
+  return cpu_lowering.max_pool(x, window, stride, padding)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
