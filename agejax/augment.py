@@ -55,8 +55,8 @@ def normalize(images: Any, preprocessing: str) -> Any:
         "model.preprocessing",
         f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSINGS}")
   if tf.is_tensor(images):
-    x = tf.cast(images, tf.float32)
-  elif isinstance(images, jax.Array):  # also inside jit (prediction, export)
+    return _normalize_tf(tf.cast(images, tf.float32), preprocessing)
+  if isinstance(images, jax.Array):  # also inside jit (prediction, export)
     x = images.astype(jnp.float32)
   else:
     x = np.asarray(images, np.float32)
@@ -65,6 +65,29 @@ def normalize(images: Any, preprocessing: str) -> Any:
   mean = np.asarray(IMAGENET_MEAN_RGB, np.float32)
   std = np.asarray(IMAGENET_STD_RGB, np.float32)
   return (x / np.float32(255.0) - mean) / std
+
+
+def _normalize_tf(x: tf.Tensor, preprocessing: str) -> tf.Tensor:
+  """:func:`normalize` in TensorFlow, the same operations value for value.
+
+  TF's CPU kernels broadcast a length-3 channel vector over [..., W, 3] a
+  few times slower than a length-3W row over [..., W * 3], so with a static
+  width the image is viewed as rows and the constants are tiled W times.
+  Each element still sees the same divide and subtract.
+  """
+  if preprocessing == "caffe":
+    x = tf.reverse(x, axis=[-1])  # tf.reverse: a negative-stride slice is slow
+  width = x.shape[-2] if x.shape.rank and x.shape.rank >= 2 else None
+  tiles = width or 1
+  if width:
+    shape = tf.shape(x)
+    x = tf.reshape(x, tf.concat([shape[:-2], [width * 3]], axis=0))
+  if preprocessing == "caffe":
+    x = x - np.tile(np.asarray(CAFFE_MEAN_BGR, np.float32), tiles)
+  else:
+    x = ((x / np.float32(255.0) - np.tile(np.asarray(IMAGENET_MEAN_RGB, np.float32), tiles))
+         / np.tile(np.asarray(IMAGENET_STD_RGB, np.float32), tiles))
+  return tf.reshape(x, shape) if width else x
 
 
 def flip_images(batch: Any) -> Any:
@@ -278,7 +301,7 @@ def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
   out = tf.image.resize(window, [image_size, image_size], method="bilinear")
   if augment.flip:
     flip = tf.random.stateless_uniform([], flip_key) < 0.5
-    out = tf.cond(flip, lambda: out[:, ::-1], lambda: out)
+    out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
   if augment.color_jitter > 0:
     out = color_jitter(out, color_key, augment.color_jitter)
   return out

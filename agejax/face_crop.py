@@ -22,19 +22,27 @@ class UndecodableImage(ValueError):
   """The bytes are not an image PIL can read."""
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-  """Decodes JPEG/PNG/... bytes to uint8 RGB (grayscale, CMYK, palette converted)."""
+def decode(data: bytes) -> Image.Image:
+  """Decodes JPEG/PNG/... bytes to an RGB PIL image (grayscale, CMYK, palette converted)."""
   try:
     with Image.open(io.BytesIO(data)) as img:
       img.load()
-      return np.asarray(img.convert("RGB"))
+      # convert() copies even when the mode already matches: skip it then.
+      return img if img.mode == "RGB" else img.convert("RGB")
   except Exception as e:  # PIL raises many types for broken files
     raise UndecodableImage(str(e)) from e
 
 
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+def decode_rgb(data: bytes) -> np.ndarray:
+  """:func:`decode` as a uint8 [H, W, 3] array."""
+  return np.asarray(decode(data))
+
+
+def encode_jpeg(image: Image.Image | np.ndarray, quality: int = 95) -> bytes:
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
   out = io.BytesIO()
-  Image.fromarray(image).save(out, format="JPEG", quality=quality)
+  image.save(out, format="JPEG", quality=quality)
   return out.getvalue()
 
 
@@ -56,16 +64,23 @@ def widen_box(box: Sequence[float], margin: float, height: int,
   return left, top, right, bottom
 
 
-def crop_face(image: np.ndarray, box: Sequence[float] | None,
-              margin: float = DEFAULT_MARGIN, size: int = DEFAULT_SIZE) -> np.ndarray:
-  """The widened face box of ``image`` resized to ``size`` x ``size`` (RGB uint8).
+def crop(image: Image.Image, box: Sequence[float] | None,
+         margin: float = DEFAULT_MARGIN, size: int = DEFAULT_SIZE) -> Image.Image:
+  """The widened face box of RGB ``image`` resized to ``size`` x ``size``.
 
-  ``box=None`` uses the whole image (already cropped releases).
+  ``box=None`` uses the whole image (already cropped releases). Builders stay
+  in PIL from decoding to encoding: no array copies between the steps that
+  release the GIL, which is what lets their thread pools use every core.
   """
-  height, width = image.shape[:2]
+  width, height = image.size
   if box is None:
     left, top, right, bottom = 0, 0, width, height
   else:
     left, top, right, bottom = widen_box(box, margin, height, width)
-  crop = Image.fromarray(image[top:bottom, left:right])
-  return np.asarray(crop.resize((size, size), Image.BILINEAR))
+  return image.crop((left, top, right, bottom)).resize((size, size), Image.BILINEAR)
+
+
+def crop_face(image: np.ndarray, box: Sequence[float] | None,
+              margin: float = DEFAULT_MARGIN, size: int = DEFAULT_SIZE) -> np.ndarray:
+  """:func:`crop` for a uint8 [H, W, 3] array; the same pixels."""
+  return np.asarray(crop(Image.fromarray(np.ascontiguousarray(image)), box, margin, size))

@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   g.add_argument("--input_images", type=int, default=512, help="rows of the generated release")
   g.add_argument("--input_image_size", type=int, default=224)
   g.add_argument("--input_batch_size", type=int, default=32)
-  g.add_argument("--input_batches", type=int, default=10, help="batches per timed run")
+  g.add_argument("--input_batches", type=int, default=30, help="batches per timed run")
   g = p.add_argument_group("build")
   g.add_argument("--build_images", type=int, default=1000, help="rows of the generated release")
   g = p.add_argument_group("e2e")

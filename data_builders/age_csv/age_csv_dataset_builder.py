@@ -181,8 +181,8 @@ class Builder(common.ReportingBuilder):
         self._report.drop("missing_image")
         continue
       try:
-        image = face_crop.decode_rgb(file.read_bytes())
-        image = face_crop.crop_face(image, row.box, margin=config.margin, size=config.image_size)
+        image = face_crop.decode(file.read_bytes())
+        image = face_crop.crop(image, row.box, margin=config.margin, size=config.image_size)
       except face_crop.UndecodableImage:
         self._report.drop("undecodable_image")
         continue

@@ -170,11 +170,11 @@ class Builder(common.ReportingBuilder):
       self._report.drop("missing_image")
       return None
     try:
-      image = face_crop.decode_rgb(data)
+      image = face_crop.decode(data)
     except face_crop.UndecodableImage:
       self._report.drop("undecodable_image")
       return None
     # The release's crops are already aligned: no margin, only the resize.
-    image = face_crop.crop_face(image, None, size=self.builder_config.image_size)
+    image = face_crop.crop(image, None, size=self.builder_config.image_size)
     return dict(image=face_crop.encode_jpeg(image), apparent_age=np.float32(apparent),
                 apparent_age_std=np.float32(std), real_age=real, age=real, file_name=path)

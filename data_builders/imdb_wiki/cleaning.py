@@ -180,16 +180,16 @@ def process(task: Task, rules: Rules) -> tuple[str, dict] | str:
   except OSError:
     return MISSING_FILE
   try:
-    image = face_crop.decode_rgb(data)
+    image = face_crop.decode(data)
   except face_crop.UndecodableImage:
     return UNDECODABLE
-  height, width = image.shape[:2]
+  width, height = image.size
   if min(height, width) < rules.min_image_side:
     return TOO_SMALL
   if len(task.box) != 4 or not all(math.isfinite(v) for v in task.box):
     return BAD_BOX
   try:
-    crop = face_crop.crop_face(image, task.box, margin=rules.margin, size=rules.image_size)
+    crop = face_crop.crop(image, task.box, margin=rules.margin, size=rules.image_size)
   except ValueError:  # the widened box does not meet the image
     return BAD_BOX
   return task.key, dict(

@@ -120,7 +120,7 @@ class Builder(common.ReportingBuilder):
         self._report.drop("malformed_name")
         continue
       try:
-        image = face_crop.decode_rgb(f.read())
+        image = face_crop.decode(f.read())
       except face_crop.UndecodableImage:
         self._report.drop("undecodable_image")
         continue
@@ -128,5 +128,5 @@ class Builder(common.ReportingBuilder):
       self._report.keep(split)
       yield base_name, dict(
           image=face_crop.encode_jpeg(
-              face_crop.crop_face(image, None, size=self.builder_config.image_size)),
+              face_crop.crop(image, None, size=self.builder_config.image_size)),
           age=age, gender=gender, race=race, file_name=f"{RELEASE_DIR}/{base_name}")
