@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -58,26 +59,34 @@ def test_step(tmp_path):
 
 
 def test_peer_protocol(tmp_path):
-  settings = peer.PeerSettings(image_size=32, batch_size=2, steps=1, repeats=1, warmup=1,
+  settings = peer.PeerSettings(image_size=32, batch_size=2, steps=1, repeats=2, warmup=1,
                                timeout=120)
-  # A stand-in agejax result with the same settings: checks the ratio's arithmetic.
-  fake_step = {"settings": {"arch": "resnet50", "width": 64, "image_size": 32,
-                            "batch_size": 2, "dtype": "float32"}, "images_per_sec": 10.0}
+  # A stand-in for agejax's compiled step: timed alternately with the child.
+  calls = []
+  fake_k_steps = lambda: (calls.append(1), time.sleep(0.02))
   try:
-    results = peer.run(settings, fake_step)
+    results = peer.run(settings, fake_k_steps)
   except subprocess.TimeoutExpired:
     pytest.skip("the tf-keras child took over 120 s on this machine")
+  assert len(calls) == settings.warmup + settings.repeats
   (record,) = _round_trip(results, peer.COLUMNS, tmp_path)
-  _check(record, "peer", ("images_per_sec", "ms_per_step", "ratio"))
-  assert record["ratio"] == pytest.approx(10.0 / record["images_per_sec"])
+  _check(record, "peer", ("images_per_sec", "ms_per_step", "ratio", "agejax_images_per_sec"))
+  assert len(record["seconds"]) == len(record["agejax_seconds"]) == settings.repeats
+  # 2 images per 0.02 s run: at most 100 images/s (sleep only overshoots)
+  assert 0 < record["agejax_images_per_sec"] <= 100.0
+  assert record["ratio"] == pytest.approx(
+      record["agejax_images_per_sec"] / record["images_per_sec"])
   assert record["tf_version"]
 
 
 def test_peer_ratio_needs_the_same_settings():
   settings = peer.PeerSettings()
-  other = {"settings": {"arch": "resnet18", "width": 8, "image_size": 32, "batch_size": 4,
-                        "dtype": "float32"}, "images_per_sec": 1.0}
+  other = {"arch": "resnet18", "width": 8, "image_size": 32, "batch_size": 4,
+           "dtype": "float32"}
   assert not peer.comparable(other, settings)
+  same = {"arch": "resnet50", "width": 64, "image_size": 112, "batch_size": 16,
+          "dtype": "float32"}
+  assert peer.comparable(same, settings)
   assert not peer.comparable(None, settings)
   with pytest.raises(ValueError, match="no 'resnet18'"):
     peer.run(peer.PeerSettings(arch="resnet18"))

@@ -11,7 +11,11 @@ close but not equal.
 
 The child (``python -m agejax.benchmark.peer SETTINGS_JSON``) imports only
 TensorFlow, never JAX, so TF's thread pools do not share a process with
-XLA's; it prints its timings as one JSON line.
+XLA's. After building and warming up it prints one JSON line, then times one
+run of ``steps`` steps per line it reads on stdin and answers each with a
+JSON line. The parent alternates: one agejax run, one Keras run, and so on,
+so drift in the machine's load moves both sides alike and cancels out of
+``ratio``; while one side runs the other waits.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
-from typing import Any
+import tempfile
+import threading
+import time
+from typing import Any, Callable, IO
 
 from agejax.benchmark import common
 
@@ -43,8 +51,8 @@ class PeerSettings:
   timeout: float = 1800.0  # seconds before the child is abandoned
 
 
-def _child(s: PeerSettings) -> dict[str, Any]:
-  """Builds and times the Keras model; runs in the child process."""
+def _child(s: PeerSettings) -> None:
+  """Builds the Keras model, then times it on request; runs in the child process."""
   # Imported here: the parent process must not load TensorFlow for this.
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -69,54 +77,116 @@ def _child(s: PeerSettings) -> dict[str, Any]:
     for _ in range(s.steps):
       model.train_on_batch(images, labels)
 
-  seconds = common.time_calls(k_steps, s.repeats, s.warmup)
-  return {"seconds": seconds, "tf_version": tf.__version__,
-          "keras_version": tf_keras.__version__,
-          "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-          "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
+  for _ in range(s.warmup):
+    k_steps()
+  _say({"tf_version": tf.__version__, "keras_version": tf_keras.__version__,
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()})
+  for _ in sys.stdin:  # one timed run per line
+    start = time.perf_counter()
+    k_steps()
+    _say({"seconds": time.perf_counter() - start})
 
 
-def comparable(step_result: dict[str, Any] | None, s: PeerSettings) -> bool:
-  """Whether a ``step`` result ran the same network, size, batch and dtype."""
-  if not step_result:
+def _say(message: dict[str, Any]) -> None:
+  print(json.dumps(message), flush=True)
+
+
+def comparable(step_settings: dict[str, Any] | None, s: PeerSettings) -> bool:
+  """Whether ``step`` settings name the same network, size, batch and dtype."""
+  if not step_settings:
     return False
-  other = step_result["settings"]
-  return (other["arch"], other.get("width", 64), other["image_size"], other["batch_size"],
-          other["dtype"]) == (s.arch, 64, s.image_size, s.batch_size, s.dtype)
+  return (step_settings["arch"], step_settings.get("width", 64), step_settings["image_size"],
+          step_settings["batch_size"], step_settings["dtype"]) == (
+              s.arch, 64, s.image_size, s.batch_size, s.dtype)
 
 
-def run(s: PeerSettings, step_result: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+class _Child:
+  """The Keras child process, driven line by line, killed after ``timeout``."""
+
+  def __init__(self, s: PeerSettings):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    self._stderr: IO[bytes] = tempfile.TemporaryFile()
+    self._proc = subprocess.Popen(
+        [sys.executable, "-m", "agejax.benchmark.peer", json.dumps(dataclasses.asdict(s))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env)
+    self._timeout = s.timeout
+    self._watchdog = threading.Timer(s.timeout, self._proc.kill)
+    self._watchdog.start()
+
+  def read(self) -> dict[str, Any]:
+    line = self._proc.stdout.readline()
+    if not line:
+      self._proc.wait()
+      if not self._watchdog.is_alive():
+        raise subprocess.TimeoutExpired(self._proc.args, self._timeout)
+      self._stderr.seek(0)
+      raise RuntimeError(f"peer child failed ({self._proc.returncode}):\n"
+                         f"{self._stderr.read()[-4000:].decode(errors='replace')}")
+    return json.loads(line)
+
+  def time_run(self) -> float:
+    self._proc.stdin.write("run\n")
+    self._proc.stdin.flush()
+    return self.read()["seconds"]
+
+  def close(self) -> None:
+    self._watchdog.cancel()
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      try:
+        self._proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+    self._stderr.close()
+
+
+def _median_summary(seconds: list[float], s: PeerSettings) -> dict[str, float]:
+  summary = common.summarize(seconds, s.batch_size * s.steps, "images")
+  return {"images_per_sec": summary["images_per_sec"],
+          "ms_per_step": summary["ms_per_call"] / s.steps,
+          "ms_per_step_min": summary["ms_per_call_min"] / s.steps,
+          "ms_per_step_max": summary["ms_per_call_max"] / s.steps}
+
+
+def run(s: PeerSettings, agejax_k_steps: Callable[[], Any] | None = None
+        ) -> list[dict[str, Any]]:
   """Times the peer in a child process; ``ratio`` = agejax images/s over the peer's.
 
-  ``ratio`` is None unless ``step_result`` is a ``step`` result with the same
-  settings (see :func:`comparable`).
+  Args:
+    s: the peer's settings.
+    agejax_k_steps: runs ``s.steps`` compiled agejax train steps of the same
+      network, size, batch and dtype and waits for them (see
+      ``step.compile_step``). Timed alternately with the peer; without it
+      ``ratio`` is None.
   """
   if s.arch not in KERAS_ARCHS:
     raise ValueError(f"peer: tf_keras.applications has no {s.arch!r}; "
                      f"use one of {sorted(KERAS_ARCHS)}")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run(
-      [sys.executable, "-m", "agejax.benchmark.peer", json.dumps(dataclasses.asdict(s))],
-      capture_output=True, text=True, timeout=s.timeout, env=env, check=False)
-  if proc.returncode:
-    raise RuntimeError(f"peer child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  child = json.loads(proc.stdout.strip().splitlines()[-1])
-  summary = common.summarize(child["seconds"],
-                             s.batch_size * s.steps, "images")
-  results = {
-      "images_per_sec": summary["images_per_sec"],
-      "ms_per_step": summary["ms_per_call"] / s.steps,
-      "ms_per_step_min": summary["ms_per_call_min"] / s.steps,
-      "ms_per_step_max": summary["ms_per_call_max"] / s.steps,
-      "ratio": None,
-      "agejax_images_per_sec": None,
-      **child,
-  }
-  if comparable(step_result, s):
-    results["agejax_images_per_sec"] = step_result["images_per_sec"]
-    results["ratio"] = step_result["images_per_sec"] / summary["images_per_sec"]
+  child = _Child(s)
+  try:
+    meta = child.read()  # built and warmed up
+    if agejax_k_steps is not None:
+      for _ in range(s.warmup):
+        agejax_k_steps()
+    peer_seconds, agejax_seconds = [], []
+    for _ in range(s.repeats):
+      if agejax_k_steps is not None:
+        start = time.perf_counter()
+        agejax_k_steps()
+        agejax_seconds.append(time.perf_counter() - start)
+      peer_seconds.append(child.time_run())
+  finally:
+    child.close()
+  results = {**_median_summary(peer_seconds, s), "seconds": peer_seconds,
+             "ratio": None, "agejax_images_per_sec": None, "agejax_seconds": agejax_seconds,
+             **meta}
+  if agejax_seconds:
+    agejax = s.batch_size * s.steps / statistics.median(agejax_seconds)
+    results["agejax_images_per_sec"] = agejax
+    results["ratio"] = agejax / results["images_per_sec"]
   return [common.record("peer", dataclasses.asdict(s), results)]
 
 
 if __name__ == "__main__":
-  print(json.dumps(_child(PeerSettings(**json.loads(sys.argv[1])))), flush=True)
+  _child(PeerSettings(**json.loads(sys.argv[1])))
