@@ -88,5 +88,6 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path, dat
              if m["split"] == "validation"]
     if t.state == optuna.trial.TrialState.COMPLETE:
       assert steps == [4, 8]
-    else:  # pruned by the median rule after its first evaluation
-      assert t.state == optuna.trial.TrialState.PRUNED and steps == [4]
+    else:  # pruned by the median rule at one of its evaluations; which one
+      # depends on how the two workers' reports interleave
+      assert t.state == optuna.trial.TrialState.PRUNED and steps in ([4], [4, 8])

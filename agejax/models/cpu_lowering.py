@@ -7,10 +7,11 @@ function of the same parameters; only the kernels XLA picks differ.
 
 * **1x1 convolutions as matrix products.** XLA:CPU runs the weight gradient
   of a 1x1 convolution as a convolution whose window is the whole feature map,
-  at a fraction of its matmul speed. Written as ``x[:, ::s, ::s] @ W``, the
-  forward pass and both gradients are GEMMs. On ResNet-50 (112 px, batch 16)
-  this cut the train step from 1.72 s to 1.31 s (``python -m
-  agejax.benchmark step``).
+  at a fraction of its matmul speed. Written as a product of 2-D operands,
+  ``x[:, ::s, ::s].reshape(-1, C_in) @ W``, the forward pass and both
+  gradients are GEMMs; with 4-D operands XLA transposed every incoming
+  gradient first. On ResNet-50 (112 px, batch 16) this took the train step
+  from 1.72 s to about 1.1 s (``python -m agejax.benchmark step``).
 * **Max pooling with a slice-based gradient.** The gradient of
   ``lax.reduce_window(max)`` is a select-and-scatter, which XLA:CPU expands
   into index arithmetic and a scatter. The gradient here walks the k x k
