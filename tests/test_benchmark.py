@@ -92,6 +92,14 @@ def test_peer_ratio_needs_the_same_settings():
     peer.run(peer.PeerSettings(arch="resnet18"))
 
 
+def test_peer_without_tf_keras_names_the_extra(monkeypatch):
+  real_find_spec = peer.importlib.util.find_spec
+  monkeypatch.setattr(peer.importlib.util, "find_spec",
+                      lambda name: None if name == "tf_keras" else real_find_spec(name))
+  with pytest.raises(ModuleNotFoundError, match=r"\.\[bench\]"):
+    peer.run(peer.PeerSettings())
+
+
 def test_input(tmp_path):
   settings = pipeline.InputSettings(images=64, batch_size=8, batches=2, repeats=1, warmup=1)
   records = _round_trip(pipeline.run(settings), pipeline.COLUMNS, tmp_path)

@@ -21,6 +21,7 @@ so drift in the machine's load moves both sides alike and cancels out of
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
@@ -163,6 +164,9 @@ def run(s: PeerSettings, agejax_k_steps: Callable[[], Any] | None = None
   if s.arch not in KERAS_ARCHS:
     raise ValueError(f"peer: tf_keras.applications has no {s.arch!r}; "
                      f"use one of {sorted(KERAS_ARCHS)}")
+  if importlib.util.find_spec("tf_keras") is None:
+    raise ModuleNotFoundError("peer: the Keras baseline needs tf-keras; "
+                              "install the bench extra: pip install -e '.[bench]'")
   child = _Child(s)
   try:
     meta = child.read()  # built and warmed up
