@@ -61,9 +61,18 @@ def normalize(images: Any, preprocessing: str) -> Any:
   else:
     x = np.asarray(images, np.float32)
   if preprocessing == "caffe":
-    return x[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)
-  mean = np.asarray(IMAGENET_MEAN_RGB, np.float32)
-  std = np.asarray(IMAGENET_STD_RGB, np.float32)
+    x = x[..., ::-1]
+  return _shift_and_scale(x, preprocessing, tiles=1)
+
+
+def _shift_and_scale(x: Any, preprocessing: str, tiles: int) -> Any:
+  """The per-channel arithmetic of :func:`normalize` on channels already in
+  the network's order, its constants repeated ``tiles`` times along the
+  last axis."""
+  if preprocessing == "caffe":
+    return x - np.tile(np.asarray(CAFFE_MEAN_BGR, np.float32), tiles)
+  mean = np.tile(np.asarray(IMAGENET_MEAN_RGB, np.float32), tiles)
+  std = np.tile(np.asarray(IMAGENET_STD_RGB, np.float32), tiles)
   return (x / np.float32(255.0) - mean) / std
 
 
@@ -78,16 +87,11 @@ def _normalize_tf(x: tf.Tensor, preprocessing: str) -> tf.Tensor:
   if preprocessing == "caffe":
     x = tf.reverse(x, axis=[-1])  # tf.reverse: a negative-stride slice is slow
   width = x.shape[-2] if x.shape.rank and x.shape.rank >= 2 else None
-  tiles = width or 1
-  if width:
-    shape = tf.shape(x)
-    x = tf.reshape(x, tf.concat([shape[:-2], [width * 3]], axis=0))
-  if preprocessing == "caffe":
-    x = x - np.tile(np.asarray(CAFFE_MEAN_BGR, np.float32), tiles)
-  else:
-    x = ((x / np.float32(255.0) - np.tile(np.asarray(IMAGENET_MEAN_RGB, np.float32), tiles))
-         / np.tile(np.asarray(IMAGENET_STD_RGB, np.float32), tiles))
-  return tf.reshape(x, shape) if width else x
+  if not width:
+    return _shift_and_scale(x, preprocessing, tiles=1)
+  shape = tf.shape(x)
+  rows = tf.reshape(x, tf.concat([shape[:-2], [width * 3]], axis=0))
+  return tf.reshape(_shift_and_scale(rows, preprocessing, tiles=width), shape)
 
 
 def flip_images(batch: Any) -> Any:

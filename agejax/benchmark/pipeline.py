@@ -8,8 +8,9 @@ A minimal tf.data pipeline over the same records (``decode_and_crop_jpeg``,
 resize, flip, ``augment.normalize``, batch) runs in the same process for
 scale: ``ratio`` is agejax's images/s over the minimal one's. Both normalise
 with the same function, so the ratio is the cost of agejax's stream alone
-(per-example keys, per-epoch shuffle, exact restart), not of its pixel code. Batches are taken as
-numpy arrays on the host, so device transfer is not part of the number.
+(per-example keys, per-epoch shuffle, exact restart), not of its pixel code.
+Batches are taken as numpy arrays on the host, so device transfer is not part
+of the number.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ are those of ``nnx.BatchNorm``.
 from __future__ import annotations
 
 import functools
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,7 @@ def _statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   axes = tuple(range(x.ndim - 1))
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axes)
-  # Two passes (not E[x^2] - E[x]^2): ported weights can give activations
-  # whose mean is large against their spread, where the one-pass form cancels.
+  # Two passes, as layers.batch_norm asks of Flax (use_fast_variance=False).
   return mean, jnp.mean(jnp.square(x - mean), axes)
 
 
@@ -66,7 +66,7 @@ def _backward(epsilon, residuals, cotangents):
   return dx.astype(x.dtype), dscale, dbias
 
 
-normalize_batch.defvjp(lambda x, s, b, e: _forward(x, s, b, e), _backward)
+normalize_batch.defvjp(_forward, _backward)
 
 
 class BatchNorm(nnx.BatchNorm):

@@ -14,7 +14,6 @@ from typing import Any
 
 from flax import nnx
 import jax
-from jax import lax
 import jax.numpy as jnp
 
 from agejax.errors import ConfigError
