@@ -1,133 +1,52 @@
 r"""The learning-rate range test: grow the LR exponentially, watch the loss.
 
-  python -m agejax.lr_find --config=configs/X.py --workdir=DIR [--steps=200]
+  python -m agejax.lr_find --config=configs/X.py [--config.k=v ...] --workdir=DIR \
+      [--steps=200] [--min_lr=1e-6] [--max_lr=10]
 
 Trains from the config's initial weights with the base learning rate growing
-from ``--min_lr`` to ``--max_lr`` over ``--steps`` steps (every group keeps its
-``lr_mult``, so the ratios of the plan hold), smooths the loss, stops once it
-has blown up, writes ``DIR/lr_find.png`` and ``DIR/lr_find.json`` and prints
-the suggested base LR: the one where the smoothed loss falls fastest, which
-sits safely below the minimum of the curve.
+from --min_lr to --max_lr (every group keeps its lr_mult), stops once the
+smoothed loss has blown up, writes DIR/lr_find.png and DIR/lr_find.json and
+prints the suggested base LR. Exit codes: 0 done, 2 bad flags or config.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
 
-import jax
-import ml_collections
-import numpy as np
-import optax
-from absl import app
 from absl import flags
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from agejax import config_check
-from agejax import datasets
-from agejax import initialization
-from agejax import input_pipeline
-from agejax import length as length_lib
-from agejax import steps
-from agejax import train
-from agejax.errors import ConfigError
+from agejax import cli
+from agejax.errors import UsageError
 
-SMOOTHING = 0.9  # EMA factor of the loss, bias-corrected
-BLOW_UP = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
-
-
-def smooth(losses: np.ndarray, beta: float = SMOOTHING) -> np.ndarray:
-  """Bias-corrected exponential moving average."""
-  out, avg = [], 0.0
-  for i, loss in enumerate(losses, start=1):
-    avg = beta * avg + (1 - beta) * loss
-    out.append(avg / (1 - beta**i))
-  return np.asarray(out)
+FLAGS = cli.new_flags()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True,
+                                          flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Where lr_find.png and lr_find.json go.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 200, "Optimizer updates in the sweep.", flag_values=FLAGS)
+flags.DEFINE_float("min_lr", 1e-6, "Base learning rate at the first step.", flag_values=FLAGS)
+flags.DEFINE_float("max_lr", 10.0, "Base learning rate at the last step.", flag_values=FLAGS)
 
 
-def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: int = 5) -> float:
-  """The LR of the steepest descent of the smoothed loss over log(LR)."""
-  end = int(np.argmin(smoothed)) + 1  # the slope after the minimum is irrelevant
-  lo = min(skip_start, max(end - 3, 0))
-  if end - lo < 3:
-    return float(lrs[max(end - 1, 0)] / 10)  # too short a descent: a tenth of the minimum
-  slopes = np.gradient(smoothed[lo:end], np.log(lrs[lo:end]))
-  return float(lrs[lo + int(np.argmin(slopes))])
+def _main(args: list[str]) -> None:
+  if args:
+    raise UsageError(f"unexpected arguments: {' '.join(args)}")
+  for name in ("config", "workdir"):
+    if not FLAGS[name].value:
+      raise UsageError(f"--{name} is required")
+  from agejax.tools import lr_find  # pylint: disable=import-outside-toplevel
+
+  result, figure = lr_find.run(_CONFIG.value, FLAGS.workdir, FLAGS.steps, FLAGS.min_lr,
+                               FLAGS.max_lr)
+  lr = result["suggested_lr"]
+  print(f"{len(result['lrs'])} steps from lr {result['lrs'][0]:.2e} to "
+        f"{result['lrs'][-1]:.2e}; suggested base lr: {lr:.3g} "
+        f"(--config.optim.lr={lr:.3g}); curve in {figure}")
 
 
-def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
-               max_lr: float) -> dict[str, list[float] | float]:
-  """Runs the sweep; returns lrs, losses, smoothed losses and the suggestion."""
-  config_check.validate(cfg)
-  if not 0 < min_lr < max_lr:
-    raise ConfigError("lr_find", f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
-  imported = initialization.prepare_pretrained(cfg)
-  datasets.ensure_prepared(cfg.data)
-  mesh = train.make_mesh()
-  num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
-      cfg.data, cfg.data.train_split)
-  length = length_lib.run_length(cfg, num_train)
-  # Updates count from 0; the sweep reaches max_lr at the last update.
-  sweep = optax.exponential_decay(init_value=min_lr, transition_steps=max(num_steps - 1, 1),
-                                  decay_rate=max_lr / min_lr)
-  fns = train.build_step_fns(cfg, length, schedule=sweep)
-  state = train.create_train_state(cfg, fns, NamedSharding(mesh, P()), imported=imported)
-  step_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
-  batches = input_pipeline.device_batches(
-      input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
-                                  batch_size=cfg.train.batch_size, seed=cfg.seed),
-      NamedSharding(mesh, P("data")), cfg.data.prefetch)
-  lrs, losses = [], []
-  accum = cfg.optim.grad_accum_steps
-  for step in range(num_steps * accum):
-    state, metrics = step_fn(state, next(batches))
-    if (step + 1) % accum:
-      continue
-    loss = float(metrics["loss"])  # the sweep needs every value: one sync per update
-    lrs.append(float(sweep(step // accum)))
-    losses.append(loss)
-    smoothed = smooth(np.asarray(losses))
-    if not math.isfinite(loss) or smoothed[-1] > BLOW_UP * smoothed.min():
-      break
-  batches.close()
-  lrs_a, smoothed = np.asarray(lrs), smooth(np.asarray(losses))
-  finite = np.isfinite(smoothed)
-  return dict(lrs=lrs, losses=losses, smoothed=smoothed.tolist(),
-              suggested_lr=suggest(lrs_a[finite], smoothed[finite]))
-
-
-def plot(result: dict, out_path: str) -> str:
-  from agejax import plots  # matplotlib only when a figure is drawn
-  return plots.plot_lr_find(result["lrs"], result["losses"], result["smoothed"],
-                            result["suggested_lr"], out_path)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
-  try:
-    result = range_test(_CONFIG.value, _STEPS.value, _MIN_LR.value, _MAX_LR.value)
-  except ConfigError as e:
-    print(f"config error: {e}", file=sys.stderr)
-    sys.exit(2)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, "lr_find.json"), "w") as f:
-    json.dump(result, f)
-  figure = plot(result, os.path.join(_WORKDIR.value, "lr_find.png"))
-  print(f"{len(result['lrs'])} steps from lr {result['lrs'][0]:.2e} to {result['lrs'][-1]:.2e}; "
-        f"suggested base lr: {result['suggested_lr']:.3g} (--config.optim.lr={result['suggested_lr']:.3g}); "
-        f"curve in {figure}")
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.lr_find")
 
 
 if __name__ == "__main__":
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Where lr_find.png and lr_find.json go.")
-  _STEPS = flags.DEFINE_integer("steps", 200, "Optimizer updates in the sweep.")
-  _MIN_LR = flags.DEFINE_float("min_lr", 1e-6, "Base learning rate at the first step.")
-  _MAX_LR = flags.DEFINE_float("max_lr", 10.0, "Base learning rate at the last step.")
-  app.run(main)
+  sys.exit(main())

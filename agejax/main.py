@@ -6,6 +6,8 @@ r"""agejax's entry point.
 Without ``--dry_run`` it trains (resuming whatever ``WORKDIR`` holds).
 ``--dry_run`` validates the config, builds the model's shapes and the
 optimizer, prints the plan and writes ``WORKDIR/plan.json``, then exits.
+Exit codes: 0 done, 1 the run failed (the loss diverged), 2 bad flags or
+config.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import logging as pylogging
 import os
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from agejax import config_check
-from agejax.errors import ConfigError
+from agejax import cli
+from agejax.errors import UsageError
 
 
 def _default_config_path() -> str:
@@ -30,17 +31,18 @@ def _default_config_path() -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), local)
 
 
+FLAGS = cli.new_flags()
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _default_config_path(), "Config file (a get_config() module).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: plan, checkpoints, metrics.")
+    lock_config=True, flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: plan, checkpoints, metrics.", flag_values=FLAGS)
 _DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Print the parameter/optimizer plan, write WORKDIR/plan.json, exit.")
+    "dry_run", False, "Print the parameter/optimizer plan, write WORKDIR/plan.json, exit.", flag_values=FLAGS)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
-    "host:port of process 0, for multi-host runs outside an auto-detected cluster.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+    "host:port of process 0, for multi-host runs outside an auto-detected cluster.", flag_values=FLAGS)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.", flag_values=FLAGS)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).", flag_values=FLAGS)
 
 # Environment variables of cluster managers jax.distributed.initialize() reads
 # by itself; one of them set with several tasks means a multi-process launch.
@@ -66,24 +68,6 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def dry_run(cfg, workdir: str) -> str:
-  """Validates ``cfg``, prints the plan and writes it; returns plan.json's path."""
-  # Imported here so that `--help` and config errors do not pay for JAX.
-  from agejax import plan as plan_lib
-  from agejax import plots
-
-  from agejax import initialization
-
-  config_check.validate(cfg)
-  initialization.prepare_pretrained(cfg)  # the weights decide variant and preprocessing
-  plan = plan_lib.make_plan(cfg)
-  print(plan_lib.format_plan(plan))
-  out = plan_lib.write_plan(plan, workdir)
-  figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"))
-  print(f"\nplan written to {out}; learning rates plotted in {figure}")
-  return out
-
-
 class _QuietLibraryInfo(pylogging.Filter):
   """Drops INFO records of orbax and TFDS (dozens per checkpoint); keeps warnings."""
 
@@ -93,31 +77,28 @@ class _QuietLibraryInfo(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or not noisy
 
 
-def main(argv: list[str]) -> None:
+def _main(args: list[str]) -> None:
   for handler in pylogging.getLogger().handlers:
     handler.addFilter(_QuietLibraryInfo())
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if args:
+    raise UsageError(f"unexpected arguments: {' '.join(args)}")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    raise UsageError("--workdir is required")
   cfg = _CONFIG.value
-  try:
-    if _DRY_RUN.value:
-      dry_run(cfg, _WORKDIR.value)
-      return
-    initialize_distributed()
-    from agejax import train
+  if _DRY_RUN.value:
+    from agejax.train import plan  # pylint: disable=import-outside-toplevel
 
-    try:
-      train.train_and_evaluate(cfg, _WORKDIR.value)
-    except train.TrainingDiverged as e:
-      print(f"training stopped: {e}", file=sys.stderr)
-      sys.exit(3)
-  except ConfigError as e:
-    # One line naming the key: no traceback for a user's typo.
-    print(f"config error: {e}", file=sys.stderr)
-    sys.exit(2)
+    plan.dry_run(cfg, _WORKDIR.value)
+    return
+  initialize_distributed()
+  from agejax.train import loop  # pylint: disable=import-outside-toplevel
+
+  loop.train_and_evaluate(cfg, _WORKDIR.value)
+
+
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.main")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

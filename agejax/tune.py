@@ -1,215 +1,57 @@
 r"""Hyperparameter search with Optuna: every trial is a normal agejax run.
 
-  python -m agejax.tune --config=configs/imdb_wiki_resnet50.py \
+  python -m agejax.tune --config=configs/imdb_wiki_resnet50.py [--config.k=v ...] \
       --space=configs/spaces/dex.py --study=dex --trials=20 --workdir_root=/runs/dex_search \
-      [--storage=postgresql://user@host/db] [--report]
+      [--storage=postgresql+psycopg2://user@host/db] [--report]
 
-The search space is a Python file with ``space(trial) -> {config key: value}``
-(``trial.suggest_*`` calls; keys as on the command line, e.g.
-``"optim.lr"``). Each trial trains in ``WORKDIR_ROOT/trial_<n>`` and reports
-the validation metric at every evaluation, so Optuna's pruner stops hopeless
-trials early; a trial whose loss diverges is pruned too. The storage is an
-SQLite file in the workdir root unless ``--storage`` names another Optuna RDB
-URL: many machines running this command on one PostgreSQL/MySQL study share
-the work, each trial claimed by exactly one of them.
+The space file defines ``space(trial) -> {config key: value}``. Each trial
+trains in WORKDIR_ROOT/trial_<n>; diverging trials are pruned, trials with a
+config error are recorded with the reason. See agejax.tools.tune. Exit codes:
+0 done, 1 every trial failed, 2 bad flags or config.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import importlib.util
-import json
-import os
-import time
-from typing import Any, Callable
+import sys
 
-import ml_collections
-import optuna
-from absl import app
 from absl import flags
-from absl import logging
+from ml_collections import config_flags
 
-from agejax import config_check
-from agejax import train
-from agejax.errors import ConfigError
+from agejax import cli
+from agejax.errors import UsageError
 
-REPORT_JSON = "report.json"
-IMPORTANCE_PNG = "importance.png"
-
-
-def load_python(path: str, attr: str) -> Callable[..., Any]:
-  """``attr`` of the Python file at ``path`` (a config or a search space)."""
-  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, attr):
-    raise AttributeError(f"{path} defines no {attr}()")
-  return getattr(module, attr)
+FLAGS = cli.new_flags()
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file (get_config()).",
+                                          lock_config=True, flag_values=FLAGS)
+flags.DEFINE_string("space", None, "Search space file (space(trial) -> overrides).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("storage", None, "Optuna RDB URL; default: SQLite in --workdir_root.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("study", None, "Study name (workers with the same name share it).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("trials", 10, "Trials this worker runs.", flag_values=FLAGS)
+flags.DEFINE_string("workdir_root", None, "Each trial trains in WORKDIR_ROOT/trial_<n>.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("report", False, "Only print and save the ranked report.", flag_values=FLAGS)
 
 
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
-  """Sets dotted keys (``optim.schedule.name``) the way ``--config.k=v`` does."""
-  for key, value in overrides.items():
-    *parents, name = key.split(".")
-    node = cfg
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-      raise ConfigError(key, "unknown config key in the search space")
-    node[name] = value
-
-
-def default_storage(workdir_root: str) -> str:
-  return f"sqlite:///{os.path.abspath(os.path.join(workdir_root, 'study.db'))}"
-
-
-def create_study(study: str, storage: str) -> optuna.Study:
-  """The study, created or joined (several workers may call this at once).
-
-  Minimised: every metric agejax ranks checkpoints by is lower-is-better.
-  """
-  import sqlalchemy.exc  # optuna's RDB storage is built on SQLAlchemy
-
-  sqlite_file = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else None
-  engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite_file else {}
-  for attempt in range(5):
-    try:
-      with _exclusive(sqlite_file + ".lock" if sqlite_file else None):
-        return optuna.create_study(
-            study_name=study, load_if_exists=True, direction="minimize",
-            storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-      # Workers starting together on a server database race to create the
-      # schema or the study; the loser finds it there on the next attempt.
-      time.sleep(0.5 * (attempt + 1))
-  raise RuntimeError(f"could not create or join study {study!r} in {storage}")
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: str | None):
-  """Holds an exclusive file lock (SQLite has no safe concurrent schema creation)."""
-  if lock_path is None:
-    yield
-    return
-  with open(lock_path, "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def objective(base_config: Callable[[], ml_collections.ConfigDict], space: Callable,
-              workdir_root: str) -> Callable[[optuna.Trial], float]:
-  """One trial: overrides from the space, a full run, the best validation metric."""
-  def run(trial: optuna.Trial) -> float:
-    cfg = base_config()
-    overrides = space(trial)
-    apply_overrides(cfg, overrides)
-    config_check.validate(cfg)
-    trial.set_user_attr("overrides", {k: repr(v) for k, v in overrides.items()})
-    workdir = os.path.join(workdir_root, f"trial_{trial.number}")
-    trial.set_user_attr("workdir", workdir)
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-      trial.report(metrics[cfg.train.best_metric], step)
-      if trial.should_prune():
-        raise optuna.TrialPruned(f"pruned at step {step}")
-
-    try:
-      summary = train.train_and_evaluate(cfg, workdir, eval_hook=report)
-    except train.TrainingDiverged as e:
-      raise optuna.TrialPruned(f"diverged: {e}") from e
-    return float(summary["best"])
-  return run
-
-
-def report_rows(study: optuna.Study) -> list[dict[str, Any]]:
-  """Every trial, best first: completed by value, then pruned, then failed."""
-  order = {optuna.trial.TrialState.COMPLETE: 0, optuna.trial.TrialState.PRUNED: 1}
-  rows = []
-  for t in study.trials:
-    if t.state == optuna.trial.TrialState.RUNNING:
-      continue
-    reported = list(t.intermediate_values.values())
-    rows.append(dict(
-        number=t.number, state=t.state.name.lower(), value=t.value,
-        best_reported=min(reported) if reported else None,
-        last_step=max(t.intermediate_values) if t.intermediate_values else None,
-        overrides=t.user_attrs.get("overrides", {}), workdir=t.user_attrs.get("workdir")))
-  rows.sort(key=lambda r: (order.get(optuna.trial.TrialState[r["state"].upper()], 2),
-                           r["value"] if r["value"] is not None else float("inf"), r["number"]))
-  return rows
-
-
-def format_report(rows: list[dict[str, Any]], metric: str) -> str:
-  lines = [f"{'rank':>4}  {'trial':>5}  {'state':<8}  {metric:>10}  overrides"]
-  for rank, r in enumerate(rows, start=1):
-    value = r["value"] if r["value"] is not None else r["best_reported"]
-    shown = f"{value:.4f}" if value is not None else "-"
-    overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
-    lines.append(f"{rank:>4}  {r['number']:>5}  {r['state']:<8}  {shown:>10}  {overrides}")
-  return "\n".join(lines)
-
-
-def write_report(study: optuna.Study, workdir_root: str, metric: str) -> str:
-  """Prints and saves the ranked table; adds the importance plot when possible."""
-  rows = report_rows(study)
-  os.makedirs(workdir_root, exist_ok=True)
-  with open(os.path.join(workdir_root, REPORT_JSON), "w") as f:
-    json.dump(rows, f, indent=1)
-  text = format_report(rows, metric)
-  print(text)
-  complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-  varied = {k for t in complete for k in t.params}
-  if len(complete) >= 2 and varied:
-    from optuna.visualization import matplotlib as optuna_plots
-    from matplotlib import pyplot as plt
-    try:
-      ax = optuna_plots.plot_param_importances(study)
-      ax.figure.tight_layout()
-      ax.figure.savefig(os.path.join(workdir_root, IMPORTANCE_PNG))
-      plt.close(ax.figure)
-    except (RuntimeError, ValueError) as e:  # e.g. every trial chose the same values
-      logging.warning("no parameter-importance plot: %s", e)
-  return text
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _main(args: list[str]) -> None:
+  if args:
+    raise UsageError(f"unexpected arguments: {' '.join(args)}")
   for name in ("config", "workdir_root", "study"):
-    if not flags.FLAGS[name].value:
-      raise app.UsageError(f"--{name} is required")
-  root = flags.FLAGS.workdir_root
-  os.makedirs(root, exist_ok=True)
-  storage = flags.FLAGS.storage or default_storage(root)
-  base = load_python(flags.FLAGS.config, "get_config")
-  metric = base().train.best_metric
-  optuna.logging.set_verbosity(optuna.logging.WARNING)
-  study = create_study(flags.FLAGS.study, storage)
-  if not flags.FLAGS.report:
-    if not flags.FLAGS.space:
-      raise app.UsageError("--space is required to run trials")
-    space = load_python(flags.FLAGS.space, "space")
-    try:
-      study.optimize(objective(base, space, root), n_trials=flags.FLAGS.trials,
-                     catch=(ConfigError,))
-    except KeyboardInterrupt:
-      logging.warning("interrupted: the study keeps what finished")
-  write_report(study, root, metric)
+    if not FLAGS[name].value:
+      raise UsageError(f"--{name} is required")
+  from agejax.tools import tune  # pylint: disable=import-outside-toplevel
+
+  base = _CONFIG.value
+  tune.run_study(base.copy_and_resolve_references, FLAGS.study, FLAGS.workdir_root,
+                 space_file=FLAGS.space, trials=FLAGS.trials, storage=FLAGS.storage,
+                 report_only=FLAGS.report)
+
+
+def main(argv: list[str] | None = None) -> int:
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.tune")
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("config", None, "Base config file (get_config()).")
-  flags.DEFINE_string("space", None, "Search space file (space(trial) -> overrides).")
-  flags.DEFINE_string("storage", None, "Optuna RDB URL; default sqlite in --workdir_root.")
-  flags.DEFINE_string("study", None, "Study name (workers with the same name share it).")
-  flags.DEFINE_integer("trials", 10, "Trials this worker runs.")
-  flags.DEFINE_string("workdir_root", None, "Each trial trains in WORKDIR_ROOT/trial_<n>.")
-  flags.DEFINE_bool("report", False, "Only print and save the ranked report.")
-  app.run(main)
+  sys.exit(main())

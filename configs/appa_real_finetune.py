@@ -5,7 +5,7 @@ Starts from the workdir of an `imdb_wiki_resnet50` run. APPA-REAL is small
 the IMDB-WIKI statistics, and the schedule is short with step decay.
 """
 
-from agejax.config import default_config
+from agejax.config.defaults import default_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ momentum SGD with warmup+cosine, the stem at a tenth of the head's learning
 rate, and weight decay kept off biases and BatchNorm.
 """
 
-from agejax.config import default_config
+from agejax.config.defaults import default_config
 
 
 def get_config():

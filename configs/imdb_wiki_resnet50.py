@@ -12,7 +12,7 @@
 | length            | 20 epochs                                               |
 """
 
-from agejax.config import default_config
+from agejax.config.defaults import default_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """A tiny ResNet-18 on 32 px synthetic faces: the configuration tests and CPU smoke runs use."""
 
-from agejax.config import default_config
+from agejax.config.defaults import default_config
 
 
 def get_config():

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir holding synthetic_faces/tiny, built once per test process."""
-  from agejax import datasets
+  from agejax.data import catalog as datasets
   from configs import tiny
 
   cfg = tiny.get_config()

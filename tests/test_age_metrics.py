@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from agejax import age_metrics
+from agejax.evaluation import metrics as age_metrics
 
 # Errors pred - true: -2, 0, +5.
 PRED = [20.0, 30.0, 45.0]

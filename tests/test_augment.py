@@ -8,10 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from agejax.models import forward
 import tensorflow as tf
 
-from agejax import augment
-from agejax import config
+from agejax.data import augment
+from agejax.config import defaults as config
 from agejax.errors import ConfigError
 
 
@@ -82,15 +84,15 @@ def test_unknown_preprocessing_names_the_key():
 
 def test_flip_images_array_dict_and_jit():
   images = np.arange(2 * 3 * 4 * 3, dtype=np.float32).reshape(2, 3, 4, 3)
-  flipped = augment.flip_images(images)
+  flipped = forward.flip_images(images)
   for w in range(4):
     np.testing.assert_array_equal(flipped[:, :, w], images[:, :, 3 - w])
   batch = {"image": images, "age": np.array([1.0, 2.0])}
-  out = augment.flip_images(batch)
+  out = forward.flip_images(batch)
   np.testing.assert_array_equal(out["image"], flipped)
   assert out["age"] is batch["age"] and batch["image"] is images
   np.testing.assert_array_equal(
-      np.asarray(jax.jit(augment.flip_images)(jnp.asarray(images))), flipped)
+      np.asarray(jax.jit(forward.flip_images)(jnp.asarray(images))), flipped)
 
 
 def test_eval_resize_side():

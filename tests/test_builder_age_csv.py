@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 import builder_testing
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import age_csv
 from data_builders import common
 

@@ -26,7 +26,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import common
 import data_builders.imdb_wiki as imdb_wiki
 from data_builders.imdb_wiki import cleaning

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 import builder_testing
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import synthetic_faces
 from data_builders.synthetic_faces import faces
 

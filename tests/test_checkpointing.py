@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax import checkpointing
-from agejax.checkpointing import Checkpointer
-from agejax.checkpointing import NonFiniteStateError
+from agejax.workdir import checkpoints as checkpointing
+from agejax.workdir.checkpoints import Checkpointer
+from agejax.errors import TrainingDiverged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -190,8 +190,8 @@ def test_non_finite_state_is_refused_and_nothing_written(ckpt_dir, bad):
     before = sorted(os.listdir(ckpt_dir))
     half = good.params["half"].at[1, 2].set(bad)
     broken = good.replace(params={**good.params, "half": half})
-    with pytest.raises(NonFiniteStateError,
-                       match=r"step 2: .* last good checkpoint is step 1\.$"
+    with pytest.raises(TrainingDiverged,
+                       match=r"^training diverged at step 2 \(non-finite train state\); last good checkpoint: 1 in "
                        ) as info:
       ckpt.save(2, broken, extra={})
     assert (info.value.step, info.value.last_good_step) == (2, 1)
@@ -202,8 +202,8 @@ def test_non_finite_state_is_refused_and_nothing_written(ckpt_dir, bad):
 
 def test_non_finite_state_without_earlier_checkpoint(ckpt_dir):
   with Checkpointer(ckpt_dir) as ckpt:
-    with pytest.raises(NonFiniteStateError,
-                       match="no earlier checkpoint") as info:
+    with pytest.raises(TrainingDiverged,
+                       match=r"at step 5 .*last good checkpoint: None\.") as info:
       ckpt.save(5, {"w": jnp.array([1.0, np.nan])}, extra={})
     assert info.value.last_good_step is None
     assert step_dirs(ckpt_dir) == []
@@ -231,7 +231,7 @@ def test_invalid_saves_are_rejected(ckpt_dir):
 KILL_DURING_ASYNC_SAVE = """
 import os, signal, sys, time
 import jax.numpy as jnp
-from agejax.checkpointing import Checkpointer
+from agejax.workdir.checkpoints import Checkpointer
 
 ckpt = Checkpointer(sys.argv[1], async_save=True)
 ckpt.save(1, {"w": jnp.arange(8.0)}, extra={"pos": 1})
@@ -274,7 +274,7 @@ RESTORE_ON_FOUR_DEVICES = """
 import sys
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from agejax import checkpointing
+from agejax.workdir import checkpoints as checkpointing
 sys.path.insert(0, sys.argv[2])
 from test_checkpointing import make_state, assert_bit_identical
 

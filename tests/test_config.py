@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agejax import config
+from agejax.config import defaults as config
 
 SHIPPED = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agejax import config_check
+from agejax.config import validation as config_check
 from agejax.errors import ConfigError
 from configs import tiny
 
@@ -73,3 +73,22 @@ def test_impossible_values_are_named(key, value, expected):
     config_check.validate(cfg)
   assert e.value.key == key
   assert expected in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (dict(head="softmax"), "model.head"),
+    (dict(min_age=60, max_age=60), "model.max_age"),
+    (dict(min_age=70, max_age=50), "model.max_age"),
+    (dict(head="dldl", dldl_sigma=0.0), "model.dldl_sigma"),
+    (dict(head="dldl", dldl_sigma=-1.0), "model.dldl_sigma"),
+    (dict(head="regression", regression_loss="huber"), "model.regression_loss"),
+    (dict(head="mean_variance", mean_variance_lambda2=-0.1), "model.mean_variance_lambda2"),
+    (dict(dldl_sigma=float("nan")), "model.dldl_sigma"),
+])
+def test_head_values_are_named(overrides, key):
+  cfg = _cfg()
+  for name, value in overrides.items():
+    cfg.model[name] = value
+  with pytest.raises(ConfigError, match=f"^{key}: ") as info:
+    config_check.validate(cfg)
+  assert info.value.key == key

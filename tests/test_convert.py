@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from safetensors.numpy import save_file
 
-from agejax import convert
+from agejax.pretrained import features
 from agejax import pretrained
 from test_pretrained_torch import _random_state_dict
 
@@ -35,7 +35,7 @@ def test_convert_writes_a_directory_and_features_that_agree(tmp_path):
   from_file = np.load(tmp_path / "f.npy")
   converted = pretrained.load(str(tmp_path / "converted"))
   assert converted.model_overrides["preprocessing"] == "imagenet"
-  np.testing.assert_array_equal(convert.features(converted, images), from_file)
+  np.testing.assert_array_equal(features.features(converted, images), from_file)
 
 
 def test_convert_refuses_a_non_weights_file_in_one_line(tmp_path):
@@ -43,5 +43,5 @@ def test_convert_refuses_a_non_weights_file_in_one_line(tmp_path):
   bad.write_text("hello")
   out = _run(f"--input={bad}", f"--output={tmp_path / 'x'}")
   assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1].startswith("cannot import: ")
+  assert out.stderr.strip().splitlines()[-1].startswith("agejax.convert: cannot import: ")
   assert not (tmp_path / "x").exists()

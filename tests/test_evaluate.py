@@ -15,12 +15,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from agejax import age_metrics
-from agejax import evaluate
-from agejax import input_pipeline
-from agejax import metric_io
-from agejax import restore
-from agejax import train
+from agejax.evaluation import metrics as age_metrics
+from agejax.evaluation import run as evaluate
+from agejax.data import pipeline as input_pipeline
+from agejax.workdir import metrics as metric_io
+from agejax.workdir import restore
+from agejax.train import loop as train
 from agejax.errors import ConfigError
 from configs import tiny
 

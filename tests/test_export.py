@@ -9,17 +9,20 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from agejax import augment
-from agejax import export
-from agejax import face_crop
-from agejax import inference
-from agejax import input_pipeline
-from agejax import metric_io
+from agejax.data import augment
+from agejax import export as export_cli
+from agejax import predict as predict_cli
+from agejax.serving import bundle
+from agejax.serving import export
+from agejax.data import face_crop
+from agejax.serving import inference
+from agejax.data import pipeline as input_pipeline
+from agejax.workdir import metrics as metric_io
 from agejax import models
-from agejax import paths
-from agejax import predict
-from agejax import restore
-from agejax import train
+from agejax.models import paths
+from agejax.serving import predict
+from agejax.workdir import restore
+from agejax.train import loop as train
 from configs import tiny
 
 STEPS = 16
@@ -41,7 +44,7 @@ def workdir(tmp_path_factory, tiny_data_dir):
 @pytest.fixture(scope="module")
 def bundle(workdir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export") / "model")
-  assert export.main(["--workdir", workdir, "--output", out, "--checkpoint", str(STEPS)]) == 0
+  assert export_cli.main(["export", "--workdir", workdir, "--output", out, "--checkpoint", str(STEPS)]) == 0
   return out
 
 
@@ -60,7 +63,7 @@ def validation(workdir):
 
 
 def test_model_json_describes_the_run(bundle):
-  with open(os.path.join(bundle, inference.MODEL_FILE)) as f:
+  with open(os.path.join(bundle, bundle.MODEL_FILE)) as f:
     meta = json.load(f)
   assert meta["format"] == "agejax-model" and meta["format_version"] == 1
   assert meta["source"]["step"] == STEPS and meta["source"]["dataset"] == "synthetic_faces/tiny"
@@ -71,7 +74,7 @@ def test_model_json_describes_the_run(bundle):
   assert meta["crop"]["stored_size"] == 32 and meta["crop"]["margin"] == 0.4
   assert "defaults for margin" in meta["crop"]["source"]
   assert meta["agejax_version"] == "0.1.0"
-  assert os.path.isdir(os.path.join(bundle, inference.PARAMS_DIR))
+  assert os.path.isdir(os.path.join(bundle, bundle.PARAMS_DIR))
 
 
 def test_preprocessing_matches_the_tf_pipeline(bundle, validation):
@@ -155,19 +158,19 @@ def test_predict_cli_reads_the_bundle_and_the_workdir(workdir, bundle, validatio
   Image.fromarray(validation[0][0]).save(path)
   expected = inference.load(bundle)(validation[0][:1])[0][0]
   for source in (["--model", bundle], ["--workdir", workdir, "--checkpoint", "latest"]):
-    assert predict.main([*source, "--no_detect", "--json", path]) == 0
+    assert predict_cli.main(["predict", *source, "--no_detect", "--json", path]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["faces"][0]["box"] == [0, 0, 32, 32]
     assert record["faces"][0]["age"] == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_export_keeps_an_existing_bundle_unless_told(workdir, bundle, capsys):
-  assert export.main(["--workdir", workdir, "--output", bundle]) == 1
+  assert export_cli.main(["export", "--workdir", workdir, "--output", bundle]) == 2
   assert "already holds an exported model" in capsys.readouterr().err
-  assert export.main(["--workdir", workdir, "--output", bundle, "--overwrite",
+  assert export_cli.main(["export", "--workdir", workdir, "--output", bundle, "--overwrite",
                       "--checkpoint", str(STEPS), "--margin", "0.25"]) == 0
   assert inference.load(bundle).margin == 0.25
-  assert export.main(["--workdir", workdir, "--output", bundle + "-x",
+  assert export_cli.main(["export", "--workdir", workdir, "--output", bundle + "-x",
                       "--checkpoint", "7"]) == 1
   assert "use best, latest or one of [8, 16]" in capsys.readouterr().err
 
@@ -181,8 +184,8 @@ def test_a_network_without_batch_norm_round_trips(tmp_path):
       models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(3)))
   assert batch_stats == {}
   crop = {"margin": 0.3, "stored_size": 40, "source": "test"}
-  export.write_bundle(str(tmp_path), export.metadata(cfg, 0, crop=crop), params, batch_stats)
-  meta, read_params, read_stats = inference.read_bundle(str(tmp_path))
+  bundle.write(str(tmp_path), bundle.metadata(cfg, 0, crop=crop), params, batch_stats)
+  meta, read_params, read_stats = bundle.read(str(tmp_path))
   assert read_stats == {} and meta["model"]["arch"] == "vgg16"
   flat, read_flat = paths.flatten(params), paths.flatten(read_params)
   assert flat.keys() == read_flat.keys() and len(flat) == 32  # 13 convs + 3 fc, kernel and bias

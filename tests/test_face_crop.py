@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from agejax import face_crop
+from agejax.data import face_crop
 
 
 def _image(height=60, width=80):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agejax import initialization
+from agejax.train import initial_weights as initialization
 from agejax.errors import ConfigError
 
 

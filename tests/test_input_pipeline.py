@@ -16,12 +16,14 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from agejax.models import forward
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from agejax import augment
-from agejax import config
-from agejax import input_pipeline
+from agejax.data import augment
+from agejax.config import defaults as config
+from agejax.data import pipeline as input_pipeline
 from agejax.errors import ConfigError
 
 STORED = 48
@@ -187,7 +189,7 @@ def test_eval_crop_is_the_numpy_centre_crop_and_flip_exact(data_dir):
       errors = {(t, l): np.abs(pixels - gradient[t:t + SIZE, l:l + SIZE]).mean()
                 for t in (3, 4, 5) for l in (3, 4, 5)}
       assert min(errors, key=errors.get) == (4, 4), errors
-    flipped = input_pipeline.flip_images(batch)
+    flipped = forward.flip_images(batch)
     for w in range(SIZE):
       np.testing.assert_array_equal(flipped["image"][:, :, w],
                                     batch["image"][:, :, SIZE - 1 - w])
@@ -293,7 +295,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
     import numpy as np
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from agejax import input_pipeline
+    from agejax.data import pipeline as input_pipeline
 
     assert jax.device_count() == 4, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("data",))

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from agejax import lr_find
-from agejax import metric_io
-from agejax import train
+from agejax.tools import lr_find
+from agejax.workdir import metrics as metric_io
+from agejax.train import loop as train
 from configs import tiny
 
 

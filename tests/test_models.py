@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax import config
+from agejax.config import defaults as config
 from agejax import models
-from agejax import paths
+from agejax.models import paths
 from agejax.errors import ConfigError
 from agejax.models import layers
 

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from agejax import main as main_lib
-from agejax import plan as plan_lib
+from agejax.train import plan as plan_lib
 from agejax.errors import ConfigError
 from configs import imdb_wiki_resnet50
 from configs import tiny
@@ -28,7 +27,7 @@ def _load(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_every_shipped_config_plans(path, tmp_path, capsys):
-  out = main_lib.dry_run(_load(path), str(tmp_path))
+  out = plan_lib.dry_run(_load(path), str(tmp_path))
   rows = json.load(open(out))
   assert rows and all(
       set(r) == {"path", "shape", "group", "lr_mult", "wd_mult", "frozen"} for r in rows)
@@ -58,8 +57,10 @@ def test_dex_resnet50_plan_rows():
   assert plan.optimizer_state_floats == plan.trainable
   # Peak learning rate of the head at the end of the one-epoch warmup.
   by_step = dict(plan.lr_milestones)
-  assert by_step[1562]["default"] == pytest.approx(0.01, rel=1e-6)
-  assert by_step[1562]["^stage3/"] == pytest.approx(0.005, rel=1e-6)
+  # Step s logs the rate of its update s - 1: the warm-up's 1562 updates end
+  # at step 1562, and step 1563 is the first at the peak.
+  assert by_step[1563]["default"] == pytest.approx(0.01, rel=1e-6)
+  assert by_step[1563]["^stage3/"] == pytest.approx(0.005, rel=1e-6)
 
 
 def test_rows_follow_the_network_from_input_to_output():
@@ -100,7 +101,7 @@ def test_cli_reports_a_bad_group_in_one_line(tmp_path):
                 "--config.optim.groups=((r'^nothing/', dict(lr_mult=0.5)),)")
   assert result.returncode == 2, result.stderr
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("config error: optim.groups[0]:") and "^nothing/" in last
+  assert last.startswith("agejax.main: config error: optim.groups[0]:") and "^nothing/" in last
   assert not (tmp_path / "plan.json").exists()
 
 
@@ -116,11 +117,11 @@ def test_cli_rejects_a_non_positive_lr(tmp_path):
   result = _cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--dry_run",
                 "--config.optim.lr=0")
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith("config error: optim.lr:")
+  assert result.stderr.strip().splitlines()[-1].startswith("agejax.main: config error: optim.lr:")
 
 
 def test_training_set_size_comes_from_the_built_dataset(tmp_path):
-  from agejax import datasets
+  from agejax.data import catalog as datasets
   cfg = tiny.get_config()
   cfg.data.data_dir = str(tmp_path)
   cfg.data.num_train_examples = 0

@@ -11,12 +11,13 @@ from flax import nnx
 from PIL import Image
 from skimage import data as skdata
 
-from agejax import export
-from agejax import face_crop
-from agejax import face_detect
-from agejax import inference
+from agejax import predict as predict_cli
+from agejax.serving import bundle
+from agejax.data import face_crop
+from agejax.serving import face_detect
+from agejax.serving import inference
 from agejax import models
-from agejax import predict
+from agejax.serving import predict
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def bundle(tmp_path_factory):
       models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0)))
   out = str(tmp_path_factory.mktemp("bundle"))
   crop = {"margin": 0.4, "stored_size": 32, "source": "test"}
-  return export.write_bundle(out, export.metadata(cfg, 0, crop=crop), params, batch_stats)
+  return bundle.write(out, bundle.metadata(cfg, 0, crop=crop), params, batch_stats)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_no_detect_takes_the_whole_image_as_the_face(predictor, photos):
 
 def test_cli_prints_one_line_per_face(bundle, photos, capsys):
   files = [os.path.join(photos, n) for n in ("astronaut.jpg", "coffee.png", "broken.jpg")]
-  assert predict.main(["--model", bundle, "--batch_size", "2", *files]) == 0
+  assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", *files]) == 0
   lines = capsys.readouterr().out.strip().split("\n")
   assert len(lines) == 3
   file, box, age, spread = lines[0].split(", ")
@@ -144,7 +145,7 @@ def test_cli_prints_one_line_per_face(bundle, photos, capsys):
 
 
 def test_cli_json_parses(bundle, photos, capsys):
-  assert predict.main(["--model", bundle, "--batch_size", "2", "--json", photos]) == 0
+  assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", "--json", photos]) == 0
   records = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
   assert len(records) == 6
   assert [len(r["faces"]) for r in records] == [1, 0, 0, 1, 1, 0]
@@ -155,7 +156,7 @@ def test_cli_json_parses(bundle, photos, capsys):
 def test_cli_annotate_writes_pngs_with_boxes(bundle, photos, tmp_path, capsys):
   out = tmp_path / "annotated"
   files = [os.path.join(photos, "astronaut.jpg"), os.path.join(photos, "group")]
-  assert predict.main(["--model", bundle, "--batch_size", "2", "--json", "--annotate", str(out),
+  assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", "--json", "--annotate", str(out),
                        *files]) == 0
   records = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
   assert [os.path.relpath(r["annotated"], out) for r in records] == [
@@ -172,11 +173,11 @@ def test_cli_annotate_writes_pngs_with_boxes(bundle, photos, tmp_path, capsys):
 def test_exit_code_is_1_when_nothing_could_be_read(bundle, photos, capsys):
   args = ["--model", bundle, "--batch_size", "2", os.path.join(photos, "broken.jpg"),
           os.path.join(photos, "missing.jpg")]
-  assert predict.main(args) == 1
+  assert predict_cli.main(["predict", *args]) == 1
   captured = capsys.readouterr()
   assert "missing.jpg, unreadable: " in captured.out
   assert "no image could be read" in captured.err
-  assert predict.main(["--model", os.path.join(photos, "plain"), photos]) == 2
+  assert predict_cli.main(["predict", "--model", os.path.join(photos, "plain"), photos]) == 2
 
 
 def test_photos_are_turned_upright_by_their_exif_orientation(predictor, tmp_path):
@@ -196,10 +197,10 @@ def test_a_bundle_needs_neither_the_training_code_nor_tfds(bundle, photos):
   script = (
       "import sys\n"
       "from agejax import predict\n"
-      f"assert predict.main(['--model', {bundle!r}, '--no_detect', "
+      f"assert predict.main(['predict', '--model', {bundle!r}, '--no_detect', "
       f"{os.path.join(photos, 'coffee.png')!r}]) == 0\n"
-      "loaded = [m for m in ('tensorflow_datasets', 'agejax.train', 'agejax.restore',\n"
-      "                      'agejax.input_pipeline') if m in sys.modules]\n"
+      "loaded = [m for m in ('tensorflow_datasets', 'agejax.train.loop', 'agejax.workdir.restore',\n"
+      "                      'agejax.data.pipeline') if m in sys.modules]\n"
       "assert not loaded, loaded\n")
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))

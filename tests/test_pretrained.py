@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 from safetensors.numpy import save_file
 
-from agejax import augment
-from agejax import config as config_lib
-from agejax import convert
-from agejax import initialization
+from agejax.data import augment
+from agejax.config import defaults as config_lib
+from agejax.pretrained import features
+from agejax.train import initial_weights as initialization
 from agejax import models
-from agejax import paths
+from agejax.models import paths
 from agejax import pretrained
 from agejax.errors import ConfigError
 from configs import tiny
@@ -84,8 +84,8 @@ def test_overrides_follow_the_weights_and_a_wrong_arch_is_refused():
 def test_features_equal_the_network_that_made_the_weights():
   imported = _random_imported()
   images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-  got = convert.features(imported, images, batch_size=2)
-  model = convert.backbone(imported, 64)
+  got = features.features(imported, images, batch_size=2)
+  model = features.backbone(imported, 64)
   want = model.features(augment.normalize(jnp.asarray(images, jnp.float32), "imagenet"))
   assert got.shape == (3, 512)
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)

@@ -21,10 +21,10 @@ import keras_reference
 import numpy as np
 import pytest
 
-from agejax import augment
-from agejax import config
+from agejax.data import augment
+from agejax.config import defaults as config
 from agejax import models
-from agejax import paths
+from agejax.models import paths
 from agejax.pretrained import keras_h5
 from agejax.pretrained.types import WeightImportError
 

@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from agejax import augment
-from agejax import config
+from agejax.data import augment
+from agejax.config import defaults as config
 from agejax import models
-from agejax import paths
+from agejax.models import paths
 from agejax.pretrained import torch_layout
 from agejax.pretrained import torch_pickle
 from agejax.pretrained.types import WeightImportError

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax import config
-from agejax import schedules
+from agejax.config import defaults as config
+from agejax.train import schedules
 from agejax.errors import ConfigError
 
 LR = 0.4

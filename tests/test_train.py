@@ -9,11 +9,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from agejax import checkpointing
-from agejax import length
-from agejax import metric_io
-from agejax import paths
-from agejax import train
+from agejax import mesh as mesh_lib
+from agejax.errors import TrainingDiverged
+from agejax.train import setup
+from agejax.workdir import checkpoints as checkpointing
+from agejax.train import length
+from agejax.workdir import metrics as metric_io
+from agejax.models import paths
+from agejax.train import loop as train
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +44,7 @@ def _final_params(workdir):
   """(latest step, flat train state) as stored on disk."""
   with checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     step = ckpt.latest_step()
-    tree = ocp.PyTreeCheckpointer().restore(os.path.join(ckpt.directory, str(step), "state"))
+    tree = ckpt.restore_params(step)
   return step, paths.flatten(tree)
 
 
@@ -111,7 +114,7 @@ def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
   cfg = _config(data_dir)
   cfg.optim.lr = 1e12  # diverges within the first steps
   cfg.optim.schedule.warmup_steps = 0
-  with pytest.raises(train.TrainingDiverged, match=r"at step 4; last good checkpoint: None"):
+  with pytest.raises(TrainingDiverged, match=r"at step 4 .*; last good checkpoint: None"):
     train.train_and_evaluate(cfg, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints" / "4")
 
@@ -142,7 +145,7 @@ import json, os, sys
 sys.path.insert(0, {repo!r})
 import jax
 assert jax.device_count() == 4, jax.devices()
-from agejax import train
+from agejax.train import loop as train
 from configs import tiny
 cfg = tiny.get_config()
 cfg.data.data_dir = {data_dir!r}
@@ -187,9 +190,9 @@ def test_init_checkpoint_loads_the_backbone_and_refreshes_a_resized_head(data_di
   cfg = _config(data_dir)
   cfg.model.max_age = 80  # 81 classes instead of 101: the head cannot be loaded
   cfg.init.checkpoint = uninterrupted[0]
-  fns = train.build_step_fns(cfg, length.run_length(cfg, 256))
-  state = train.create_train_state(
-      cfg, fns, NamedSharding(train.make_mesh(), PartitionSpec()))
+  fns = setup.build_step_fns(cfg, length.run_length(cfg, 256))
+  state = setup.create_train_state(
+      cfg, fns, NamedSharding(mesh_lib.data_parallel_mesh(), PartitionSpec()))
   _, stored = _final_params(uninterrupted[0])
   loaded = paths.flatten(state.params)
   backbone = [p for p in loaded if not p.startswith("head/")]
@@ -202,7 +205,7 @@ def test_init_checkpoint_loads_the_backbone_and_refreshes_a_resized_head(data_di
 
 
 def test_a_trained_model_comes_back_from_its_workdir(uninterrupted):
-  from agejax import restore
+  from agejax.workdir import restore
   workdir, summary = uninterrupted
   best = restore.load_trained(workdir, "best")
   latest = restore.load_trained(workdir, "latest")

@@ -8,8 +8,8 @@ import sys
 import optuna
 import pytest
 
-from agejax import metric_io
-from agejax import tune
+from agejax.workdir import metrics as metric_io
+from agejax.tools import tune
 from agejax.errors import ConfigError
 from configs import tiny
 

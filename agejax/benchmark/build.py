@@ -64,7 +64,7 @@ def write_release(manual_dir: str, s: BuildSettings) -> int:
 def build(manual_dir: str, data_dir: str, config: str) -> Any:
   """Prepares ``imdb_wiki/<config>`` from ``manual_dir`` into ``data_dir``."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from agejax import datasets  # pylint: disable=import-outside-toplevel
+  from agejax.data import catalog as datasets  # pylint: disable=import-outside-toplevel
   datasets.register_builders()
   builder = tfds.builder(f"imdb_wiki/{config}", data_dir=data_dir)
   # The builder prints its cleaning report; stdout may be carrying JSON lines.

@@ -45,7 +45,7 @@ def _minimal(builder: Any, s: InputSettings) -> Any:
   """The least a training pipeline does: random crop, resize, flip, normalise, batch."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from agejax import augment  # pylint: disable=import-outside-toplevel
+  from agejax.data import augment  # pylint: disable=import-outside-toplevel
 
   def prepare(example):
     data = example["image"]
@@ -65,8 +65,8 @@ def _minimal(builder: Any, s: InputSettings) -> Any:
 
 
 def _agejax(data_dir: str, s: InputSettings, rotation: float, jitter: float) -> Any:
-  from agejax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from agejax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from agejax.config import defaults as config_lib  # pylint: disable=import-outside-toplevel
+  from agejax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
   cfg = config_lib.default_config()
   cfg.data.dataset = "imdb_wiki/clean"
   cfg.data.data_dir = data_dir

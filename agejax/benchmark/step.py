@@ -1,7 +1,7 @@
 """Compiled train-step throughput on synthetic on-device data.
 
 The step is agejax's own: a config from ``default_config`` with the
-benchmark's overrides, ``train.build_step_fns`` + ``create_train_state`` and
+benchmark's overrides, ``train.setup.build_step_fns`` + ``create_train_state`` and
 ``jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)``, exactly as
 the trainer compiles it. Data is generated once on the device, so only the
 step is measured. FLOPs come from XLA's cost analysis of the compiled step;
@@ -20,10 +20,11 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
-from agejax import config as config_lib
-from agejax import length as length_lib
-from agejax import steps
-from agejax import train
+from agejax.config import defaults as config_lib
+from agejax.train import length as length_lib
+from agejax.train import steps
+from agejax import mesh as mesh_lib
+from agejax.train import setup
 from agejax.benchmark import common
 
 COLUMNS = ("images_per_sec", "ms_per_step", "gflops_per_step", "gflops_per_sec",
@@ -97,9 +98,9 @@ def compile_step(s: StepSettings) -> CompiledStep:
   cfg = make_config(s)
   # The schedule never ends inside the benchmark: a long nominal run.
   length = length_lib.run_length(cfg, s.batch_size * 1000)
-  fns = train.build_step_fns(cfg, length)
-  mesh = train.make_mesh()
-  state = train.create_train_state(cfg, fns, NamedSharding(mesh, P()), load_weights=False)
+  fns = setup.build_step_fns(cfg, length)
+  mesh = mesh_lib.data_parallel_mesh()
+  state = setup.create_train_state(cfg, fns, NamedSharding(mesh, P()), load_weights=False)
   batch = _synthetic_batch(s, NamedSharding(mesh, P("data")))
   train_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
   # Calling the compiled object reuses this compilation (no second compile).

@@ -52,7 +52,7 @@ from typing import Any
 
 from flax import nnx
 
-from agejax import paths
+from agejax.models import paths
 from agejax.errors import ConfigError
 from agejax.models import resnet
 from agejax.models import vgg
@@ -72,7 +72,7 @@ def build_model(model_cfg: Any, image_size: int, rngs: nnx.Rngs) -> nnx.Module:
     ConfigError: unknown ``model.arch`` or another impossible model value.
   """
   # Imported here so the backbones do not depend on the heads at import time.
-  from agejax import heads  # pylint: disable=g-import-not-at-top
+  from agejax.models import heads  # pylint: disable=g-import-not-at-top
 
   def make_head(in_features: int) -> nnx.Module:
     return heads.build_head(model_cfg, in_features, rngs)

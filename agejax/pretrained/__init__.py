@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from agejax import paths
+from agejax.models import paths
 from agejax.pretrained.types import Imported, WeightImportError
 
 FORMATS = ("keras-h5", "torch", "safetensors")

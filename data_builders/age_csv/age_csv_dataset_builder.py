@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 from etils import epath
 import tensorflow_datasets as tfds
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import common
 
 

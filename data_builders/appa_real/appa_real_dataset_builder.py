@@ -19,7 +19,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import common
 
 

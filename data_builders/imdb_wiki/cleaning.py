@@ -17,7 +17,7 @@ import os
 import re
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import common
 from . import release
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from agejax import face_crop
+from agejax.data import face_crop
 from data_builders import common
 from data_builders.synthetic_faces import faces
 

@@ -94,19 +94,6 @@ def _normalize_tf(x: tf.Tensor, preprocessing: str) -> tf.Tensor:
   return tf.reshape(_shift_and_scale(rows, preprocessing, tiles=width), shape)
 
 
-def flip_images(batch: Any) -> Any:
-  """Mirrors images left-right: a [..., H, W, C] array, or a batch dict.
-
-  For ``data.eval_flip_tta``: average the predictions on ``batch`` and on
-  ``flip_images(batch)``. Plain indexing, so it works on numpy arrays, jax
-  Arrays (sharding along the batch axis is kept) and inside ``jax.jit``.
-  A dict gets a new ``image`` and keeps every other entry.
-  """
-  if isinstance(batch, Mapping):
-    return {**batch, "image": flip_images(batch["image"])}
-  return batch[..., ::-1, :]
-
-
 def eval_resize_side(image_size: int, stored_side: int | None) -> int:
   """The shorter side the stored image is resized to before the centre crop.
 

@@ -48,7 +48,6 @@ without bias and ``head/thresholds`` ``[K-1]``.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 from flax import nnx
@@ -56,63 +55,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agejax.errors import ConfigError
 
 HEADS = ("dex", "regression", "dldl", "mean_variance", "coral")
 REGRESSION_LOSSES = ("l1", "l2")
 
 
 # --- configuration ------------------------------------------------------------
-
-
-def _number(model_cfg: Any, name: str) -> float:
-  """Reads ``model.<name>`` as a finite real number or raises ConfigError."""
-  value = getattr(model_cfg, name)
-  # bool is an int subclass; True as an age or a weight is a typo, not a value.
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ConfigError(f"model.{name}", f"must be a number, got {value!r}")
-  if not math.isfinite(value):
-    raise ConfigError(f"model.{name}", f"must be finite, got {value!r}")
-  return float(value)
-
-
-def _integer(model_cfg: Any, name: str) -> int:
-  value = _number(model_cfg, name)
-  if not value.is_integer():
-    raise ConfigError(f"model.{name}",
-                      f"must be a whole number of years, got {value!r}")
-  return int(value)
-
-
-def check_config(model_cfg: Any) -> None:
-  """Raises ConfigError for a head config :func:`build_head` cannot build.
-
-  Only the keys the selected head reads are checked, so e.g. a dex model
-  does not fail on an unused ``model.regression_loss``.
-  """
-  if model_cfg.head not in HEADS:
-    raise ConfigError("model.head",
-                      f"unknown head {model_cfg.head!r}; expected one of "
-                      f"{', '.join(HEADS)}")
-  min_age = _integer(model_cfg, "min_age")
-  max_age = _integer(model_cfg, "max_age")
-  if min_age >= max_age:
-    raise ConfigError("model.min_age",
-                      f"must be < model.max_age (got {min_age} >= {max_age})")
-  if model_cfg.head == "regression":
-    if model_cfg.regression_loss not in REGRESSION_LOSSES:
-      raise ConfigError("model.regression_loss",
-                        f"unknown loss {model_cfg.regression_loss!r}; expected "
-                        f"one of {', '.join(REGRESSION_LOSSES)}")
-  if model_cfg.head == "dldl":
-    if _number(model_cfg, "dldl_sigma") <= 0:
-      raise ConfigError("model.dldl_sigma",
-                        f"must be > 0, got {model_cfg.dldl_sigma!r}")
-  if model_cfg.head == "mean_variance":
-    for name in ("mean_variance_lambda1", "mean_variance_lambda2"):
-      if _number(model_cfg, name) < 0:
-        raise ConfigError(f"model.{name}",
-                          f"must be >= 0, got {getattr(model_cfg, name)!r}")
 
 
 # --- pure functions on outputs ------------------------------------------------
@@ -299,9 +247,6 @@ def build_head(model_cfg: Any, in_features: int,
                rngs: nnx.Rngs) -> nnx.Module:
   """Builds the head named by ``model_cfg.head`` on ``in_features`` inputs.
 
-  Raises:
-    ConfigError: unknown ``model.head`` or an impossible value of a key the
-      head reads (the message starts with that key).
+  ``agejax.config.validation`` has checked the keys a head reads.
   """
-  check_config(model_cfg)
   return _BUILDERS[model_cfg.head](model_cfg, in_features, rngs)

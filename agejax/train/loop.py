@@ -9,9 +9,7 @@ takes part in checkpointing.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -23,87 +21,24 @@ import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
 from clu import periodic_actions
-from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from agejax import checkpointing
-from agejax import config as config_lib
-from agejax import config_check
-from agejax import datasets
-from agejax import initialization
-from agejax import input_pipeline
-from agejax import length as length_lib
-from agejax import metric_io
-from agejax import models
-from agejax import optim
-from agejax import schedules
-from agejax import steps
+from agejax import mesh as mesh_lib
+from agejax.config import validation as config_check
+from agejax.data import catalog as datasets
+from agejax.data import pipeline as input_pipeline
 from agejax.errors import ConfigError
-
-
-CONFIG_FILE = "config.json"
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run in ``workdir`` trained with."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {workdir} is not an agejax training workdir")
-  with open(path) as f:
-    return config_lib.from_json(f.read())
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; nothing was checkpointed from that state."""
-
-
-def make_mesh() -> Mesh:
-  """All devices of all processes on one data-parallel axis."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
-                   schedule: Any = None) -> steps.StepFns:
-  """The model's structure and the optimizer, from shapes alone.
-
-  ``schedule`` replaces the base learning rate ``optim.schedule`` describes.
-  """
-  graphdef, abstract_params, _ = models.split_state(nnx.eval_shape(
-      lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0))))
-  accum = cfg.optim.grad_accum_steps
-  # The optimizer and its schedule count updates, not micro-batches.
-  updates_per_epoch = max(1, length.steps_per_epoch // accum)
-  total_updates = max(1, length.total_steps // accum)
-  if schedule is None:
-    schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
-                                        updates_per_epoch, total_updates)
-  return steps.StepFns(
-      graphdef=graphdef,
-      tx=optim.build_optimizer(cfg.optim, abstract_params, updates_per_epoch, total_updates,
-                               schedule),
-      schedule=schedule,
-      assignments=optim.assign_groups(cfg.optim, abstract_params),
-      ema_decay=float(cfg.optim.ema_decay),
-      grad_accum_steps=accum)
-
-
-def create_train_state(cfg: ml_collections.ConfigDict, fns: steps.StepFns,
-                       replicated: NamedSharding, load_weights: bool = True,
-                       imported: Any = None) -> steps.TrainState:
-  """A fresh state (with ``init.*`` weights when ``load_weights``), replicated."""
-  init_key, state_key = jax.random.split(jax.random.key(cfg.seed))
-
-  def init_model(key):  # under jit: eager NNX init would compile op by op
-    model = models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(key))
-    return models.split_state(model)[1:]
-
-  params, batch_stats = jax.jit(init_model)(init_key)
-  if load_weights:
-    params, batch_stats = initialization.load_initial_weights(
-        cfg.init, params, batch_stats, imported)
-  init = functools.partial(steps.init_state, fns, ema=cfg.optim.ema_decay > 0)
-  return jax.jit(init, out_shardings=replicated)(params, batch_stats, state_key)
+from agejax.errors import TrainingDiverged
+from agejax.evaluation import predictions
+from agejax.train import initial_weights as initialization
+from agejax.train import length as length_lib
+from agejax.train import setup
+from agejax.train import steps
+from agejax.workdir import checkpoints as checkpointing
+from agejax.workdir import metrics as metric_io
+from agejax.workdir import restore
+from agejax.workdir import run_config
 
 
 class _Preemption:
@@ -136,16 +71,27 @@ def _average(accumulated: dict[str, clu_metrics.Average] | None,
   return {k: accumulated[k].merge(merged[k]) for k in merged}
 
 
-def evaluate(fns: steps.StepFns, state: steps.TrainState, cfg: ml_collections.ConfigDict,
-             split: str, data_sharding: NamedSharding, eval_fn) -> dict[str, float]:
-  """Metrics of ``state`` over every example of ``split`` (all processes)."""
-  dataset = input_pipeline.create_split(
-      cfg.data, cfg.model, split, train=False, batch_size=cfg.train.batch_size, seed=cfg.seed)
-  totals = None
-  for batch in input_pipeline.device_batches(dataset, data_sharding, cfg.data.prefetch):
-    sums = eval_fn(state, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return steps.finalize_eval(jax.device_get(totals))
+def evaluate(forward_fn: Callable, state: steps.TrainState, cfg: ml_collections.ConfigDict,
+             split: str, mesh: Any) -> dict[str, float]:
+  """Metrics of ``state`` over every example of ``split`` (all processes).
+
+  The weights, forward function, batch size and metrics are those of
+  ``agejax.evaluate``: the number that picks the best checkpoint is the
+  number it reports.
+  """
+  data = cfg.data.copy_and_resolve_references()
+  data.eval_split = split
+  rows = predictions.predict_split(
+      forward_fn, restore.evaluated_params({"params": state.params,
+                                            "ema_params": state.ema_params}),
+      state.batch_stats, data, cfg.model, mesh, cfg.train.batch_size)
+  return predictions.scalar_metrics(rows, with_std=bool(cfg.data.label_std))
+
+
+def _check_finite(step: int, what: str, value: float, ckpt: checkpointing.Checkpointer) -> None:
+  """Raises TrainingDiverged when ``value`` is NaN or Inf (one check, one exception type)."""
+  if not math.isfinite(value):
+    raise TrainingDiverged(step, f"{what} ({value})", ckpt.latest_step(), ckpt.directory)
 
 
 def update_progress(progress: dict[str, Any], metric: float) -> dict[str, Any]:
@@ -168,7 +114,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   """
   config_check.validate(cfg)
   imported = initialization.prepare_pretrained(cfg)
-  mesh = make_mesh()
+  mesh = mesh_lib.data_parallel_mesh()
   if cfg.train.batch_size % mesh.size:
     raise ConfigError("train.batch_size", f"{cfg.train.batch_size} does not divide "
                       f"evenly over {mesh.size} devices")
@@ -180,15 +126,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
       cfg.data, cfg.data.train_split)
   length = length_lib.run_length(cfg, num_train)
-  fns = build_step_fns(cfg, length)
+  fns = setup.build_step_fns(cfg, length)
 
-  ckpt = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep_last=cfg.train.keep_checkpoints,
-      keep_best=cfg.train.keep_best, best_metric=cfg.train.best_metric, best_mode="min")
+  ckpt = restore.checkpointer(
+      workdir, keep_last=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best,
+      best_metric=cfg.train.best_metric, best_mode="min")
   progress_state = {"best": None, "evals_since_best": 0}
   latest = ckpt.latest_step()
-  state = create_train_state(cfg, fns, replicated, load_weights=latest is None,
-                             imported=imported)
+  state = setup.create_train_state(cfg, fns, replicated, load_weights=latest is None,
+                                   imported=imported)
   if latest is not None:
     state, extra = ckpt.restore(latest, checkpointing.abstract_like(state))
     progress_state = extra.get("progress", progress_state)
@@ -197,14 +143,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   if is_chief:
     # The resolved config (with the pretrained weights' model keys): what
     # evaluate, predict and export rebuild the network from.
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=1))
+    run_config.save(cfg, workdir)
   writer = metric_io.create_writer(workdir, is_chief)
   if latest is None:
     writer.write_hparams(_flat_hparams(cfg))
   train_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, fns, use_ema=cfg.optim.ema_decay > 0))
+  forward_fn = predictions.make_forward(fns.graphdef, bool(cfg.data.eval_flip_tta), mesh)
 
   step = first_step = int(jax.device_get(state.step))
   total = length.total_steps
@@ -228,7 +172,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   summary: dict[str, Any] = {"stopped": "completed"}
   last_eval: dict[str, float] = {}
 
+  def check_loss(at_step):
+    """Every step's loss since the last log is finite (one host sync)."""
+    if accumulated is not None:
+      _check_finite(at_step, "training loss",
+                    float(jax.device_get(accumulated["loss"]).compute()), ckpt)
+
   def save(at_step, metrics=None):
+    check_loss(at_step)  # nothing of a diverged state is ever written
     ckpt.save(at_step, state, extra={"step": at_step, "progress": progress_state},
               metrics=metrics)
 
@@ -252,10 +203,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       if step % cfg.train.log_every_steps == 0 or step == total:
         values = {k: float(v.compute()) for k, v in jax.device_get(accumulated).items()}
         accumulated = None
-        if not math.isfinite(values["loss"]):
-          raise TrainingDiverged(
-              f"non-finite training loss ({values['loss']}) at step {step}; last good "
-              f"checkpoint: {ckpt.latest_step()} in {ckpt.directory}")
+        _check_finite(step, "training loss", values["loss"], ckpt)
         elapsed = time.perf_counter() - interval_start
         done = step - interval_step
         if done:  # none when the interval held only the compiling first step
@@ -270,7 +218,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       pause_start = time.perf_counter()
       evaluated = step % eval_every == 0 or step == total
       if evaluated:
-        last_eval = evaluate(fns, state, cfg, cfg.data.eval_split, data_sharding, eval_fn)
+        check_loss(step)
+        last_eval = evaluate(forward_fn, state, cfg, cfg.data.eval_split, mesh)
+        _check_finite(step, f"validation {cfg.train.best_metric}",
+                      last_eval[cfg.train.best_metric], ckpt)
         writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
         progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
       if step % ckpt_every == 0 or step == total:

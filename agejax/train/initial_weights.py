@@ -14,12 +14,13 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from agejax import paths
+from agejax.models import paths
 from agejax import pretrained
 from agejax.errors import ConfigError
+from agejax.workdir import restore
+from agejax.workdir import run_config
 
 HEAD_PREFIX = "head/"
 _SHOWN = 12  # paths listed per kind in an error before "... and N more"
@@ -73,29 +74,23 @@ def merge_by_path(target: dict[str, Any], source: dict[str, Any], *, key: str,
   return merged, fresh
 
 
-def _checkpoint_dir(path: str) -> str:
-  """A workdir, its checkpoints/ folder, or one step's folder -> a step folder."""
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = [d for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-  if steps:
-    return os.path.join(path, max(steps, key=int))
-  return path
-
-
 def read_source(path: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Flat (params, batch_stats) from an agejax run's checkpoint."""
-  if not os.path.exists(path):
-    raise ConfigError(key, f"{path} does not exist")
-  step_dir = _checkpoint_dir(path)
-  item = os.path.join(step_dir, "state")
-  if not os.path.isdir(item):
-    item = step_dir
-  restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(item))
-  if not isinstance(restored, dict) or "params" not in restored:
-    raise ConfigError(key, f"{item} holds no 'params' tree (not an agejax checkpoint)")
-  logging.info("initial weights from %s", item)
-  return paths.flatten(restored["params"]), paths.flatten(restored.get("batch_stats") or {})
+  """Flat (params, batch_stats) of an agejax run's latest checkpoint.
+
+  ``path`` is the run's workdir; its checkpointer finds the step.
+  """
+  if not run_config.exists(path) and not os.path.isdir(os.path.join(path, restore.CHECKPOINTS_DIR)):
+    raise ConfigError(key, f"{path} is not an agejax training workdir (no "
+                      f"{run_config.CONFIG_FILE} or {restore.CHECKPOINTS_DIR}/)")
+  with restore.checkpointer(path) as ckpt:
+    try:
+      step = ckpt.resolve("latest")
+    except FileNotFoundError as e:
+      raise ConfigError(key, str(e)) from e
+    stored = ckpt.restore_params(step)
+  logging.info("initial weights from step %d of %s", step, path)
+  return (paths.flatten(stored["params"]),
+          paths.flatten(stored.get("batch_stats") or {}))
 
 
 def prepare_pretrained(cfg: ml_collections.ConfigDict) -> pretrained.Imported | None:

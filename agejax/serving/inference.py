@@ -25,7 +25,6 @@ triggers a new compilation, and predictors of the same network share it.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Sequence
 
@@ -33,17 +32,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from agejax import augment
-from agejax import face_crop
 from agejax import models
+from agejax.data import augment
+from agejax.data import face_crop
+from agejax.models import forward
+from agejax.serving import bundle
 
-BUNDLE_FORMAT = "agejax-model"
-BUNDLE_VERSION = 1
-MODEL_FILE = "model.json"
-PARAMS_DIR = "params"
 DEFAULT_BATCH_SIZE = 16
 
 
@@ -81,17 +77,14 @@ def to_stored(image: np.ndarray, stored_size: int) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("graphdef", "flip_tta"))
 def _predict_batch(params: Any, batch_stats: Any, x: jax.Array, *, graphdef: nnx.GraphDef,
                    flip_tta: bool) -> tuple[jax.Array, jax.Array]:
-  """Ages and spreads of one batch of network inputs.
+  """Ages and spreads of one batch of network inputs (the one forward pass).
 
   Module level with the structure static: predictors of the same network
   (a model loaded again, every ``agejax.predict`` call in one process) share
   one compilation.
   """
   model = models.merge_state(graphdef, params, batch_stats)
-  age, spread = model.head.predict(model(x, train=False))
-  if flip_tta:  # data.eval_flip_tta: the mean over the image and its mirror
-    age_m, spread_m = model.head.predict(model(augment.flip_images(x), train=False))
-    age, spread = (age + age_m) / 2, (spread + spread_m) / 2
+  age, spread, _ = forward.predict(model, x, flip_tta=flip_tta)
   return age, spread
 
 
@@ -164,26 +157,6 @@ class Predictor:
             np.concatenate(spreads).astype(np.float32))
 
 
-def read_bundle(path: str) -> tuple[dict[str, Any], Any, Any]:
-  """``(model.json, params, batch_stats)`` of an exported bundle."""
-  path = os.path.abspath(path)
-  with open(os.path.join(path, MODEL_FILE)) as f:
-    meta = json.load(f)
-  if meta.get("format") != BUNDLE_FORMAT:
-    raise ValueError(f"{path}/{MODEL_FILE} is not an agejax model bundle")
-  if meta.get("format_version", 0) > BUNDLE_VERSION:
-    raise ValueError(f"{path} is bundle format {meta['format_version']}; this "
-                     f"agejax reads up to {BUNDLE_VERSION}")
-  checkpointer = ocp.PyTreeCheckpointer()
-  params_dir = os.path.join(path, PARAMS_DIR)
-  # Plain numpy leaves: a bundle moves between machines, and the device
-  # layout recorded where it was written means nothing on another one.
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(params_dir).item_metadata)
-  tree = checkpointer.restore(params_dir, restore_args=as_numpy)
-  return meta, tree["params"], tree.get("batch_stats") or {}
-
-
 def load(path: str, checkpoint: str = "best",
          batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
   """A predictor from an exported bundle or a training workdir.
@@ -197,16 +170,17 @@ def load(path: str, checkpoint: str = "best",
   Raises:
     FileNotFoundError: ``path`` is neither.
   """
-  if os.path.exists(os.path.join(path, MODEL_FILE)):
-    return Predictor(*read_bundle(path), batch_size=batch_size)
+  if bundle.is_bundle(path):
+    return Predictor(*bundle.read(path), batch_size=batch_size)
   # Imported here: a bundle needs neither the training code nor TFDS.
-  from agejax import export  # pylint: disable=g-import-not-at-top
-  from agejax import restore  # pylint: disable=g-import-not-at-top
-  from agejax import train  # pylint: disable=g-import-not-at-top
+  from agejax.serving import export  # pylint: disable=import-outside-toplevel
+  from agejax.workdir import restore  # pylint: disable=import-outside-toplevel
+  from agejax.workdir import run_config  # pylint: disable=import-outside-toplevel
 
-  if not os.path.exists(os.path.join(path, train.CONFIG_FILE)):
-    raise FileNotFoundError(f"{path} holds neither an exported model ({MODEL_FILE}) "
-                            f"nor a training run ({train.CONFIG_FILE})")
+  if not run_config.exists(path):
+    raise FileNotFoundError(f"{path} holds neither an exported model ({bundle.MODEL_FILE}) "
+                            f"nor a training run ({run_config.CONFIG_FILE})")
   trained = restore.load_trained(path, checkpoint)
-  meta = export.metadata(trained.config, trained.step, workdir=path, checkpoint=checkpoint)
+  meta = bundle.metadata(trained.config, trained.step, workdir=path, checkpoint=checkpoint,
+                         crop=export.crop_rule(trained.config.data))
   return Predictor(meta, trained.params, trained.batch_stats, batch_size=batch_size)

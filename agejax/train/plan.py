@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from agejax import length as length_lib
 from agejax import models
-from agejax import optim
-from agejax import paths
-from agejax import schedules
 from agejax.errors import ConfigError
+from agejax.models import paths
+from agejax.train import length as length_lib
+from agejax.train import schedules
+from agejax.train import setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
   """The training-set size the schedule is laid out for."""
   if cfg.data.num_train_examples > 0:
     return cfg.data.num_train_examples
-  from agejax import input_pipeline  # TensorFlow only when the dataset is read
+  from agejax.data import pipeline as input_pipeline  # TensorFlow only when the dataset is read
 
   try:
     return input_pipeline.num_examples(cfg.data, cfg.data.train_split)
@@ -102,32 +102,36 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
   """Builds the plan; raises ConfigError on anything the run would trip on."""
   length = length_lib.run_length(cfg, num_train_examples(cfg))
   params = abstract_params(cfg)
-  assignments = optim.assign_groups(cfg.optim, params)
+  # The trainer's own set-up: the same optimizer and schedule, counted in
+  # updates, so the plan is the run (gradient accumulation included).
+  fns = setup.build_step_fns(cfg, length)
+  assignments = fns.assignments
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
   rows = tuple(
       PlanRow(path=p, shape=shapes[p], group=a.group, lr_mult=a.lr_mult,
               wd_mult=a.wd_mult, frozen=a.frozen)
       for p, a in sorted(assignments.items(), key=lambda kv: _network_order(kv[0])))
 
-  tx = optim.build_optimizer(cfg.optim, params, length.steps_per_epoch, length.total_steps)
-  state = jax.eval_shape(tx.init, params)
+  state = jax.eval_shape(fns.tx.init, params)
   state_floats = sum(
       math.prod(x.shape) for x in jax.tree.leaves(state)
       if hasattr(x, "shape") and jnp.issubdtype(x.dtype, jnp.floating))
 
-  schedule = schedules.build_schedule(
-      cfg.optim.schedule, cfg.optim.lr, length.steps_per_epoch, length.total_steps)
   warmup, _ = schedules.warmup_steps(
-      cfg.optim.schedule, length.steps_per_epoch, length.total_steps)
+      cfg.optim.schedule, length.updates_per_epoch, length.total_updates)
   group_mults = {}
   for r in rows:
     if not r.frozen:
       group_mults.setdefault(r.group, r.lr_mult)
+  # Step s (1-based) is the learning rate the run logs as lr/<group> at s.
   milestones = tuple(
-      (step, {g: float(schedule(step)) * m for g, m in group_mults.items()})
-      for step in _milestones(length.total_steps, warmup))
+      (step, {g: float(fns.schedule(length.update_of_step(step))) * m
+              for g, m in group_mults.items()})
+      # The first step at the peak: the one after the last warm-up update.
+      for step in _milestones(length.total_steps, warmup * length.grad_accum_steps + 1))
   curve_steps = np.unique(np.linspace(0, length.total_steps, 400).astype(np.int64))
-  curve = (curve_steps, np.asarray(jax.vmap(schedule)(jnp.asarray(curve_steps))))
+  updates = np.asarray([length.update_of_step(s) for s in curve_steps])
+  curve = (curve_steps, np.asarray(jax.vmap(fns.schedule)(jnp.asarray(updates))))
   return Plan(rows, length, milestones, state_floats, curve, group_mults)
 
 
@@ -190,3 +194,19 @@ def format_plan(plan: Plan) -> str:
       f"of {n.steps_per_epoch:,} steps ({n.num_train_examples:,} examples)",
       lrs,
   ])
+
+
+def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+  """Validates ``cfg``, prints the plan and writes it; returns plan.json's path."""
+  from agejax.config import validation  # pylint: disable=import-outside-toplevel
+  from agejax.train import initial_weights  # pylint: disable=import-outside-toplevel
+  from agejax.train import plots  # pylint: disable=import-outside-toplevel
+
+  validation.validate(cfg)
+  initial_weights.prepare_pretrained(cfg)  # the weights decide variant and preprocessing
+  plan = make_plan(cfg)
+  print(format_plan(plan))
+  out = write_plan(plan, workdir)
+  figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"))
+  print(f"\nplan written to {out}; learning rates plotted in {figure}")
+  return out

@@ -1,9 +1,10 @@
 """Checkpoints of the train state, on top of an orbax ``CheckpointManager``.
 
+This class owns the folder layout: nobody else spells a step's path.
 Each step directory holds two items: ``state`` (the train state pytree,
 written by every process through ``StandardSave`` so sharded and replicated
-arrays both work on many hosts) and ``extra`` (a JSON dict written once, e.g.
-the input position and the config). Validation metrics ride along as orbax's
+arrays both work on many hosts) and ``extra`` (a JSON dict written once: the
+step and the training progress). Validation metrics ride along as orbax's
 own ``metrics`` item so that retention survives a restart.
 
 Retention is orbax's preservation policy: ``LatestN(keep_last)`` OR
@@ -40,28 +41,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from agejax.errors import TrainingDiverged
+
 _STATE = "state"
 _EXTRA = "extra"
-
-
-class NonFiniteStateError(FloatingPointError):
-  """The state to be saved holds NaN or Inf; nothing was written.
-
-  Attributes:
-    step: The step whose save was refused.
-    last_good_step: The latest complete checkpoint, or None if there is none.
-  """
-
-  def __init__(self, step: int, last_good_step: int | None):
-    self.step = step
-    self.last_good_step = last_good_step
-    if last_good_step is None:
-      fallback = "there is no earlier checkpoint"
-    else:
-      fallback = f"the last good checkpoint is step {last_good_step}"
-    super().__init__(
-        f"Refusing to save step {step}: the train state holds NaN or Inf; "
-        f"{fallback}.")
 
 
 def abstract_like(state: Any) -> Any:
@@ -178,7 +161,7 @@ class Checkpointer:
         or None if this checkpoint should count only as one of the latest.
 
     Raises:
-      NonFiniteStateError: An inexact leaf of `state` holds NaN or Inf.
+      TrainingDiverged: An inexact leaf of `state` holds NaN or Inf.
       TypeError: `extra` is not JSON-serialisable.
       ValueError: `metrics` lacks a finite `best_metric`, or `step` is not
         after the latest step.
@@ -198,7 +181,7 @@ class Checkpointer:
                          f"{self._best_metric!r}, got {value}")
     if not _is_finite(state):
       self.wait()
-      raise NonFiniteStateError(step, self.latest_step())
+      raise TrainingDiverged(step, "train state", self.latest_step(), self.directory)
     args = ocp.args.Composite(**{
         _STATE: ocp.args.StandardSave(state),
         _EXTRA: ocp.args.JsonSave(extra),
@@ -250,6 +233,37 @@ class Checkpointer:
     })
     restored = self._manager.restore(int(step), args=args)
     return restored[_STATE], restored[_EXTRA]
+
+  def resolve(self, which: str | int) -> int:
+    """``best``, ``latest`` or a step number -> a kept, complete step.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint.
+      ValueError: ``which`` names no kept step.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    which = str(which)
+    if which == "latest":
+      return steps[-1]
+    if which == "best":
+      best = self.best_step()
+      return best if best is not None else steps[-1]
+    if not which.isdigit() or int(which) not in steps:
+      raise ValueError(f"checkpoint {which!r}: use best, latest or one of {steps}")
+    return int(which)
+
+  def restore_params(self, step: int) -> dict[str, Any]:
+    """The stored state of ``step`` as host numpy trees, without a target.
+
+    For reading weights (evaluation, export, initial weights) on any device
+    layout: ``params``, ``batch_stats``, ``ema_params`` (``{}`` without EMA),
+    and the rest of the train state.
+    """
+    self.wait()
+    item = os.path.join(self.directory, str(int(step)), _STATE)
+    return ocp.PyTreeCheckpointer().restore(item)
 
   def wait(self) -> None:
     """Blocks until the pending write (if any) is committed; re-raises its

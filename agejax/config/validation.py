@@ -1,21 +1,26 @@
 """Start-up validation of a resolved config: fail before anything compiles.
 
-Every error is an :class:`agejax.errors.ConfigError` whose message starts with
-the offending key. Checks that need the model's parameter paths (group
-patterns, freezing everything) live with the optimizer, which sees the paths.
+The one place config rules live, each rule once. Every error is an
+:class:`agejax.errors.ConfigError` whose message starts with the offending
+key. Two kinds of rule cannot be checked from the config alone and live where
+their inputs are known, still raising ConfigError with the key: group
+patterns (they need the model's parameter paths: ``train.optim.assign_groups``)
+and schedule lengths (they need the run length: ``train.schedules``).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from agejax import config as config_lib
-from agejax import heads
+from agejax.config import defaults as config_lib
 from agejax import models
-from agejax import optim
+from agejax.models import heads
+from agejax.train import optim
 from agejax.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
@@ -42,17 +47,24 @@ def _type_ok(default: Any, value: Any) -> bool:
   return isinstance(value, type(default))
 
 
+def unknown_key_error(key: str) -> ConfigError | None:
+  """The error for a dotted key the defaults do not declare, or None if they do."""
+  defaults = dict(leaves(config_lib.default_config()))
+  if key in defaults:
+    return None
+  if key in {k.rsplit(".", 1)[0] for k in defaults if "." in k}:
+    return ConfigError(key, "is a section; set its keys, not the section itself")
+  close = difflib.get_close_matches(key, defaults, n=3)
+  hint = f" (did you mean {', '.join(close)}?)" if close else ""
+  return ConfigError(key, f"unknown config key{hint}")
+
+
 def check_keys_and_types(cfg: ml_collections.ConfigDict) -> None:
   """Rejects keys the defaults do not declare and values of the wrong type."""
   defaults = dict(leaves(config_lib.default_config()))
-  default_sections = {k.rsplit(".", 1)[0] for k in defaults if "." in k}
   for key, value in leaves(cfg):
     if key not in defaults:
-      if key in default_sections:
-        raise ConfigError(key, "is a section; set its keys, not the section itself")
-      close = difflib.get_close_matches(key, defaults, n=3)
-      hint = f" (did you mean {', '.join(close)}?)" if close else ""
-      raise ConfigError(key, f"unknown config key{hint}")
+      raise unknown_key_error(key)
     if not _type_ok(defaults[key], value):
       raise ConfigError(
           key,
@@ -69,9 +81,21 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
   return (lambda v: v in choices), "one of " + ", ".join(choices)
 
 
-_POSITIVE = (lambda v: v > 0), "> 0"
-_NON_NEGATIVE = (lambda v: v >= 0), ">= 0"
-_FRACTION = (lambda v: 0 <= v < 1), "in [0, 1)"
+def _finite(predicate: Callable[[Any], bool]) -> Callable[[Any], bool]:
+  return lambda v: math.isfinite(v) and predicate(v)
+
+
+_POSITIVE = _finite(lambda v: v > 0), "> 0"
+_NON_NEGATIVE = _finite(lambda v: v >= 0), ">= 0"
+_FRACTION = _finite(lambda v: 0 <= v < 1), "in [0, 1)"
+
+
+def _is_regex(value: str) -> bool:
+  try:
+    re.compile(value)
+  except re.error:
+    return False
+  return True
 
 # key -> (predicate, what the predicate expects)
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -84,7 +108,7 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dropout": _FRACTION,
     "model.vgg_dropout": _FRACTION,
     "model.min_age": _NON_NEGATIVE,
-    "model.regression_loss": _one_of(("l1", "l2")),
+    "model.regression_loss": _one_of(heads.REGRESSION_LOSSES),
     "model.dldl_sigma": _POSITIVE,
     "model.mean_variance_lambda1": _NON_NEGATIVE,
     "model.mean_variance_lambda2": _NON_NEGATIVE,
@@ -102,6 +126,19 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.keep_best": _NON_NEGATIVE,
     "train.best_metric": _one_of(("mae", "loss", "rmse")),
     "train.early_stop_patience": _NON_NEGATIVE,
+    "optim.name": _one_of(optim.OPTIMIZERS),
+    "optim.lr": _POSITIVE,
+    "optim.momentum": _FRACTION,
+    "optim.b1": _FRACTION,
+    "optim.b2": _FRACTION,
+    "optim.ema_decay": _FRACTION,
+    "optim.eps": _NON_NEGATIVE,
+    "optim.lars_trust_coefficient": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.clip_grad_norm": (_NON_NEGATIVE[0], ">= 0 (0: off)"),
+    "optim.grad_accum_steps": ((lambda v: v >= 1), "an integer >= 1"),
+    "optim.wd_mode": _one_of(optim.WD_MODES),
+    "optim.wd_exclude": (_is_regex, "a valid regex ('' decays everything)"),
 }
 
 
@@ -111,6 +148,9 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
     section, name = key.split(".")
     value = cfg[section][name]
     _require(key, predicate(value), expectation, value)
+  _require("optim.wd_mode", not (cfg.optim.name == "adamw" and cfg.optim.wd_mode == "l2"),
+           "decoupled with adamw (it decouples the weight decay by definition; use "
+           "optim.name='adam' for Adam with an L2 penalty)", cfg.optim.wd_mode)
   _require("model.max_age", cfg.model.max_age > cfg.model.min_age,
            f"> model.min_age ({cfg.model.min_age})", cfg.model.max_age)
   _require("train.num_epochs", cfg.train.num_epochs > 0 or cfg.train.num_train_steps > 0,
@@ -121,6 +161,4 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys, types and values; returns the config for chaining."""
   check_keys_and_types(cfg)
   check_values(cfg)
-  heads.check_config(cfg.model)
-  optim.validate_config(cfg.optim)
   return cfg

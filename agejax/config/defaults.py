@@ -53,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   # --- initialisation ------------------------------------------------------------
   c.init = ml_collections.ConfigDict()
   c.init.pretrained = ""  # ImageNet backbone weights (file or converted dir)
-  c.init.checkpoint = ""  # an earlier agejax workdir or checkpoint dir
+  c.init.checkpoint = ""  # an earlier agejax run's workdir (its latest checkpoint)
   # Parameters of the model the source lacks, or the source has and the model
   # lacks, are an error unless allowed (the head is always re-initialised when
   # its shape differs, and said so).

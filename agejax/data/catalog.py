@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import ml_collections
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax.errors import ConfigError
 
@@ -16,7 +19,26 @@ BUILDERS = ("imdb_wiki", "appa_real", "utkface", "age_csv", "synthetic_faces")
 SELF_PREPARING = ("synthetic_faces",)
 
 
+@functools.cache
+def setup_tensorflow() -> None:
+  """TF and TFDS as agejax uses them; entry points call it once before any data.
+
+  * TF runs the input pipeline on the host CPU: a GPU belongs to JAX alone
+    (this fails harmlessly when TF's devices were initialised already).
+  * TFDS never looks datasets up on the network: it falls back to
+    gs://tfds-data for dataset info when this flag is False, and pinning it
+    means an upgrade that flips the default cannot make a load wait on it.
+  """
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):
+    pass
+  gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+
+
 def register_builders() -> None:
+  """Registers agejax's builders with TFDS (after :func:`setup_tensorflow`)."""
+  setup_tensorflow()
   for name in BUILDERS:
     importlib.import_module(f"data_builders.{name}")
 

@@ -35,27 +35,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
-from tensorflow_datasets.core.utils import gcs_utils
 
-from agejax import augment
-from agejax import datasets
-from agejax import device_prefetch
+from agejax.data import augment
+from agejax.data import catalog as datasets
+from agejax.data import prefetch as device_prefetch
 from agejax.errors import ConfigError
 
-# The pipeline runs on the host CPU; a GPU belongs to JAX alone. This fails
-# harmlessly if TF's devices were already initialised by the importer.
-try:
-  tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):
-  pass
-
-# TFDS falls back to gs://tfds-data for dataset info and prepared datasets
-# when this flag is False; 4.9.10 ships it True, pin it so an upgrade that
-# flips the default cannot make a load wait on the network.
-gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
-
 normalize = augment.normalize
-flip_images = augment.flip_images
 
 _NO_END = 2**62  # "forever" in epochs; tf.data ranges need a bound
 

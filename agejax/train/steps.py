@@ -1,5 +1,8 @@
 """The train state and the pure train / eval steps.
 
+Evaluation is not here: validation runs the one inference forward pass,
+``agejax.evaluation.predictions``, as ``agejax.evaluate`` does.
+
 Everything here is a pure function of arrays, compiled once by the trainer
 with ``jax.jit`` over a mesh whose ``data`` axis shards the batch while the
 state is replicated. BatchNorm then normalises with the statistics of the
@@ -17,8 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from agejax import models
-from agejax import optim
-from agejax import paths
+from agejax.train import optim
+from agejax.models import paths
 
 CS_YEARS = 5  # the CS@k reported while training (fraction within k years)
 
@@ -116,42 +119,6 @@ def train_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array]
       step=state.step + 1, params=params, batch_stats=batch_stats,
       opt_state=opt_state, ema_params=ema)
   return new_state, metrics
-
-
-def eval_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array],
-              use_ema: bool) -> dict[str, jax.Array]:
-  """Sums over one (padded, masked) evaluation batch.
-
-  Returns sums, not means, so batches and processes add up exactly; the
-  caller divides by ``count`` once at the end.
-  """
-  params = state.ema_params if use_ema else state.params
-  model = models.merge_state(fns.graphdef, params, state.batch_stats)
-  outputs = model(batch["image"], train=False)
-  mask = batch.get("mask", jnp.ones_like(batch["age"]))
-  age, spread = model.head.predict(outputs)
-  errors = age - batch["age"]
-  return {
-      "count": jnp.sum(mask),
-      "loss": jnp.sum(model.head.loss(outputs, batch["age"]) * mask),
-      "abs_error": jnp.sum(jnp.abs(errors) * mask),
-      "sq_error": jnp.sum(jnp.square(errors) * mask),
-      f"cs{CS_YEARS}": jnp.sum((jnp.abs(errors) <= CS_YEARS) * mask),
-      "spread": jnp.sum(spread * mask),
-  }
-
-
-def finalize_eval(sums: dict[str, float]) -> dict[str, float]:
-  """Per-example metrics from the summed eval outputs."""
-  n = max(float(sums["count"]), 1.0)
-  return {
-      "loss": float(sums["loss"]) / n,
-      "mae": float(sums["abs_error"]) / n,
-      "rmse": (float(sums["sq_error"]) / n) ** 0.5,
-      f"cs{CS_YEARS}": float(sums[f"cs{CS_YEARS}"]) / n,
-      "spread": float(sums["spread"]) / n,
-      "count": float(sums["count"]),
-  }
 
 
 def bind(fns: StepFns, fn: Callable, **static) -> Callable:

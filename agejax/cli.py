@@ -1,0 +1,127 @@
+"""How every ``python -m agejax.X`` command parses its flags and fails.
+
+Each command module declares its flags on its own ``flags.FlagValues``
+(:func:`new_flags`), so several commands can be imported, and their ``main``
+called, in one process. :func:`run` then gives all of them the same
+behaviour:
+
+* ``--help`` (``-h``, ``--helpfull``) prints the module's docstring and its
+  flags with their defaults to stdout and exits 0, before anything heavy
+  (JAX, TensorFlow) is imported;
+* a bad flag or config override is one line on stderr and exit code 2;
+* an :class:`agejax.errors.AgejaxError` raised by the command is one line and
+  its ``exit_code`` (2: usage/config, 1: the run failed);
+* library start-up chatter (TensorFlow's C++ log, absl INFO) stays off unless
+  ``--verbosity`` asks for it; with ``--verbosity>=1`` errors keep their
+  traceback.
+
+This module imports only absl and the standard library: it runs before the
+command decides what else it needs.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from absl import flags
+from absl import logging
+
+from agejax import errors
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+
+
+def new_flags() -> flags.FlagValues:
+  """An empty flag set with the ``--verbosity`` every command has."""
+  fv = flags.FlagValues()
+  flags.DEFINE_integer(
+      "verbosity", 0, "0: warnings and this command's output; 1: INFO logs of every "
+      "library and tracebacks; 2: debug.", short_name="v", flag_values=fv)
+  return fv
+
+
+def quiet_libraries(verbosity: int) -> None:
+  """Silences native-library start-up logs; call before TF/JAX are imported."""
+  if verbosity < 1:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+  logging.set_verbosity(logging.DEBUG if verbosity >= 2 else
+                        logging.INFO if verbosity == 1 else logging.WARNING)
+  pylogging.getLogger().setLevel(pylogging.DEBUG if verbosity >= 2 else
+                                 pylogging.INFO if verbosity == 1 else pylogging.WARNING)
+
+
+def help_text(doc: str, fv: flags.FlagValues) -> str:
+  module_flags = fv.get_help(include_special_flags=False)
+  return f"{(doc or '').strip()}\n\nflags:\n{module_flags}\n"
+
+
+def _config_override_error(argv: Sequence[str]) -> errors.ConfigError | None:
+  """The ConfigError of the first ``--config.<key>`` override agejax does not declare."""
+  from agejax.config import validation  # pylint: disable=import-outside-toplevel
+
+  for arg in argv:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      problem = validation.unknown_key_error(key)
+      if problem is not None:
+        return problem
+  return None
+
+
+def report(prog: str, error: BaseException, verbosity: int) -> int:
+  """Prints ``error`` as one line (with its traceback at ``verbosity >= 1``)."""
+  if verbosity >= 1:
+    traceback.print_exception(error)
+  message = str(error).strip().splitlines()
+  line = message[0] if message else type(error).__name__
+  kind = "config error: " if isinstance(error, errors.ConfigError) else ""
+  print(f"{prog}: {kind}{line}", file=sys.stderr, flush=True)
+  return getattr(error, "exit_code", errors.EXIT_RUN_FAILED)
+
+
+def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
+        argv: Sequence[str] | None = None, *, prog: str | None = None,
+        user_errors: tuple[type[BaseException], ...] = ()) -> int:
+  """Parses ``argv`` into ``fv``, runs ``main(positional args)``; returns the exit code.
+
+  Args:
+    main: the command; returns an exit code or None (0).
+    fv: the command's flags (from :func:`new_flags`).
+    doc: what ``--help`` prints above the flags (the module docstring).
+    argv: the command line including the program name; default sys.argv.
+    prog: the name in messages; default ``argv[0]``.
+    user_errors: further exception types that mean bad input (a missing file),
+      reported as one line with exit code 2.
+  """
+  argv = list(sys.argv if argv is None else argv)
+  prog = prog or os.path.basename(argv[0])
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print(help_text(doc, fv), end="")
+    return errors.EXIT_OK
+  saved_argv = sys.argv
+  # ml_collections' config flags read their overrides from sys.argv.
+  sys.argv = argv
+  try:
+    try:
+      positional = fv(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      problem = _config_override_error(argv) or errors.UsageError(str(e))
+      return report(prog, problem, 0)
+    verbosity = fv["verbosity"].value
+    quiet_libraries(verbosity)
+    try:
+      code = main(positional[1:])
+      return errors.EXIT_OK if code is None else int(code)
+    except errors.AgejaxError as e:
+      return report(prog, e, verbosity)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, *user_errors) as e:
+      code = report(prog, e, verbosity)
+      return errors.EXIT_USAGE
+  finally:
+    sys.argv = saved_argv
+    fv.unparse_flags()  # the command can run again in this process

@@ -1,0 +1,83 @@
+"""Per-example predictions over a dataset split, and the metrics of them.
+
+One compiled forward function (:func:`make_forward`) and one host-side
+collection loop (:func:`predict_split`) serve in-training validation and
+``agejax.evaluate``; :func:`scalar_metrics` turns the rows into the numbers
+both write, through the one metrics module, ``agejax.evaluation.metrics``.
+So the validation MAE that picks the best checkpoint is bit for bit the MAE
+``agejax.evaluate --checkpoint=best`` reports (same weights, batch size and
+TTA).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from agejax import models
+from agejax.errors import ConfigError
+from agejax.evaluation import metrics as age_metrics
+from agejax.models import forward
+
+# The rows make_forward returns for every example of a padded batch.
+ROWS = ("pred", "spread", "loss", "true", "std", "mask")
+
+
+@functools.lru_cache(maxsize=8)
+def make_forward(graphdef: Any, flip_tta: bool, mesh: Mesh) -> Callable[..., dict[str, jax.Array]]:
+  """``forward(params, batch_stats, batch) -> rows``, compiled once per network.
+
+  The outputs are replicated: every process gets every row, a few floats
+  per example.
+  """
+  def rows(params: Any, batch_stats: Any, batch: Mapping[str, jax.Array]
+           ) -> dict[str, jax.Array]:
+    model = models.merge_state(graphdef, params, batch_stats)
+    age, spread, outputs = forward.predict(model, batch["image"], flip_tta=flip_tta)
+    return {"pred": age, "spread": spread, "loss": model.head.loss(outputs, batch["age"]),
+            "true": batch["age"], "std": batch["age_std"], "mask": batch["mask"]}
+
+  return jax.jit(rows, out_shardings=NamedSharding(mesh, P()))
+
+
+def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
+                  batch_stats: Any, data: ml_collections.ConfigDict,
+                  model_cfg: ml_collections.ConfigDict, mesh: Mesh,
+                  batch_size: int, batch_key: str = "train.batch_size"
+                  ) -> dict[str, np.ndarray]:
+  """Every example of ``data.eval_split``: float32 arrays of :data:`ROWS` less ``mask``.
+
+  ``batch_key`` is the config key or flag named when ``batch_size`` does not
+  divide over the devices.
+  """
+  from agejax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  if batch_size % mesh.size:
+    raise ConfigError(batch_key, f"{batch_size} does not divide evenly over "
+                      f"{mesh.size} devices")
+  dataset = pipeline.create_split(data, model_cfg, data.eval_split, train=False,
+                                  batch_size=batch_size)
+  parts = []
+  with pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
+                               data.prefetch) as batches:
+    for batch in batches:
+      parts.append(forward_fn(params, batch_stats, batch))
+  rows = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+  keep = rows.pop("mask").astype(bool)
+  return {k: v[keep].astype(np.float32) for k, v in rows.items()}
+
+
+def scalar_metrics(rows: Mapping[str, np.ndarray], with_std: bool = False) -> dict[str, float]:
+  """The scalars of :func:`agejax.evaluation.metrics.summarize`, plus mean loss and spread."""
+  summary = age_metrics.summarize(rows["pred"], rows["true"],
+                                  rows["std"] if with_std else None)
+  out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+  out["loss"] = float(np.mean(rows["loss"], dtype=np.float64))
+  out["spread"] = float(np.mean(rows["spread"], dtype=np.float64))
+  out["count"] = float(summary["n"])
+  return out

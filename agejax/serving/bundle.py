@@ -1,0 +1,119 @@
+"""The export bundle: the one module that knows its format.
+
+A bundle directory holds:
+
+* ``params/``: an orbax PyTree checkpoint of ``{"params", "batch_stats"}``
+  (the EMA parameters when the run kept an EMA: those are what it
+  evaluated; no ``batch_stats`` for networks without BatchNorm);
+* ``model.json``: everything else prediction needs, so that neither the
+  training config nor the dataset is needed to serve it:
+
+  * ``format`` (``agejax-model``) and ``format_version``; ``agejax_version``;
+  * ``model``: the run's ``model`` config section (rebuilds the network);
+  * ``image_size``, ``preprocessing``, ``flip_tta``: the evaluation input;
+  * ``crop``: ``margin`` and ``stored_size`` of the face crops the model was
+    trained on, and where they were read (``source``);
+  * ``head``, ``min_age``, ``max_age``, ``ema``; ``source``: the workdir,
+    checkpoint step and dataset it came from.
+
+``model.json`` is written last: a directory with one is a complete bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+import agejax
+
+FORMAT = "agejax-model"
+VERSION = 1
+MODEL_FILE = "model.json"
+PARAMS_DIR = "params"
+
+
+def is_bundle(path: str) -> bool:
+  return os.path.exists(os.path.join(path, MODEL_FILE))
+
+
+def metadata(cfg: ml_collections.ConfigDict, step: int, *, workdir: str = "",
+             checkpoint: str = "", crop: dict[str, Any]) -> dict[str, Any]:
+  """The ``model.json`` of a run's config and checkpoint step."""
+  return {
+      "format": FORMAT,
+      "format_version": VERSION,
+      "agejax_version": agejax.__version__,
+      "model": cfg.model.to_dict(),
+      "image_size": int(cfg.data.image_size),
+      "preprocessing": str(cfg.model.preprocessing),
+      "flip_tta": bool(cfg.data.eval_flip_tta),
+      "crop": crop,
+      "head": str(cfg.model.head),
+      "min_age": int(cfg.model.min_age),
+      "max_age": int(cfg.model.max_age),
+      "ema": bool(cfg.optim.ema_decay > 0),
+      "source": {"workdir": os.path.abspath(workdir) if workdir else "",
+                 "checkpoint": checkpoint, "step": int(step),
+                 "dataset": str(cfg.data.dataset)},
+  }
+
+
+def write(output: str, meta: dict[str, Any], params: Any, batch_stats: Any,
+                 overwrite: bool = False) -> str:
+  """Writes ``output/model.json`` and ``output/params``; returns ``output``.
+
+  Raises:
+    FileExistsError: ``output`` already holds a bundle and not ``overwrite``.
+  """
+  output = os.path.abspath(output)
+  params_dir = os.path.join(output, PARAMS_DIR)
+  meta_file = os.path.join(output, MODEL_FILE)
+  if os.path.exists(params_dir) or os.path.exists(meta_file):
+    if not overwrite:
+      raise FileExistsError(f"{output} already holds an exported model (use --overwrite)")
+    # Only the two entries a bundle consists of: never anything else in there.
+    shutil.rmtree(params_dir, ignore_errors=True)
+    if os.path.exists(meta_file):
+      os.remove(meta_file)
+  os.makedirs(output, exist_ok=True)
+  to_host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
+  # VGG has no BatchNorm: orbax stores no empty subtree, and the loader
+  # reads an absent "batch_stats" as {}.
+  tree = {"params": to_host(params)}
+  if jax.tree.leaves(batch_stats):
+    tree["batch_stats"] = to_host(batch_stats)
+  ocp.PyTreeCheckpointer().save(params_dir, tree)
+  # model.json last: a bundle with a model.json is a complete one.
+  with open(meta_file, "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+    f.write("\n")
+  return output
+
+
+def read(path: str) -> tuple[dict[str, Any], Any, Any]:
+  """``(model.json, params, batch_stats)`` of an exported bundle."""
+  path = os.path.abspath(path)
+  with open(os.path.join(path, MODEL_FILE)) as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{path}/{MODEL_FILE} is not an agejax model bundle")
+  if meta.get("format_version", 0) > VERSION:
+    raise ValueError(f"{path} is bundle format {meta['format_version']}; this "
+                     f"agejax reads up to {VERSION}")
+  checkpointer = ocp.PyTreeCheckpointer()
+  params_dir = os.path.join(path, PARAMS_DIR)
+  # Plain numpy leaves: a bundle moves between machines, and the device
+  # layout recorded where it was written means nothing on another one.
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(params_dir).item_metadata)
+  tree = checkpointer.restore(params_dir, restore_args=as_numpy)
+  return meta, tree["params"], tree.get("batch_stats") or {}
+
+

@@ -1,0 +1,69 @@
+"""A trained run's checkpoint written as a bundle (``agejax.serving.bundle``).
+
+The crop rule comes from the training dataset's TFDS builder config (its
+``margin`` and the stored image shape). Builders without a margin (the
+releases that ship their own crops) and datasets TFDS cannot find get
+``face_crop``'s defaults, and ``crop.source`` says so; ``margin`` and
+``stored_size`` override both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from agejax.data import face_crop
+from agejax.serving import bundle
+
+
+def crop_rule(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``{"margin", "stored_size", "source"}`` of the images ``data_cfg`` names."""
+  # Imported here: only a workdir needs the dataset code, a bundle never does.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from agejax.data import catalog as datasets  # pylint: disable=g-import-not-at-top
+
+  try:
+    datasets.register_builders()
+    builder = tfds.builder(data_cfg.dataset, data_dir=data_cfg.data_dir or None,
+                           try_gcs=False)
+  except Exception as e:  # pylint: disable=broad-except
+    # An unknown or unregistered name must not block an export: the defaults
+    # are the rule every crop-making builder here uses unless told otherwise.
+    return {"margin": face_crop.DEFAULT_MARGIN, "stored_size": face_crop.DEFAULT_SIZE,
+            "source": f"defaults (dataset {data_cfg.dataset!r} not found: "
+                      f"{type(e).__name__})"}
+  config = builder.builder_config
+  margin = getattr(config, "margin", None)
+  shape = builder.info.features["image"].shape
+  stored = shape[0] if shape[0] is not None and shape[0] == shape[1] else None
+  stored = stored or getattr(config, "image_size", None)
+  source = f"{data_cfg.dataset} builder config"
+  if margin is None or stored is None:
+    source += " + defaults for " + " and ".join(
+        k for k, v in (("margin", margin), ("stored_size", stored)) if v is None)
+  return {"margin": float(face_crop.DEFAULT_MARGIN if margin is None else margin),
+          "stored_size": int(stored or face_crop.DEFAULT_SIZE), "source": source}
+
+
+def export(workdir: str, output: str, checkpoint: str = "best", *,
+           margin: float | None = None, stored_size: int | None = None,
+           overwrite: bool = False) -> dict[str, Any]:
+  """Exports ``workdir``'s checkpoint ``checkpoint`` to ``output``; returns model.json."""
+  from agejax.workdir import restore  # pylint: disable=g-import-not-at-top
+
+  trained = restore.load_trained(workdir, checkpoint)
+  crop = crop_rule(trained.config.data)
+  if margin is not None:
+    crop["margin"] = float(margin)
+    crop["source"] += " + --margin"
+  if stored_size is not None:
+    crop["stored_size"] = int(stored_size)
+    crop["source"] += " + --stored_size"
+  meta = bundle.metadata(trained.config, trained.step, workdir=workdir,
+                         checkpoint=checkpoint, crop=crop)
+  bundle.write(output, meta, trained.params, trained.batch_stats, overwrite=overwrite)
+  return meta
+
+

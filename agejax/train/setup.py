@@ -1,0 +1,63 @@
+"""What a run is built from: the step's structure and optimizer, and the first state.
+
+The trainer, the plan (``--dry_run``), the LR range test and the step
+benchmark all call these two functions, so what the plan shows is what the
+run does. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from agejax import models
+from agejax.train import initial_weights
+from agejax.train import length as length_lib
+from agejax.train import optim
+from agejax.train import schedules
+from agejax.train import steps
+
+
+def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
+                   schedule: Any = None) -> steps.StepFns:
+  """The model's structure and the optimizer, from shapes alone.
+
+  The optimizer and its schedule count updates, not micro-batches.
+  ``schedule`` replaces the base learning rate ``optim.schedule`` describes.
+  """
+  graphdef, abstract_params, _ = models.split_state(nnx.eval_shape(
+      lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0))))
+  if schedule is None:
+    schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
+                                        length.updates_per_epoch, length.total_updates)
+  return steps.StepFns(
+      graphdef=graphdef,
+      tx=optim.build_optimizer(cfg.optim, abstract_params, length.updates_per_epoch,
+                               length.total_updates, schedule),
+      schedule=schedule,
+      assignments=optim.assign_groups(cfg.optim, abstract_params),
+      ema_decay=float(cfg.optim.ema_decay),
+      grad_accum_steps=length.grad_accum_steps)
+
+
+def create_train_state(cfg: ml_collections.ConfigDict, fns: steps.StepFns,
+                       replicated: NamedSharding, load_weights: bool = True,
+                       imported: Any = None) -> steps.TrainState:
+  """A fresh state (with ``init.*`` weights when ``load_weights``), replicated."""
+  init_key, state_key = jax.random.split(jax.random.key(cfg.seed))
+
+  def init_model(key):  # under jit: eager NNX init would compile op by op
+    model = models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(key))
+    return models.split_state(model)[1:]
+
+  params, batch_stats = jax.jit(init_model)(init_key)
+  if load_weights:
+    params, batch_stats = initial_weights.load_initial_weights(
+        cfg.init, params, batch_stats, imported)
+  init = functools.partial(steps.init_state, fns, ema=cfg.optim.ema_decay > 0)
+  return jax.jit(init, out_shardings=replicated)(params, batch_stats, state_key)
