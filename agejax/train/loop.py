@@ -91,6 +91,7 @@ def evaluate(forward_fn: Callable, state: steps.TrainState, cfg: ml_collections.
 def _check_finite(step: int, what: str, value: float, ckpt: checkpointing.Checkpointer) -> None:
   """Raises TrainingDiverged when ``value`` is NaN or Inf (one check, one exception type)."""
   if not math.isfinite(value):
+    ckpt.wait()  # a finite checkpoint still being written is the last good one
     raise TrainingDiverged(step, f"{what} ({value})", ckpt.latest_step(), ckpt.directory)
 
 

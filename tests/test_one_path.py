@@ -1,0 +1,206 @@
+"""One path per job: divergence, plan == run, validation == evaluate, CLI style, import graph."""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agejax import mesh as mesh_lib
+from agejax.errors import TrainingDiverged
+from agejax.evaluation import run as evaluate
+from agejax.train import loop as train
+from agejax.train import plan as plan_lib
+from agejax.workdir import metrics as metric_io
+from agejax.workdir import restore
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ("main", "evaluate", "predict", "export", "convert", "tune", "lr_find", "benchmark")
+
+
+def _config(data_dir, **train):
+  cfg = tiny.get_config()
+  cfg.data.data_dir = data_dir
+  cfg.train.num_train_steps = 16
+  cfg.train.eval_every_steps = 8
+  cfg.train.checkpoint_every_steps = 4
+  cfg.train.log_every_steps = 50  # no log step before the end: the loss is checked anyway
+  for key, value in train.items():
+    cfg.train[key] = value
+  return cfg
+
+
+def _blow_up_after(cfg, updates: int):
+  """The learning rate x1e38 from update ``updates`` on: the loss is non-finite one step later."""
+  cfg.optim.schedule.name = "piecewise"
+  spe = 256 // cfg.train.batch_size  # synthetic_faces/tiny's training split
+  cfg.optim.schedule.boundaries_epochs = (updates / spe,)
+  cfg.optim.schedule.scales = (1e38,)
+  return cfg
+
+
+@pytest.mark.parametrize("blow_up, diverged_at, last_good", [
+    (6, 8, 4),  # non-finite loss first seen at step 8: an evaluation step
+    (10, 12, 8),  # at step 12: a checkpoint-only step
+])
+def test_divergence_is_caught_before_evaluating_or_saving(tiny_data_dir, tmp_path, blow_up,
+                                                          diverged_at, last_good):
+  cfg = _blow_up_after(_config(tiny_data_dir), blow_up)
+  with pytest.raises(TrainingDiverged) as info:
+    train.train_and_evaluate(cfg, str(tmp_path))
+  assert info.value.step == diverged_at
+  assert info.value.last_good_step == last_good
+  with restore.checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.all_steps()[-1] == last_good
+    for step in ckpt.all_steps():  # every checkpoint on disk is finite
+      state = ckpt.restore_params(step)
+      assert all(np.isfinite(v).all() for v in __import__("jax").tree.leaves(state["params"]))
+  validation = [r["step"] for r in metric_io.read_metrics(str(tmp_path))
+                if r["split"] == "validation"]
+  assert diverged_at not in validation
+
+
+def test_divergence_is_one_line_and_exit_code_1(tiny_data_dir, tmp_path):
+  config = tmp_path / "diverging.py"
+  config.write_text(
+      "from configs import tiny\n"
+      "def get_config():\n"
+      "  c = tiny.get_config()\n"
+      f"  c.data.data_dir = {tiny_data_dir!r}\n"
+      "  c.train.num_train_steps, c.train.eval_every_steps = 16, 8\n"
+      "  c.train.checkpoint_every_steps, c.train.log_every_steps = 4, 50\n"
+      "  c.optim.schedule.name = 'piecewise'\n"
+      "  c.optim.schedule.boundaries_epochs, c.optim.schedule.scales = (6 / 16,), (1e38,)\n"
+      "  return c\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "agejax.main", f"--config={config}", f"--workdir={tmp_path / 'w'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("agejax.main: training diverged at step 8 (non-finite training loss")
+  assert "last good checkpoint: 4 in " in last
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["4"]
+
+
+def test_plan_learning_rates_are_the_logged_ones_with_accumulation(tiny_data_dir, tmp_path):
+  cfg = _config(tiny_data_dir, num_train_steps=32, log_every_steps=1, eval_every_steps=32,
+                checkpoint_every_steps=32)
+  cfg.optim.grad_accum_steps = 4
+  cfg.optim.schedule.name = "warmup_cosine"
+  cfg.optim.schedule.warmup_steps = 2  # updates
+  cfg.optim.groups = ((r"^(stem|stage1)/", dict(lr_mult=0.1)),)
+  plan = plan_lib.make_plan(cfg.copy_and_resolve_references())
+  train.train_and_evaluate(cfg, str(tmp_path))
+  logged = {r["step"]: r for r in metric_io.read_metrics(str(tmp_path)) if r["split"] == "train"}
+  checked = 0
+  for step, lrs in plan.lr_milestones:
+    if step == 0:
+      continue
+    for group, lr in lrs.items():
+      assert logged[step][f"lr/{group}"] == pytest.approx(lr, rel=1e-6, abs=1e-12), (step, group)
+      checked += 1
+  assert checked >= 8
+  # The warm-up is 2 updates = 8 micro-batch steps: step 9 is the first at the peak.
+  assert dict(plan.lr_milestones)[9]["default"] == pytest.approx(cfg.optim.lr, rel=1e-6)
+
+
+def test_validation_at_the_best_step_is_what_evaluate_reports(tiny_data_dir, tmp_path):
+  cfg = _config(tiny_data_dir, eval_every_steps=4)
+  cfg.optim.lr = 0.005
+  cfg.data.eval_flip_tta = True
+  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  validation = {r["step"]: r["mae"] for r in metric_io.read_metrics(str(tmp_path))
+                if r["split"] == "validation"}
+  best = summary["best_step"]
+  assert validation[best] == min(validation.values())
+  result, = evaluate.evaluate_run(str(tmp_path), "best", tta=None, write_files=False).values()
+  assert result["checkpoint_step"] == best and result["tta"] == "flip"
+  assert result["mae"] == validation[best]  # the same number, bit for bit
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_exits_0_without_library_chatter(command):
+  result = subprocess.run([sys.executable, "-m", f"agejax.{command}", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "--" in result.stdout and "python -m agejax" in result.stdout
+  assert "cuda" not in (result.stdout + result.stderr).lower()
+
+
+@pytest.mark.parametrize("command", ["main", "tune", "lr_find"])
+def test_a_mistyped_override_is_one_config_line_and_exit_2(command, tmp_path):
+  args = [f"--config={REPO}/configs/tiny.py", "--config.optim.lr_mults=1"]
+  args += {"main": [f"--workdir={tmp_path}"], "lr_find": [f"--workdir={tmp_path}"],
+           "tune": [f"--workdir_root={tmp_path}", "--study=s"]}[command]
+  result = subprocess.run([sys.executable, "-m", f"agejax.{command}", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"agejax.{command}: config error: optim.lr_mults: unknown config key "
+      "(did you mean optim.lr, optim.groups, optim.schedule.cycle_mult?)"]
+
+
+def _imports() -> dict[str, set[str]]:
+  """agejax module -> the agejax modules it imports (any depth in the file)."""
+  files = {".".join(p.with_suffix("").parts).removesuffix(".__init__"): p
+           for p in pathlib.Path(REPO, "agejax").rglob("*.py")
+           for p in [p.relative_to(REPO)]}
+  graph = {m: set() for m in files}
+  for module, path in files.items():
+    for node in ast.walk(ast.parse((pathlib.Path(REPO) / path).read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      elif isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      else:
+        continue
+      graph[module] |= {n for n in names if n in files and n != module}
+  return graph
+
+
+def test_the_package_has_no_import_cycle():
+  graph = _imports()
+  state = {}
+
+  def visit(module, stack):
+    state[module] = "open"
+    for dep in sorted(graph[module]):
+      if state.get(dep) == "open":
+        raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+      if dep not in state:
+        visit(dep, stack + [dep])
+    state[module] = "done"
+
+  for module in sorted(graph):
+    if module not in state:
+      visit(module, [module])
+
+
+def test_serving_and_evaluation_never_reach_the_training_loop():
+  graph = _imports()
+  for start in [m for m in graph if m.startswith(("agejax.serving", "agejax.evaluation"))]:
+    seen, todo = set(), [start]
+    while todo:
+      for dep in graph[todo.pop()] - seen:
+        seen.add(dep)
+        todo.append(dep)
+    assert not any(m.startswith("agejax.train") for m in seen), (start, sorted(seen))
+
+
+def test_the_cli_defaults_match_the_library():
+  from agejax import convert, predict, pretrained
+  from agejax.serving import face_detect, inference
+
+  options = face_detect.DetectorOptions()
+  assert predict.FLAGS["max_side"].default == options.max_side
+  assert predict.FLAGS["min_face_size"].default == options.min_face_size
+  assert predict.FLAGS["min_score"].default == options.min_score
+  assert predict.FLAGS["batch_size"].default == inference.DEFAULT_BATCH_SIZE
+  assert convert.FORMATS == pretrained.FORMATS
+  assert mesh_lib.data_parallel_mesh().axis_names == ("data",)
