@@ -91,3 +91,37 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path, dat
     else:  # pruned by the median rule at one of its evaluations; which one
       # depends on how the two workers' reports interleave
       assert t.state == optuna.trial.TrialState.PRUNED and steps in ([4], [4, 8])
+
+
+def test_a_study_whose_trials_all_fail_raises_with_the_first_reason(tiny_data_dir, tmp_path):
+  from agejax.errors import RunFailed
+
+  space = tmp_path / "space.py"
+  # Every trial asks for a warm-up longer than its run: a config error.
+  space.write_text("def space(trial):\n"
+                   "  return {'optim.schedule.warmup_steps': trial.suggest_int('w', 10**6, 10**7)}\n")
+
+  def base():
+    cfg = tiny.get_config()
+    cfg.data.data_dir = tiny_data_dir
+    cfg.train.num_train_steps = 4
+    return cfg
+
+  with pytest.raises(RunFailed, match=r"^all 2 trials failed; trial 0: config error: "
+                     r"optim\.schedule\.warmup_steps"):
+    tune.run_study(base, "failing", str(tmp_path), space_file=str(space), trials=2)
+  report = json.loads((tmp_path / tune.REPORT_JSON).read_text())
+  assert [r["state"] for r in report] == ["fail", "fail"]
+  assert all(r["error"].startswith("config error: optim.schedule.warmup_steps") for r in report)
+
+
+def test_a_missing_database_driver_names_the_extra(monkeypatch):
+  import importlib.util
+  from agejax.errors import UsageError
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "psycopg2" else real(name, *a))
+  with pytest.raises(UsageError, match=r"driver psycopg2 is not installed; "
+                     r"pip install 'agejax\[tune-postgres\]'$"):
+    tune.create_study("s", "postgresql+psycopg2://user@localhost/db")

@@ -72,6 +72,7 @@ def create_study(study: str, storage: str) -> optuna.Study:
   import sqlalchemy.exc  # optuna's RDB storage is built on SQLAlchemy
 
   sqlite_file = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else None
+  _require_driver(storage)
   engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite_file else {}
   for attempt in range(5):
     try:
@@ -85,6 +86,27 @@ def create_study(study: str, storage: str) -> optuna.Study:
       # schema or the study; the loser finds it there on the next attempt.
       time.sleep(0.5 * (attempt + 1))
   raise RuntimeError(f"could not create or join study {study!r} in {storage}")
+
+
+# URL scheme -> (the Python driver SQLAlchemy loads for it, the extra installing it).
+_DRIVERS = {
+    "postgresql+psycopg2": ("psycopg2", "tune-postgres"),
+    "postgresql": ("psycopg", "tune-postgres (then use postgresql+psycopg2://)"),
+    "mysql+pymysql": ("pymysql", "tune-mysql"),
+    "mysql": ("MySQLdb", "tune-mysql (then use mysql+pymysql://)"),
+}
+
+
+def _require_driver(storage: str) -> None:
+  """A one-line error naming the extra when the storage URL's driver is missing."""
+  scheme = storage.split("://", 1)[0]
+  if scheme not in _DRIVERS:
+    return
+  module, extra = _DRIVERS[scheme]
+  if importlib.util.find_spec(module) is None:
+    raise UsageError(f"--storage={scheme}://...: the database driver {module} is not "
+                     f"installed; pip install 'agejax[{extra.split()[0]}]'"
+                     + (f" {extra.split(' ', 1)[1]}" if " " in extra else ""))
 
 
 @contextlib.contextmanager
