@@ -93,7 +93,15 @@ def _main(args: list[str]) -> None:
   initialize_distributed()
   from agejax.train import loop  # pylint: disable=import-outside-toplevel
 
-  loop.train_and_evaluate(cfg, _WORKDIR.value)
+  summary = loop.train_and_evaluate(cfg, _WORKDIR.value)
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if jax.process_index() == 0:
+    metric = cfg.train.best_metric
+    final = summary["validation"].get(metric)
+    print(f"{summary['stopped']} at step {summary['step']}: validation {metric} "
+          f"{final:.3f}, best {summary['best']:.3f} at step {summary['best_step']}; "
+          f"checkpoints in {os.path.join(_WORKDIR.value, 'checkpoints')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from flax import nnx
 from agejax.data import augment
 from agejax import export as export_cli
 from agejax import predict as predict_cli
-from agejax.serving import bundle
+from agejax.serving import bundle as bundle_format
 from agejax.serving import export
 from agejax.data import face_crop
 from agejax.serving import inference
@@ -63,7 +63,7 @@ def validation(workdir):
 
 
 def test_model_json_describes_the_run(bundle):
-  with open(os.path.join(bundle, bundle.MODEL_FILE)) as f:
+  with open(os.path.join(bundle, bundle_format.MODEL_FILE)) as f:
     meta = json.load(f)
   assert meta["format"] == "agejax-model" and meta["format_version"] == 1
   assert meta["source"]["step"] == STEPS and meta["source"]["dataset"] == "synthetic_faces/tiny"
@@ -74,7 +74,7 @@ def test_model_json_describes_the_run(bundle):
   assert meta["crop"]["stored_size"] == 32 and meta["crop"]["margin"] == 0.4
   assert "defaults for margin" in meta["crop"]["source"]
   assert meta["agejax_version"] == "0.1.0"
-  assert os.path.isdir(os.path.join(bundle, bundle.PARAMS_DIR))
+  assert os.path.isdir(os.path.join(bundle, bundle_format.PARAMS_DIR))
 
 
 def test_preprocessing_matches_the_tf_pipeline(bundle, validation):
@@ -171,7 +171,7 @@ def test_export_keeps_an_existing_bundle_unless_told(workdir, bundle, capsys):
                       "--checkpoint", str(STEPS), "--margin", "0.25"]) == 0
   assert inference.load(bundle).margin == 0.25
   assert export_cli.main(["export", "--workdir", workdir, "--output", bundle + "-x",
-                      "--checkpoint", "7"]) == 1
+                      "--checkpoint", "7"]) == 2  # a usage error
   assert "use best, latest or one of [8, 16]" in capsys.readouterr().err
 
 
@@ -184,8 +184,8 @@ def test_a_network_without_batch_norm_round_trips(tmp_path):
       models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(3)))
   assert batch_stats == {}
   crop = {"margin": 0.3, "stored_size": 40, "source": "test"}
-  bundle.write(str(tmp_path), bundle.metadata(cfg, 0, crop=crop), params, batch_stats)
-  meta, read_params, read_stats = bundle.read(str(tmp_path))
+  bundle_format.write(str(tmp_path), bundle_format.metadata(cfg, 0, crop=crop), params, batch_stats)
+  meta, read_params, read_stats = bundle_format.read(str(tmp_path))
   assert read_stats == {} and meta["model"]["arch"] == "vgg16"
   flat, read_flat = paths.flatten(params), paths.flatten(read_params)
   assert flat.keys() == read_flat.keys() and len(flat) == 32  # 13 convs + 3 fc, kernel and bias

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from agejax import predict as predict_cli
-from agejax.serving import bundle
+from agejax.serving import bundle as bundle_format
 from agejax.data import face_crop
 from agejax.serving import face_detect
 from agejax.serving import inference
@@ -43,7 +43,7 @@ def bundle(tmp_path_factory):
       models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0)))
   out = str(tmp_path_factory.mktemp("bundle"))
   crop = {"margin": 0.4, "stored_size": 32, "source": "test"}
-  return bundle.write(out, bundle.metadata(cfg, 0, crop=crop), params, batch_stats)
+  return bundle_format.write(out, bundle_format.metadata(cfg, 0, crop=crop), params, batch_stats)
 
 
 @pytest.fixture(scope="module")
