@@ -86,7 +86,7 @@ def test_every_metric_matches_numpy_on_the_saved_predictions(workdir, plain, dat
   assert (saved["checkpoint_step"], saved["tta"], saved["label"], saved["label_std"]) == (
       STEPS, "none", "age", "")
   rows = np.load(_stem(workdir, "synthetic_faces_tiny_validation_16_predictions.npz"))
-  assert sorted(rows.files) == ["pred", "spread", "std", "true"]
+  assert sorted(rows.files) == ["loss", "pred", "spread", "std", "true"]
   pred, true = rows["pred"].astype(np.float64), rows["true"].astype(np.float64)
 
   # Every example once, in stored order, padding rows dropped.

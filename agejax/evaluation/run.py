@@ -36,7 +36,7 @@ appended with TTA so both variants can sit side by side):
 * ``<stem>.json``: the :func:`agejax.age_metrics.summarize` metrics plus
   ``dataset``, ``split``, ``label``, ``label_std``, ``checkpoint_step``,
   ``tta`` (``"none"`` or ``"flip"``), ``figures`` and ``predictions``;
-* ``<stem>_predictions.npz``: ``pred``, ``true``, ``std`` and ``spread``, one
+* ``<stem>_predictions.npz``: ``pred``, ``true``, ``std``, ``spread`` and ``loss``, one
   entry per example (in stored order on one process);
 * ``<stem>_{pred_vs_true,mae_by_age,cs,error_hist}.png``;
 * the scalars and the same figures in TensorBoard and ``metrics.jsonl`` under
