@@ -86,6 +86,7 @@ def report(prog: str, error: BaseException, verbosity: int) -> int:
 
 def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
         argv: Sequence[str] | None = None, *, prog: str | None = None,
+        required: Sequence[str] = (), takes_args: bool = False,
         user_errors: tuple[type[BaseException], ...] = ()) -> int:
   """Parses ``argv`` into ``fv``, runs ``main(positional args)``; returns the exit code.
 
@@ -95,6 +96,8 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
     doc: what ``--help`` prints above the flags (the module docstring).
     argv: the command line including the program name; default sys.argv.
     prog: the name in messages; default ``argv[0]``.
+    required: flags that must be given (``--NAME is required`` otherwise).
+    takes_args: the command takes positional arguments (else they are refused).
     user_errors: further exception types that mean bad input (a missing file),
       reported as one line with exit code 2.
   """
@@ -115,12 +118,18 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
     verbosity = fv["verbosity"].value
     quiet_libraries(verbosity)
     try:
-      code = main(positional[1:])
+      args = positional[1:]
+      if args and not takes_args:
+        raise errors.UsageError(f"unexpected arguments: {' '.join(args)}")
+      for name in required:
+        if not fv[name].value:
+          raise errors.UsageError(f"--{name} is required")
+      code = main(args)
       return errors.EXIT_OK if code is None else int(code)
     except errors.AgejaxError as e:
       return report(prog, e, verbosity)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, *user_errors) as e:
-      code = report(prog, e, verbosity)
+      report(prog, e, verbosity)
       return errors.EXIT_USAGE
   finally:
     sys.argv = saved_argv

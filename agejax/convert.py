@@ -21,23 +21,29 @@ FLAGS = cli.new_flags()
 # The formats agejax.pretrained reads (a test checks they agree).
 FORMATS = ("keras-h5", "torch", "safetensors")
 
-_INPUT = flags.DEFINE_string("input", None, "Weights file (.h5, .pth/.pt, .safetensors) or converted dir.", flag_values=FLAGS)
+_INPUT = flags.DEFINE_string(
+    "input", None, "Weights file (.h5, .pth/.pt, .safetensors) or converted dir.",
+    flag_values=FLAGS)
 _FORMAT = flags.DEFINE_enum("format", None, list(FORMATS),
                             "Override the format detected from the file.", flag_values=FLAGS)
-_ARCH = flags.DEFINE_string("arch", None, "Expected architecture, e.g. resnet50 (detected otherwise).", flag_values=FLAGS)
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the converted weights to.", flag_values=FLAGS)
-_FEATURES = flags.DEFINE_string("features", None, "Images .npy: uint8 RGB, N x 224 x 224 x 3.", flag_values=FLAGS)
-_FEATURES_OUT = flags.DEFINE_string("features_out", None, "Where to write the N x D features .npy.", flag_values=FLAGS)
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass for --features.", flag_values=FLAGS)
+_ARCH = flags.DEFINE_string(
+    "arch", None, "Expected architecture, e.g. resnet50 (detected otherwise).",
+    flag_values=FLAGS)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Directory to write the converted weights to.", flag_values=FLAGS)
+_FEATURES = flags.DEFINE_string(
+    "features", None, "Images .npy: uint8 RGB, N x 224 x 224 x 3.", flag_values=FLAGS)
+_FEATURES_OUT = flags.DEFINE_string(
+    "features_out", None, "Where to write the N x D features .npy.", flag_values=FLAGS)
+_BATCH = flags.DEFINE_integer(
+    "batch_size", 16, "Images per forward pass for --features.", flag_values=FLAGS)
 _IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", 224, "Input size the converted VGG-16 fc6 is laid out for (ResNets ignore it).", flag_values=FLAGS)
+    "image_size", 224, "Input size the converted VGG-16 fc6 is laid out for (ResNets ignore it).",
+    flag_values=FLAGS)
 
 
 def _main(args: list[str]) -> None:
-  if args:
-    raise UsageError(f"unexpected arguments: {' '.join(args)}")
-  if not _INPUT.value:
-    raise UsageError("--input is required")
+  del args  # none: cli.run refuses them
   if not (_OUTPUT.value or _FEATURES.value):
     raise UsageError("give --output DIR and/or --features IMAGES.npy --features_out OUT.npy")
   if bool(_FEATURES.value) != bool(_FEATURES_OUT.value):
@@ -68,7 +74,7 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.convert")
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.convert", required=("input",))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import sys
 from absl import flags
 
 from agejax import cli
-from agejax.errors import UsageError
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("workdir", None, "Training workdir to evaluate.", flag_values=FLAGS)
@@ -39,10 +38,7 @@ flags.DEFINE_integer("batch_size", None, "Global batch; default: the run's.", fl
 
 
 def _main(args: list[str]) -> None:
-  if args:
-    raise UsageError(f"unexpected arguments: {' '.join(args)}")
-  if not FLAGS.workdir:
-    raise UsageError("--workdir is required")
+  del args  # none: cli.run refuses them
   import jax  # pylint: disable=import-outside-toplevel
 
   from agejax.evaluation import run  # pylint: disable=import-outside-toplevel
@@ -57,7 +53,7 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.evaluate")
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.evaluate", required=("workdir",))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import sys
 from absl import flags
 
 from agejax import cli
-from agejax.errors import UsageError
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("workdir", None, "Training run directory.", flag_values=FLAGS)
@@ -32,11 +31,7 @@ flags.DEFINE_bool("overwrite", False, "Replace a bundle already in --output.", f
 
 
 def _main(args: list[str]) -> None:
-  if args:
-    raise UsageError(f"unexpected arguments: {' '.join(args)}")
-  for name in ("workdir", "output"):
-    if not FLAGS[name].value:
-      raise UsageError(f"--{name} is required")
+  del args  # none: cli.run refuses them
   from agejax.serving import export  # pylint: disable=import-outside-toplevel
 
   meta = export.export(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint, margin=FLAGS.margin,
@@ -50,7 +45,8 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.export", user_errors=(ValueError,))
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.export",
+                 required=("workdir", "output"), user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

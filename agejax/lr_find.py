@@ -17,7 +17,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from agejax import cli
-from agejax.errors import UsageError
 
 FLAGS = cli.new_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True,
@@ -29,11 +28,7 @@ flags.DEFINE_float("max_lr", 10.0, "Base learning rate at the last step.", flag_
 
 
 def _main(args: list[str]) -> None:
-  if args:
-    raise UsageError(f"unexpected arguments: {' '.join(args)}")
-  for name in ("config", "workdir"):
-    if not FLAGS[name].value:
-      raise UsageError(f"--{name} is required")
+  del args  # none: cli.run refuses them
   from agejax.tools import lr_find  # pylint: disable=import-outside-toplevel
 
   result, figure = lr_find.run(_CONFIG.value, FLAGS.workdir, FLAGS.steps, FLAGS.min_lr,
@@ -45,7 +40,8 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.lr_find")
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.lr_find",
+                 required=("config", "workdir"))
 
 
 if __name__ == "__main__":

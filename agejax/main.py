@@ -20,7 +20,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from agejax import cli
-from agejax.errors import UsageError
 
 
 def _default_config_path() -> str:
@@ -35,14 +34,19 @@ FLAGS = cli.new_flags()
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _default_config_path(), "Config file (a get_config() module).",
     lock_config=True, flag_values=FLAGS)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: plan, checkpoints, metrics.", flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: plan, checkpoints, metrics.", flag_values=FLAGS)
 _DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Print the parameter/optimizer plan, write WORKDIR/plan.json, exit.", flag_values=FLAGS)
+    "dry_run", False, "Print the parameter/optimizer plan, write WORKDIR/plan.json, exit.",
+    flag_values=FLAGS)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
-    "host:port of process 0, for multi-host runs outside an auto-detected cluster.", flag_values=FLAGS)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.", flag_values=FLAGS)
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).", flag_values=FLAGS)
+    "host:port of process 0, for multi-host runs outside an auto-detected cluster.",
+    flag_values=FLAGS)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in a multi-host run.", flag_values=FLAGS)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, num_processes).", flag_values=FLAGS)
 
 # Environment variables of cluster managers jax.distributed.initialize() reads
 # by itself; one of them set with several tasks means a multi-process launch.
@@ -80,10 +84,7 @@ class _QuietLibraryInfo(pylogging.Filter):
 def _main(args: list[str]) -> None:
   for handler in pylogging.getLogger().handlers:
     handler.addFilter(_QuietLibraryInfo())
-  if args:
-    raise UsageError(f"unexpected arguments: {' '.join(args)}")
-  if not _WORKDIR.value:
-    raise UsageError("--workdir is required")
+  del args  # none: cli.run refuses them
   cfg = _CONFIG.value
   if _DRY_RUN.value:
     from agejax.train import plan  # pylint: disable=import-outside-toplevel
@@ -97,15 +98,22 @@ def _main(args: list[str]) -> None:
   import jax  # pylint: disable=import-outside-toplevel
 
   if jax.process_index() == 0:
-    metric = cfg.train.best_metric
-    final = summary["validation"].get(metric)
-    print(f"{summary['stopped']} at step {summary['step']}: validation {metric} "
-          f"{final:.3f}, best {summary['best']:.3f} at step {summary['best_step']}; "
-          f"checkpoints in {os.path.join(_WORKDIR.value, 'checkpoints')}")
+    print(outcome_line(summary, cfg.train.best_metric, _WORKDIR.value))
+
+
+def outcome_line(summary: dict, metric: str, workdir: str) -> str:
+  """One line: why the run stopped, where, and its validation metric (when it has one)."""
+  line = f"{summary['stopped']} at step {summary['step']}"
+  final = summary["validation"].get(metric)
+  if final is not None:  # a run preempted before its first evaluation has none
+    line += f": validation {metric} {final:.3f}"
+  if summary["best"] is not None:
+    line += f", best {summary['best']:.3f} at step {summary['best_step']}"
+  return f"{line}; checkpoints in {os.path.join(workdir, 'checkpoints')}"
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.main")
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.main", required=("workdir",))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def _main(paths: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.predict")
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.predict", takes_args=True)
 
 
 if __name__ == "__main__":

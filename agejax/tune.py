@@ -18,7 +18,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from agejax import cli
-from agejax.errors import UsageError
 
 FLAGS = cli.new_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file (get_config()).",
@@ -36,11 +35,7 @@ flags.DEFINE_bool("report", False, "Only print and save the ranked report.", fla
 
 
 def _main(args: list[str]) -> None:
-  if args:
-    raise UsageError(f"unexpected arguments: {' '.join(args)}")
-  for name in ("config", "workdir_root", "study"):
-    if not FLAGS[name].value:
-      raise UsageError(f"--{name} is required")
+  del args  # none: cli.run refuses them
   from agejax.tools import tune  # pylint: disable=import-outside-toplevel
 
   base = _CONFIG.value
@@ -50,7 +45,8 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.tune")
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.tune",
+                 required=("config", "workdir_root", "study"))
 
 
 if __name__ == "__main__":

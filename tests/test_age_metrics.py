@@ -1,4 +1,4 @@
-"""Tests for agejax.age_metrics on values small enough to work out by hand."""
+"""Tests for agejax.evaluation.metrics on values small enough to work out by hand."""
 
 import math
 

@@ -270,7 +270,7 @@ def test_a_user_config_changes_size_margin_and_thresholds(tar_release, tmp_path)
   assert report["dropped_per_reason"] == {
       k: v for k, v in CLEAN_DROPS.items() if k != "second_face"}
   assert report["kept"] == outcome.report("clean")["kept"] + 1
-  # The stored image is agejax.face_crop's crop of the source (up to JPEG loss).
+  # The stored image is agejax.data.face_crop's crop of the source (up to JPEG loss).
   row = outcome.row("second_face")
   part = next(p for p in release.find_parts(pathlib.Path(manual_dir)) if p.source == "imdb")
   box = next(r.face_location for r in part.rows() if r.file_name == row.file_name)

@@ -1,4 +1,4 @@
-"""Tests for agejax.face_crop: the box rule, and that the PIL path the
+"""Tests for agejax.data.face_crop: the box rule, and that the PIL path the
 builders take and the array path prediction takes give the same pixels."""
 
 from __future__ import annotations

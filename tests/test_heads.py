@@ -1,4 +1,4 @@
-"""Tests for agejax.heads: losses, read-outs and parameters against numpy."""
+"""Tests for agejax.models.heads: losses, read-outs and parameters against numpy."""
 
 from __future__ import annotations
 

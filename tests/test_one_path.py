@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,7 +59,7 @@ def test_divergence_is_caught_before_evaluating_or_saving(tiny_data_dir, tmp_pat
     assert ckpt.all_steps()[-1] == last_good
     for step in ckpt.all_steps():  # every checkpoint on disk is finite
       state = ckpt.restore_params(step)
-      assert all(np.isfinite(v).all() for v in __import__("jax").tree.leaves(state["params"]))
+      assert all(np.isfinite(v).all() for v in jax.tree.leaves(state["params"]))
   validation = [r["step"] for r in metric_io.read_metrics(str(tmp_path))
                 if r["split"] == "validation"]
   assert diverged_at not in validation
@@ -155,7 +156,10 @@ def _imports() -> dict[str, set[str]]:
   for module, path in files.items():
     for node in ast.walk(ast.parse((pathlib.Path(REPO) / path).read_text())):
       if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        # ``from pkg import sub`` needs the submodule; ``from pkg import name``
+        # needs pkg itself.
+        names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files
+                 else node.module for a in node.names]
       elif isinstance(node, ast.Import):
         names = [a.name for a in node.names]
       else:
@@ -204,3 +208,32 @@ def test_the_cli_defaults_match_the_library():
   assert predict.FLAGS["batch_size"].default == inference.DEFAULT_BATCH_SIZE
   assert convert.FORMATS == pretrained.FORMATS
   assert mesh_lib.data_parallel_mesh().axis_names == ("data",)
+
+
+@pytest.mark.parametrize("command, argv, line", [
+    ("evaluate", [], "agejax.evaluate: --workdir is required"),
+    ("export", ["--workdir=w"], "agejax.export: --output is required"),
+    ("export", ["--workdir=w", "--output=o", "extra"], "agejax.export: unexpected arguments: extra"),
+    ("main", ["--workdir=w", "--no_such_flag"],
+     "agejax.main: Unknown command line flag 'no_such_flag'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(command, argv, line, capsys):
+  import importlib
+
+  module = importlib.import_module(f"agejax.{command}")
+  assert module.main([command, *argv]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_the_outcome_line_of_a_run_without_an_evaluation():
+  from agejax import main
+
+  preempted = {"stopped": "preempted", "step": 3, "validation": {}, "best": None,
+               "best_step": None}
+  assert main.outcome_line(preempted, "mae", "/w") == (
+      "preempted at step 3; checkpoints in /w/checkpoints")
+  done = {"stopped": "completed", "step": 16, "validation": {"mae": 4.1234}, "best": 4.0,
+          "best_step": 8}
+  assert main.outcome_line(done, "mae", "/w") == (
+      "completed at step 16: validation mae 4.123, best 4.000 at step 8; "
+      "checkpoints in /w/checkpoints")

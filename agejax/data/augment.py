@@ -3,7 +3,7 @@
 Everything random here is stateless: each function takes a ``key`` (an int64
 tensor of shape [2], see ``tf.random.experimental.stateless_split``) and gives
 the same output for the same key, wherever and whenever it runs. That is what
-lets ``agejax.input_pipeline`` restart a run bit for bit.
+lets ``agejax.data.pipeline`` restart a run bit for bit.
 
 Geometry is done in one resampling: the random resized crop, the horizontal
 flip and the rotation are composed into a single affine map from output pixels

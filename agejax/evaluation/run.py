@@ -33,7 +33,7 @@ counts once. Process 0 writes, for a stem ``DIR/eval/<dataset>_<split>_<step>``
 (``/`` and other characters unfit for file names become ``_``; ``_flip`` is
 appended with TTA so both variants can sit side by side):
 
-* ``<stem>.json``: the :func:`agejax.age_metrics.summarize` metrics plus
+* ``<stem>.json``: the :func:`agejax.evaluation.metrics.summarize` metrics plus
   ``dataset``, ``split``, ``label``, ``label_std``, ``checkpoint_step``,
   ``tta`` (``"none"`` or ``"flip"``), ``figures`` and ``predictions``;
 * ``<stem>_predictions.npz``: ``pred``, ``true``, ``std``, ``spread`` and ``loss``, one

@@ -4,7 +4,7 @@ A model built here is a ``flax.nnx.Module`` with
 
 * ``model(images, *, train, dropout_rng=None) -> outputs`` of the head,
 * ``model.features(images, *, train=False, dropout_rng=None) -> float32[N, F]``,
-* ``model.head`` (from :func:`agejax.heads.build_head`) and
+* ``model.head`` (from :func:`agejax.models.heads.build_head`) and
   ``model.features_dim`` (F).
 
 Modes. ``train`` is a Python bool (static under jit). ``train=True`` makes

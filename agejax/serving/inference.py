@@ -7,7 +7,7 @@ workdir and returns a :class:`Predictor`::
   ages, spreads = predictor(crops)  # uint8 RGB face crops, any size
 
 A face crop goes through exactly the evaluation path of
-``agejax.input_pipeline``: it is resized to the dataset's stored size with
+``agejax.data.pipeline``: it is resized to the dataset's stored size with
 the resize that built the dataset (``face_crop.crop_face``, PIL bilinear,
 uint8), then ``augment.center_crop``'s shorter-side resize (only when the
 stored side is below the network's input) and centre crop, then

@@ -4,7 +4,7 @@ r"""Ages of the faces in photos: the library behind ``python -m agejax.predict``
   python -m agejax.predict --workdir RUN_DIR [--checkpoint best] PATH [PATH ...]
 
 PATHs are image files or folders (searched recursively for image
-extensions). Each photo is searched for faces (``agejax.face_detect``); each
+extensions). Each photo is searched for faces (``agejax.serving.face_detect``); each
 face is cropped exactly as the training crops were (``face_crop.crop_face``
 with the model's margin and stored size) and its age and spread predicted.
 One line per face::

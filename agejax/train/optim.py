@@ -312,7 +312,7 @@ def learning_rates(assignments: Mapping[str, Assignment],
 
   Args:
     assignments: from :func:`assign_groups`.
-    schedule: from :func:`agejax.schedules.build_schedule` with the same
+    schedule: from :func:`agejax.train.schedules.build_schedule` with the same
       arguments as the optimizer's.
     step: the optimizer update count (not micro-batches).
 
