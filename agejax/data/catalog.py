@@ -43,21 +43,46 @@ def register_builders() -> None:
     importlib.import_module(f"data_builders.{name}")
 
 
+def base_name(dataset: str) -> str:
+  """``imdb_wiki/clean:1.0.0`` -> ``imdb_wiki``."""
+  return dataset.split("/")[0].split(":")[0]
+
+
+def builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``dataset`` under ``data_dir`` (any path tf.io.gfile reads).
+
+  Never looks anything up on the network (:func:`setup_tensorflow`).
+  """
+  register_builders()
+  try:
+    return tfds.builder(dataset, data_dir=data_dir or None, try_gcs=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(
+        "data.dataset", f"{dataset!r} is not a built or known TFDS dataset under "
+        f"{data_dir or 'the TFDS default dir'} ({first}); agejax builds "
+        f"{', '.join(BUILDERS)} (see data_builders/<name>/README.md)") from None
+
+
+def not_built_error(dataset: str, builder_dir: str, data_dir: str) -> ConfigError:
+  """The one "build it first" error, with the command that builds it."""
+  name = base_name(dataset)
+  how = (f"`tfds build data_builders/{name} --manual_dir=<release files> "
+         f"--data_dir={data_dir or '<data_dir>'}` (see data_builders/{name}/README.md)"
+         if name in BUILDERS else "`tfds build` with its builder on the import path")
+  return ConfigError("data.dataset", f"{dataset} is not built under {builder_dir}; "
+                     f"build it with {how}")
+
+
 def ensure_prepared(data_cfg: ml_collections.ConfigDict) -> None:
   """Builds a self-preparing dataset if absent; otherwise says how to build it."""
-  register_builders()
-  name = data_cfg.dataset.split("/")[0].split(":")[0]
-  builder = tfds.builder(data_cfg.dataset, data_dir=data_cfg.data_dir or None)
-  if builder.is_prepared():
+  found = builder(data_cfg.dataset, data_cfg.data_dir)
+  if found.is_prepared():
     return
-  if name in SELF_PREPARING:
+  if base_name(data_cfg.dataset) in SELF_PREPARING:
     logging.info("preparing %s in %s (generated, nothing is downloaded)",
-                 data_cfg.dataset, builder.data_dir)
-    builder.download_and_prepare(
+                 data_cfg.dataset, found.data_dir)
+    found.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return
-  raise ConfigError(
-      "data.dataset",
-      f"{data_cfg.dataset} is not built under {builder.data_dir}; build it with "
-      f"`tfds build data_builders/{name} --manual_dir=<release files> "
-      f"--data_dir={data_cfg.data_dir or '<data_dir>'}` (see data_builders/{name}/README.md)")
+  raise not_built_error(data_cfg.dataset, found.data_dir, data_cfg.data_dir)

@@ -19,8 +19,9 @@ shuffled, still-encoded records, before any JPEG is decoded. The shuffle buffer
 is tf.data's (seeded; the global TF seed, which agejax never sets, also enters
 it); ``deterministic = True`` keeps the parallel map in order.
 
-TFDS is only ever asked for local files: its public-bucket lookups are switched
-off, namespaced (community / hub) names and remote data_dirs are refused, and
+TFDS reads prepared datasets from ``data.data_dir``: a local folder or any
+URL ``tf.io.gfile`` reads (``gs://``, ``s3://``, ...). Its public-bucket
+lookups are switched off, namespaced (community / hub) names are refused, and
 nothing here builds or downloads a dataset.
 """
 
@@ -48,10 +49,9 @@ _NO_END = 2**62  # "forever" in epochs; tf.data ranges need a bound
 
 @functools.lru_cache(maxsize=16)
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The prepared builder of ``name`` under ``data_dir``, read from local files."""
+  """The prepared builder of ``name`` under ``data_dir`` (local, or any tf.io.gfile URL)."""
   if not name:
     raise ConfigError("data.dataset", "is empty")
-  datasets.register_builders()
   try:
     parsed, _ = naming.parse_builder_name_kwargs(name)
   except ValueError as e:
@@ -61,21 +61,9 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         "data.dataset",
         f"{name!r} names a community/hub dataset, which TFDS fetches over the "
         "network; build it locally and use its plain name")
-  if "://" in data_dir:
-    raise ConfigError(
-        "data.data_dir",
-        f"{data_dir!r} is remote; the input pipeline reads local files only")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ConfigError("data.dataset", f"{name!r} is not a built or known "
-                      f"TFDS dataset under {data_dir or 'the TFDS default dir'}: "
-                      f"{e}") from e
+  builder = datasets.builder(name, data_dir)
   if not builder.is_prepared():
-    raise ConfigError(
-        "data.dataset",
-        f"{name!r} is not built in {builder.data_dir}; build it first "
-        "(tfds build, with data_builders on the import path)")
+    raise datasets.not_built_error(name, builder.data_dir, data_dir)
   return builder
 
 

@@ -53,7 +53,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from agejax import mesh as mesh_lib
@@ -128,7 +127,7 @@ def _data_config(run_cfg: ml_collections.ConfigDict, name: str, split: str,
   if data_dir is not None:
     data.data_dir = data_dir
   dataset_lib.ensure_prepared(data)
-  info = tfds.builder(name, data_dir=data.data_dir or None, try_gcs=False).info
+  info = dataset_lib.builder(name, data.data_dir).info
   supervised = info.supervised_keys[1] if info.supervised_keys else None
   data.label, data.label_std = resolve_labels(
       run_cfg.data, name, info.features.keys(),
