@@ -49,6 +49,7 @@ def quiet_libraries(verbosity: int) -> None:
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+  logging.use_absl_handler()  # absl's log lines on stderr, as absl.app would set up
   logging.set_verbosity(logging.DEBUG if verbosity >= 2 else
                         logging.INFO if verbosity == 1 else logging.WARNING)
   pylogging.getLogger().setLevel(pylogging.DEBUG if verbosity >= 2 else

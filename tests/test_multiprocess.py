@@ -28,7 +28,8 @@ def _free_port() -> int:
 def _command(workdir, data_dir, steps, *extra):
   return [sys.executable, "-m", "agejax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", f"--config.train.num_train_steps={steps}",
-          "--config.train.eval_every_steps=4", "--config.train.log_every_steps=2", *extra]
+          "--config.train.eval_every_steps=4", "--config.train.log_every_steps=2",
+          "--verbosity=1", *extra]  # the INFO log carries the end line and the resume
 
 
 def _env():

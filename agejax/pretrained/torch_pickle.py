@@ -1,7 +1,8 @@
 """Reads ``torch.save`` files into numpy without torch and without running code.
 
-A ``.pth`` / ``.pt`` file written by ``torch.save`` (PyTorch >= 1.6) is a zip
-archive with one top-level folder (the file's stem, or ``archive``) holding
+Both of torch's formats are read. The zip format (the default since PyTorch
+1.6) is a zip archive with one top-level folder (the file's stem, or
+``archive``) holding
 
 * ``data.pkl``: a protocol-2 pickle of the saved object, in which each tensor
   is ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``
@@ -10,6 +11,20 @@ archive with one top-level folder (the file's stem, or ``archive``) holding
 * ``data/<key>``: the raw bytes of storage ``key``;
 * ``byteorder`` (``little`` / ``big``; absent in old files: little),
   ``version`` and a few bookkeeping entries.
+
+The legacy format (before 1.6, and ``_use_new_zipfile_serialization=False``;
+torchvision's 2017 ``vgg16-397923af.pth`` is one) is one stream of five
+pickles and the raw storages:
+
+1. the magic number ``0x1950a86a20f9469cfc6c``;
+2. the protocol version, 1001;
+3. the system info: ``{"protocol_version", "little_endian", "type_sizes"}``;
+4. the saved object, whose storages are persistent ids ``('storage',
+   torch.FloatStorage, key, location, numel, view_metadata)``;
+5. the list of storage keys;
+
+then, for each key in that order, its element count as an 8-byte
+little-endian integer followed by its raw bytes.
 
 Unpickling is code execution: a pickle may call any importable function
 (``os.system``, ``builtins.eval``, ...). :class:`_RestrictedUnpickler`
@@ -70,11 +85,15 @@ class _StorageType:
 
 
 class _Storage:
-  """One ``data/<key>`` entry as a flat numpy array, read on first use."""
+  """One storage (``data/<key>`` in a zip) as a flat numpy array, read on first use."""
 
   def __init__(self, archive: _Archive, key: str, dtype: np.dtype, numel: int):
     self.archive, self.key, self.dtype, self.numel = archive, key, dtype, numel
     self._flat: np.ndarray | None = None
+
+  def available(self) -> bool:
+    """False while a legacy file's bytes, which follow its pickle, are unread."""
+    return self.archive.has_bytes(self.key)
 
   def flat(self) -> np.ndarray:
     if self._flat is None:
@@ -118,6 +137,10 @@ class _Archive:
   def read_pickle(self) -> bytes:
     return self.zf.read(self.prefix + "data.pkl")
 
+  def has_bytes(self, key: str) -> bool:
+    del key  # every entry of a zip can be read at any time
+    return True
+
   def read_storage(self, key: str) -> bytes:
     try:
       return self.zf.read(f"{self.prefix}data/{key}")
@@ -125,6 +148,56 @@ class _Archive:
       raise WeightImportError(
           f"{self.path}: the pickle refers to storage {key!r}, which the "
           "archive does not contain") from None
+
+
+class _LegacyArchive:
+  """A legacy ``torch.save`` stream: its byte order, and storages once read."""
+
+  _MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+  _PROTOCOL_VERSION = 1001
+
+  def __init__(self, path: str, stream: io.BufferedIOBase):
+    self.path, self.stream = path, stream
+    self.storages: dict[str, _Storage] = {}
+    self._raw: dict[str, bytes] = {}
+    magic = self.load_pickle()
+    version = self.load_pickle()
+    if magic != self._MAGIC_NUMBER or version != self._PROTOCOL_VERSION:
+      raise WeightImportError(f"{path}: a legacy torch file with magic {magic!r} and "
+                              f"protocol {version!r}; expected {self._MAGIC_NUMBER:#x}, "
+                              f"{self._PROTOCOL_VERSION}")
+    info = self.load_pickle()
+    if not isinstance(info, dict) or not isinstance(info.get("little_endian"), bool):
+      raise WeightImportError(f"{path}: malformed legacy system info {info!r}")
+    self.byteorder = "little" if info["little_endian"] else "big"
+
+  def load_pickle(self) -> Any:
+    """The next pickle of the stream, through the restricted unpickler."""
+    return _RestrictedUnpickler(self.stream, self).load()
+
+  def read_storages(self) -> None:
+    """Reads the key list and the raw storages that follow the object."""
+    keys = self.load_pickle()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+      raise WeightImportError(f"{self.path}: malformed legacy storage key list")
+    for key in keys:
+      storage = self.storages.get(key)
+      if storage is None:
+        raise WeightImportError(f"{self.path}: storage {key!r} is listed but unused")
+      head = self.stream.read(8)
+      numel = int.from_bytes(head, "little") if len(head) == 8 else -1
+      if numel != storage.numel:
+        raise WeightImportError(f"{self.path}: storage {key!r} holds {numel} elements, "
+                                f"the pickle says {storage.numel} (truncated file?)")
+      self._raw[key] = self.stream.read(numel * storage.dtype.itemsize)
+
+  def has_bytes(self, key: str) -> bool:
+    return key in self._raw
+
+  def read_storage(self, key: str) -> bytes:
+    if key not in self._raw:
+      raise WeightImportError(f"{self.path}: storage {key!r} was not written to the file")
+    return self._raw[key]
 
 
 def _check_ints(value: Any, what: str) -> tuple[int, ...]:
@@ -148,6 +221,8 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any,
   del requires_grad, backward_hooks, metadata  # autograd state: irrelevant
   if not isinstance(storage, _Storage):
     raise WeightImportError(f"malformed tensor: storage {storage!r}")
+  if not storage.available():
+    return _PendingTensor((storage, storage_offset, size, stride))
   (offset,) = _check_ints((storage_offset,), "offset")
   size, stride = _check_ints(size, "size"), _check_ints(stride, "stride")
   if len(size) != len(stride):
@@ -167,12 +242,37 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any,
   return np.array(view, order="C")  # a compact copy, not a view
 
 
+class _PendingTensor:
+  """A legacy file's tensor, built once the storage bytes after the pickle are read."""
+
+  def __init__(self, args: tuple[Any, ...]):
+    self.args = args
+
+
+def _materialise(obj: Any) -> Any:
+  """``obj`` with every :class:`_PendingTensor` built; dicts change in place
+  (a state dict keeps its ``_metadata``)."""
+  if isinstance(obj, _PendingTensor):
+    return _rebuild_tensor_v2(*obj.args)
+  if isinstance(obj, dict):
+    for key, value in obj.items():
+      obj[key] = _materialise(value)
+    return obj
+  if isinstance(obj, list):
+    return [_materialise(v) for v in obj]
+  if isinstance(obj, tuple):
+    return tuple(_materialise(v) for v in obj)
+  if isinstance(obj, argparse.Namespace):
+    return argparse.Namespace(**_materialise(vars(obj)))
+  return obj
+
+
 def _rebuild_parameter(data: Any, requires_grad: Any = False,
                        backward_hooks: Any = None,
-                       state: Any = None) -> np.ndarray:
+                       state: Any = None) -> Any:
   """What ``torch._utils._rebuild_parameter[_with_state]`` resolves to."""
   del requires_grad, backward_hooks, state
-  if not isinstance(data, np.ndarray):
+  if not isinstance(data, (np.ndarray, _PendingTensor)):
     raise WeightImportError(f"malformed parameter: {data!r}")
   return data
 
@@ -193,8 +293,8 @@ _ALLOWED = {
 class _RestrictedUnpickler(pickle.Unpickler):
   """Resolves only :data:`_ALLOWED` globals and the storage types."""
 
-  def __init__(self, data: bytes, archive: _Archive):
-    super().__init__(io.BytesIO(data))
+  def __init__(self, data: bytes | io.BufferedIOBase, archive: _Archive | _LegacyArchive):
+    super().__init__(io.BytesIO(data) if isinstance(data, bytes) else data)
     self.archive = archive
 
   def find_class(self, module: str, name: str) -> Any:
@@ -223,12 +323,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         f"{_RESAVE_HINT}")
 
   def persistent_load(self, pid: Any) -> _Storage:
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+    # The zip format's ids have five entries; the legacy format's a sixth,
+    # view_metadata, which torch >= 1.0 writes as None (no storage views).
+    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
             and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
-            and isinstance(pid[4], int)):
+            and isinstance(pid[4], int) and pid[5:] in ((), (None,))):
       raise WeightImportError(
           f"{self.archive.path}: unsupported persistent id {pid!r}")
-    _, storage_type, key, _, numel = pid
+    _, storage_type, key, _, numel = pid[:5]
     storages = self.archive.storages
     if key not in storages:
       storages[key] = _Storage(self.archive, key, storage_type.dtype, numel)
@@ -249,10 +351,9 @@ def unpickle(path: str) -> Any:
     head = f.read(len(_LEGACY_MAGIC))
   if not zipfile.is_zipfile(path):
     if head.startswith(_LEGACY_MAGIC):
-      raise WeightImportError(
-          f"{path}: the legacy (pre-1.6, non-zip) torch.save format is not "
-          f"supported; {_RESAVE_HINT}")
-    raise WeightImportError(f"{path}: not a torch.save zip file")
+      return _unpickle_legacy(path)
+    raise WeightImportError(f"{path}: not a torch.save file (neither a zip nor the "
+                            "legacy format)")
   with zipfile.ZipFile(path) as zf:
     archive = _Archive(path, zf)
     unpickler = _RestrictedUnpickler(archive.read_pickle(), archive)
@@ -262,6 +363,22 @@ def unpickle(path: str) -> Any:
       raise
     except Exception as e:  # a corrupt pickle: any exception type is possible
       raise WeightImportError(f"{path}: cannot read the pickle: {e!r}") from e
+
+
+def _unpickle_legacy(path: str) -> Any:
+  """:func:`unpickle` of the legacy format (module docstring)."""
+  with open(path, "rb") as f:
+    try:
+      archive = _LegacyArchive(path, f)
+      obj = archive.load_pickle()
+      archive.read_storages()
+    except WeightImportError:
+      raise
+    except Exception as e:  # a corrupt pickle: any exception type is possible
+      raise WeightImportError(f"{path}: cannot read the legacy torch file: {e!r}") from e
+  # Tensors were built lazily from their storages: materialise them now that
+  # the bytes are read, so nothing refers to the closed file.
+  return _materialise(obj)
 
 
 def find_state_dict(obj: Any, where: str) -> dict[str, np.ndarray]:
