@@ -52,3 +52,24 @@ def test_allowances_turn_missing_and_unexpected_into_fresh_weights():
   merged, fresh = _merge(source, allow_missing=True, allow_unexpected=True)
   assert (merged["stem/conv/kernel"] == 1).all()
   assert "stage1/block1/conv1/kernel" in fresh
+
+
+def test_a_re_initialised_head_is_logged_by_path(caplog):
+  import ml_collections
+
+  from agejax.pretrained.types import Imported
+
+  model = _model()
+  source = {k: np.ones_like(v) for k, v in model.items() if not k.startswith("head/")}
+  source["head/fc/kernel"] = np.ones((8, 1000), np.float32)  # an ImageNet classifier
+  init_cfg = ml_collections.ConfigDict(dict(checkpoint="", pretrained="r50.pth",
+                                            allow_missing=False, allow_unexpected=False))
+  imported = Imported(arch="resnet50", params=source, batch_stats={}, model_overrides={},
+                      source="torchvision")
+  with caplog.at_level("WARNING"):
+    params, _ = initialization.load_initial_weights(init_cfg, model, {}, imported)
+  assert (params["stem"]["conv"]["kernel"] == 1).all()
+  assert (params["head"]["fc"]["kernel"] == 0).all()  # kept at its fresh initialisation
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warnings == ["initialised afresh (not in r50.pth or shaped differently): "
+                      "head/fc/bias, head/fc/kernel"]

@@ -237,3 +237,32 @@ def test_the_outcome_line_of_a_run_without_an_evaluation():
   assert main.outcome_line(done, "mae", "/w") == (
       "completed at step 16: validation mae 4.123, best 4.000 at step 8; "
       "checkpoints in /w/checkpoints")
+
+
+def test_an_ema_run_is_validated_evaluated_and_exported_with_its_ema(tiny_data_dir, tmp_path):
+  from agejax.serving import bundle as bundle_format
+  from agejax.serving import export
+  from agejax.models import paths
+
+  cfg = _config(tiny_data_dir, num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=8)
+  cfg.optim.lr = 0.005
+  cfg.optim.ema_decay = 0.5
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(cfg, workdir)
+  with restore.checkpointer(workdir) as ckpt:
+    stored = ckpt.restore_params(8)
+  ema, raw = paths.flatten(stored["ema_params"]), paths.flatten(stored["params"])
+  assert any(not np.array_equal(ema[k], raw[k]) for k in ema)  # the EMA lags the weights
+
+  trained = restore.load_trained(workdir, "latest")
+  for key, value in paths.flatten(trained.params).items():
+    np.testing.assert_array_equal(np.asarray(value), ema[key], err_msg=key)
+  validation, = [r["mae"] for r in metric_io.read_metrics(workdir) if r["split"] == "validation"]
+  result, = evaluate.evaluate_run(workdir, "latest", write_files=False).values()
+  assert result["mae"] == validation  # validation ran on the EMA, as evaluate does
+
+  meta = export.export(workdir, str(tmp_path / "bundle"), "latest")
+  assert meta["ema"] is True
+  _, params, _ = bundle_format.read(str(tmp_path / "bundle"))
+  for key, value in paths.flatten(params).items():
+    np.testing.assert_array_equal(value, ema[key], err_msg=key)

@@ -1,85 +1,81 @@
-"""``python -m agejax.benchmark [NAME ...] [--output FILE] [--repeats N] [--platform P]``.
+"""Speed, measured: ``python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]``.
 
 Runs the named sub-benchmarks (all when none is named), in the order
 step, peer, input, build, e2e, printing one table row per result and
 appending one JSON object per result to ``--output`` (JSON lines; stdout by
 default, with the table then on stderr). ``peer`` times agejax's compiled
 step alternately with the Keras peer, so asking for ``peer`` runs ``step``
-too (one compilation serves both).
+too (one compilation serves both). Exit codes: 0 done, 2 bad flags or names.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 from typing import Sequence
 
+from absl import flags
+
+from agejax import cli
+from agejax.errors import UsageError
+
 NAMES = ("step", "peer", "input", "build", "e2e")
 
+FLAGS = cli.new_flags()
+_f = dict(flag_values=FLAGS)
+flags.DEFINE_string("output", "", "JSON lines file to append to (default: stdout).", **_f)
+flags.DEFINE_integer("repeats", 5, "Timed runs; the median is reported.", **_f)
+flags.DEFINE_enum("platform", None, ["cpu", "gpu"], "JAX platform (default: JAX's choice).", **_f)
+# step and peer
+flags.DEFINE_string("arch", "resnet50", "step/peer: model.arch.", **_f)
+flags.DEFINE_integer("width", 64, "step: model.width (64 = published).", **_f)
+flags.DEFINE_integer("image_size", 112, "step/peer: input side.", **_f)
+flags.DEFINE_integer("batch_size", 16, "step/peer: global batch.", **_f)
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                  "step/peer: compute dtype (default: bfloat16 on gpu, else float32).", **_f)
+flags.DEFINE_integer("steps", 5, "step/peer: train steps per timed run.", **_f)
+flags.DEFINE_integer("warmup", 2, "step/peer: untimed runs before timing.", **_f)
+flags.DEFINE_integer("matmul_size", 2048, "step: side of the peak matmul.", **_f)
+flags.DEFINE_bool("peer_jit", False, "peer: Keras compile(jit_compile=True).", **_f)
+# input
+flags.DEFINE_integer("input_images", 512, "input: rows of the generated release.", **_f)
+flags.DEFINE_integer("input_image_size", 224, "input: crop side.", **_f)
+flags.DEFINE_integer("input_batch_size", 32, "input: batch.", **_f)
+flags.DEFINE_integer("input_batches", 30, "input: batches per timed run.", **_f)
+# build
+flags.DEFINE_integer("build_images", 1000, "build: rows of the generated release.", **_f)
+# e2e
+flags.DEFINE_string("e2e_config", None, "e2e: config file (default: configs/demo.py).", **_f)
+flags.DEFINE_integer("e2e_steps", 100, "e2e: training steps.", **_f)
+flags.DEFINE_string("e2e_data_dir", "", "e2e: TFDS data_dir (default: the config's).", **_f)
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m agejax.benchmark", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("names", nargs="*", metavar="NAME",
-                 help=f"sub-benchmarks to run, from {', '.join(NAMES)} (default: all)")
-  p.add_argument("--output", default="", help="JSON lines file to append to (default: stdout)")
-  p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
-  p.add_argument("--platform", choices=("cpu", "gpu"), default=None,
-                 help="JAX platform (default: JAX's choice)")
-  g = p.add_argument_group("step and peer")
-  g.add_argument("--arch", default="resnet50")
-  g.add_argument("--width", type=int, default=64, help="model.width (step only; 64 = published)")
-  g.add_argument("--image_size", type=int, default=112)
-  g.add_argument("--batch_size", type=int, default=16)
-  g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                 help="compute dtype (default: bfloat16 on gpu, else float32)")
-  g.add_argument("--steps", type=int, default=5, help="train steps per timed run")
-  g.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
-  g.add_argument("--matmul_size", type=int, default=2048, help="side of the peak matmul")
-  g.add_argument("--peer_jit", action="store_true", help="Keras compile(jit_compile=True)")
-  g = p.add_argument_group("input")
-  g.add_argument("--input_images", type=int, default=512, help="rows of the generated release")
-  g.add_argument("--input_image_size", type=int, default=224)
-  g.add_argument("--input_batch_size", type=int, default=32)
-  g.add_argument("--input_batches", type=int, default=30, help="batches per timed run")
-  g = p.add_argument_group("build")
-  g.add_argument("--build_images", type=int, default=1000, help="rows of the generated release")
-  g = p.add_argument_group("e2e")
-  g.add_argument("--e2e_config", default=None, help="config file (default: configs/demo.py)")
-  g.add_argument("--e2e_steps", type=int, default=100)
-  g.add_argument("--e2e_data_dir", default="", help="TFDS data_dir (default: the config's)")
-  args = p.parse_args(argv)
-  # Checked here: argparse's choices misbehave with nargs="*" and no names.
-  unknown = [n for n in args.names if n not in NAMES]
+
+def _main(names: list[str]) -> None:
+  unknown = [n for n in names if n not in NAMES]
   if unknown:
-    p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
-  if args.dtype is None:
-    args.dtype = "bfloat16" if args.platform == "gpu" else "float32"
-  return args
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  args = parse_args(argv)
+    raise UsageError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+  args = FLAGS
+  dtype = args.dtype or ("bfloat16" if args.platform == "gpu" else "float32")
   if args.platform:
     # Before JAX is imported (below), and inherited by the peer's child.
     os.environ["JAX_PLATFORMS"] = args.platform
   # Imported after the platform is chosen: they import JAX.
-  from agejax.benchmark import build  # pylint: disable=import-outside-toplevel
-  from agejax.benchmark import common  # pylint: disable=import-outside-toplevel
-  from agejax.benchmark import e2e  # pylint: disable=import-outside-toplevel
-  from agejax.benchmark import peer  # pylint: disable=import-outside-toplevel
-  from agejax.benchmark import pipeline  # pylint: disable=import-outside-toplevel
-  from agejax.benchmark import step  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from agejax.benchmark import build
+  from agejax.benchmark import common
+  from agejax.benchmark import e2e
+  from agejax.benchmark import peer
+  from agejax.benchmark import pipeline
+  from agejax.benchmark import step
 
-  wanted = set(args.names or NAMES)
+  wanted = set(names or NAMES)
   if "peer" in wanted:
     wanted.add("step")
   out = common.Output(args.output or None)
   protocol = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)
   shape = dict(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-               dtype=args.dtype)
+               dtype=dtype)
   try:
     step_settings = step.StepSettings(width=args.width, matmul_size=args.matmul_size,
                                       **shape, **protocol)
@@ -106,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       out.write(e2e.run(settings), e2e.COLUMNS)
   finally:
     out.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.benchmark", takes_args=True)
 
 
 if __name__ == "__main__":
