@@ -190,9 +190,9 @@ def test_init_checkpoint_loads_the_backbone_and_refreshes_a_resized_head(data_di
   cfg = _config(data_dir)
   cfg.model.max_age = 80  # 81 classes instead of 101: the head cannot be loaded
   cfg.init.checkpoint = uninterrupted[0]
-  fns = setup.build_step_fns(cfg, length.run_length(cfg, 256))
+  statics = setup.build_step_fns(cfg, length.run_length(cfg, 256))
   state = setup.create_train_state(
-      cfg, fns, NamedSharding(mesh_lib.data_parallel_mesh(), PartitionSpec()))
+      cfg, statics, NamedSharding(mesh_lib.data_parallel_mesh(), PartitionSpec()))
   _, stored = _final_params(uninterrupted[0])
   loaded = paths.flatten(state.params)
   backbone = [p for p in loaded if not p.startswith("head/")]

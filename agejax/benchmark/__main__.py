@@ -1,4 +1,6 @@
-"""Speed, measured: ``python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]``.
+"""Speed, measured.
+
+  python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]
 
 Runs the named sub-benchmarks (all when none is named), in the order
 step, peer, input, build, e2e, printing one table row per result and

@@ -2,7 +2,7 @@
 
 The step is agejax's own: a config from ``default_config`` with the
 benchmark's overrides, ``train.setup.build_step_fns`` + ``create_train_state`` and
-``jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)``, exactly as
+``jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)``, exactly as
 the trainer compiles it. Data is generated once on the device, so only the
 step is measured. FLOPs come from XLA's cost analysis of the compiled step;
 model FLOP utilisation (MFU) divides the achieved FLOP/s by a matmul peak
@@ -98,11 +98,11 @@ def compile_step(s: StepSettings) -> CompiledStep:
   cfg = make_config(s)
   # The schedule never ends inside the benchmark: a long nominal run.
   length = length_lib.run_length(cfg, s.batch_size * 1000)
-  fns = setup.build_step_fns(cfg, length)
+  statics = setup.build_step_fns(cfg, length)
   mesh = mesh_lib.data_parallel_mesh()
-  state = setup.create_train_state(cfg, fns, NamedSharding(mesh, P()), load_weights=False)
+  state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()), load_weights=False)
   batch = _synthetic_batch(s, NamedSharding(mesh, P("data")))
-  train_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
+  train_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
   # Calling the compiled object reuses this compilation (no second compile).
   compiled = train_fn.lower(state, batch).compile()
   holder = {"state": state}

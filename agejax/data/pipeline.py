@@ -129,7 +129,7 @@ def _records(builder: tfds.core.DatasetBuilder, split: Any,
   return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _key(*parts: Any) -> tf.Tensor:
+def _rng_key(*parts: Any) -> tf.Tensor:
   """A stateless RNG key folded from integers (Python or tensors)."""
   key = tf.constant([0, 0], tf.int64)
   for part in parts:
@@ -158,7 +158,7 @@ def _epoch_repeats(factors: np.ndarray, seed: int, process_index: int,
   whole = tf.constant(np.floor(factors).astype(np.int64))
   frac = tf.constant((factors - np.floor(factors)).astype(np.float32))
   u = tf.random.stateless_uniform([len(factors)],
-                                  _key(_REPEATS, seed, process_index, epoch))
+                                  _rng_key(_REPEATS, seed, process_index, epoch))
   return whole + tf.cast(u < frac, tf.int64)
 
 
@@ -200,7 +200,7 @@ def _train_stream(records: tf.data.Dataset, data_cfg: ml_collections.ConfigDict,
           repeats[i - index_offset]).map(lambda j: (i, j, r)))
     else:
       ds = records.map(lambda i, r: (i, tf.constant(0, tf.int64), r))
-    shuffle_seed = _key(_SHUFFLE, seed, process_index, epoch)[0]
+    shuffle_seed = _rng_key(_SHUFFLE, seed, process_index, epoch)[0]
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed,
                     reshuffle_each_iteration=False)
     # Restart: drop what the interrupted run already consumed, still encoded.
@@ -267,7 +267,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     fast = stored_as_jpeg and augment.crops_while_decoding(data_cfg.augment)
 
     def prepare(epoch, index, copy, record):
-      key = _key(_AUGMENT, seed, epoch, index, copy)
+      key = _rng_key(_AUGMENT, seed, epoch, index, copy)
       if fast:
         image = augment.train_image_from_jpeg(record["image"], key, data_cfg.augment, size)
       else:

@@ -70,9 +70,9 @@ def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
   # Updates count from 0; the sweep reaches max_lr at the last update.
   sweep = optax.exponential_decay(init_value=min_lr, transition_steps=max(num_steps - 1, 1),
                                   decay_rate=max_lr / min_lr)
-  fns = setup.build_step_fns(cfg, length, schedule=sweep)
-  state = setup.create_train_state(cfg, fns, NamedSharding(mesh, P()), imported=imported)
-  step_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
+  statics = setup.build_step_fns(cfg, length, schedule=sweep)
+  state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()), imported=imported)
+  step_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
   batches = input_pipeline.device_batches(
       input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
                                   batch_size=cfg.train.batch_size, seed=cfg.seed),

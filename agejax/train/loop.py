@@ -127,14 +127,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
       cfg.data, cfg.data.train_split)
   length = length_lib.run_length(cfg, num_train)
-  fns = setup.build_step_fns(cfg, length)
+  statics = setup.build_step_fns(cfg, length)
 
   ckpt = restore.checkpointer(
       workdir, keep_last=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best,
       best_metric=cfg.train.best_metric, best_mode="min")
   progress_state = {"best": None, "evals_since_best": 0}
   latest = ckpt.latest_step()
-  state = setup.create_train_state(cfg, fns, replicated, load_weights=latest is None,
+  state = setup.create_train_state(cfg, statics, replicated, load_weights=latest is None,
                                    imported=imported)
   if latest is not None:
     state, extra = ckpt.restore(latest, checkpointing.abstract_like(state))
@@ -148,8 +148,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   writer = metric_io.create_writer(workdir, is_chief)
   if latest is None:
     writer.write_hparams(_flat_hparams(cfg))
-  train_fn = jax.jit(steps.bind(fns, steps.train_step), donate_argnums=0)
-  forward_fn = predictions.make_forward(fns.graphdef, bool(cfg.data.eval_flip_tta), mesh)
+  train_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
+  forward_fn = predictions.make_forward(statics.graphdef, bool(cfg.data.eval_flip_tta), mesh)
 
   step = first_step = int(jax.device_get(state.step))
   total = length.total_steps

@@ -104,15 +104,15 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
   params = abstract_params(cfg)
   # The trainer's own set-up: the same optimizer and schedule, counted in
   # updates, so the plan is the run (gradient accumulation included).
-  fns = setup.build_step_fns(cfg, length)
-  assignments = fns.assignments
+  statics = setup.build_step_fns(cfg, length)
+  assignments = statics.assignments
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
   rows = tuple(
       PlanRow(path=p, shape=shapes[p], group=a.group, lr_mult=a.lr_mult,
               wd_mult=a.wd_mult, frozen=a.frozen)
       for p, a in sorted(assignments.items(), key=lambda kv: _network_order(kv[0])))
 
-  state = jax.eval_shape(fns.tx.init, params)
+  state = jax.eval_shape(statics.tx.init, params)
   state_floats = sum(
       math.prod(x.shape) for x in jax.tree.leaves(state)
       if hasattr(x, "shape") and jnp.issubdtype(x.dtype, jnp.floating))
@@ -125,13 +125,13 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
       group_mults.setdefault(r.group, r.lr_mult)
   # Step s (1-based) is the learning rate the run logs as lr/<group> at s.
   milestones = tuple(
-      (step, {g: float(fns.schedule(length.update_of_step(step))) * m
+      (step, {g: float(statics.schedule(length.update_of_step(step))) * m
               for g, m in group_mults.items()})
       # The first step at the peak: the one after the last warm-up update.
       for step in _milestones(length.total_steps, warmup * length.grad_accum_steps + 1))
   curve_steps = np.unique(np.linspace(0, length.total_steps, 400).astype(np.int64))
   updates = np.asarray([length.update_of_step(s) for s in curve_steps])
-  curve = (curve_steps, np.asarray(jax.vmap(fns.schedule)(jnp.asarray(updates))))
+  curve = (curve_steps, np.asarray(jax.vmap(statics.schedule)(jnp.asarray(updates))))
   return Plan(rows, length, milestones, state_floats, curve, group_mults)
 
 

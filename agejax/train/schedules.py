@@ -33,23 +33,23 @@ _PREFIX = "optim.schedule."
 _MAX_SGDR_CYCLES = 1000
 
 
-def _key(name: str) -> str:
+def _config_key(name: str) -> str:
   return _PREFIX + name
 
 
 def _number(cfg: Any, name: str) -> float:
   value = getattr(cfg, name)
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ConfigError(_key(name), f"expected a number, got {value!r}")
+    raise ConfigError(_config_key(name), f"expected a number, got {value!r}")
   if not math.isfinite(value):
-    raise ConfigError(_key(name), f"must be finite, got {value!r}")
+    raise ConfigError(_config_key(name), f"must be finite, got {value!r}")
   return float(value)
 
 
 def _count(cfg: Any, name: str) -> int:
   value = getattr(cfg, name)
   if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ConfigError(_key(name),
+    raise ConfigError(_config_key(name),
                       f"expected a non-negative integer, got {value!r}")
   return value
 
@@ -63,11 +63,11 @@ def _steps_or_epochs(cfg: Any, steps_name: str, epochs_name: str,
   """
   steps = _count(cfg, steps_name)
   if steps > 0:
-    return steps, _key(steps_name)
+    return steps, _config_key(steps_name)
   epochs = _number(cfg, epochs_name)
   if epochs < 0:
-    raise ConfigError(_key(epochs_name), f"must be >= 0, got {epochs}")
-  return int(round(epochs * steps_per_epoch)), _key(epochs_name)
+    raise ConfigError(_config_key(epochs_name), f"must be >= 0, got {epochs}")
+  return int(round(epochs * steps_per_epoch)), _config_key(epochs_name)
 
 
 def warmup_steps(cfg: Any, steps_per_epoch: int,
@@ -85,7 +85,7 @@ def _step_decay(cfg: Any, base_lr: float,
                 steps_per_epoch: int) -> optax.Schedule:
   factor = _number(cfg, "decay_factor")
   if factor <= 0:
-    raise ConfigError(_key("decay_factor"), f"must be > 0, got {factor}")
+    raise ConfigError(_config_key("decay_factor"), f"must be > 0, got {factor}")
   every, key = _steps_or_epochs(cfg, "decay_every_steps", "decay_every_epochs",
                                 steps_per_epoch)
   if every <= 0:
@@ -101,13 +101,13 @@ def _piecewise(cfg: Any, base_lr: float,
   scales = tuple(cfg.scales)
   if len(boundaries) != len(scales):
     raise ConfigError(
-        _key("scales"), f"has {len(scales)} entries but "
-        f"{_key('boundaries_epochs')} has {len(boundaries)}; one scale per "
+        _config_key("scales"), f"has {len(scales)} entries but "
+        f"{_config_key('boundaries_epochs')} has {len(boundaries)}; one scale per "
         "boundary")
   steps = []
   for i, epoch in enumerate(boundaries):
     if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-      raise ConfigError(_key("boundaries_epochs"),
+      raise ConfigError(_config_key("boundaries_epochs"),
                         f"entry {i} is not a number: {epoch!r}")
     steps.append(int(round(epoch * steps_per_epoch)))
   # Checked on the step values: two epochs rounding to the same step would
@@ -115,13 +115,13 @@ def _piecewise(cfg: Any, base_lr: float,
   if any(s <= 0 for s in steps) or any(
       b <= a for a, b in zip(steps, steps[1:])):
     raise ConfigError(
-        _key("boundaries_epochs"),
+        _config_key("boundaries_epochs"),
         f"must be positive and strictly increasing (in steps: {steps}, "
         f"{steps_per_epoch} steps per epoch), got {list(boundaries)}")
   for i, scale in enumerate(scales):
     if isinstance(scale, bool) or not isinstance(
         scale, (int, float)) or not scale >= 0:
-      raise ConfigError(_key("scales"),
+      raise ConfigError(_config_key("scales"),
                         f"entry {i} must be a number >= 0, got {scale!r}")
   return optax.piecewise_constant_schedule(
       base_lr, {s: float(f) for s, f in zip(steps, scales)})
@@ -136,7 +136,7 @@ def _sgdr(cfg: Any, base_lr: float, steps_per_epoch: int,
     raise ConfigError(key, "the first cycle must be at least one step long")
   mult = _number(cfg, "cycle_mult")
   if mult < 1:
-    raise ConfigError(_key("cycle_mult"),
+    raise ConfigError(_config_key("cycle_mult"),
                       f"must be >= 1 (cycles never shrink), got {mult}")
   end_factor = _number(cfg, "end_factor")
   lengths: list[int] = []
@@ -160,14 +160,14 @@ def _onecycle(cfg: Any, base_lr: float, total_steps: int) -> optax.Schedule:
   peak_step = int(pct_start * total_steps)
   if not 0 < peak_step < total_steps:
     raise ConfigError(
-        _key("pct_start"), f"{pct_start} puts the peak at step {peak_step} "
+        _config_key("pct_start"), f"{pct_start} puts the peak at step {peak_step} "
         f"of {total_steps}; it must fall strictly inside the run")
   div_factor = _number(cfg, "div_factor")
   final_div_factor = _number(cfg, "final_div_factor")
   for name, value in (("div_factor", div_factor),
                       ("final_div_factor", final_div_factor)):
     if value <= 0:
-      raise ConfigError(_key(name), f"must be > 0, got {value}")
+      raise ConfigError(_config_key(name), f"must be > 0, got {value}")
   return optax.cosine_onecycle_schedule(
       transition_steps=total_steps, peak_value=base_lr, pct_start=pct_start,
       div_factor=div_factor, final_div_factor=final_div_factor)
@@ -200,7 +200,7 @@ def build_schedule(schedule_cfg: Any, base_lr: float, steps_per_epoch: int,
   base_lr = float(base_lr)
   name = schedule_cfg.name
   if name not in SCHEDULES:
-    raise ConfigError(_key("name"),
+    raise ConfigError(_config_key("name"),
                       f"unknown schedule {name!r}; known: {list(SCHEDULES)}")
   warmup, warmup_key = warmup_steps(schedule_cfg, steps_per_epoch,
                                      total_steps)
@@ -209,7 +209,7 @@ def build_schedule(schedule_cfg: Any, base_lr: float, steps_per_epoch: int,
   for key, value in (("warmup_init_factor", init_factor),
                      ("end_factor", end_factor)):
     if value < 0:
-      raise ConfigError(_key(key), f"must be >= 0, got {value}")
+      raise ConfigError(_config_key(key), f"must be >= 0, got {value}")
 
   if name == "onecycle":
     if warmup > 0:

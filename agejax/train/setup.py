@@ -24,7 +24,7 @@ from agejax.train import steps
 
 
 def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
-                   schedule: Any = None) -> steps.StepFns:
+                   schedule: Any = None) -> steps.StepStatics:
   """The model's structure and the optimizer, from shapes alone.
 
   The optimizer and its schedule count updates, not micro-batches.
@@ -35,7 +35,7 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
   if schedule is None:
     schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
                                         length.updates_per_epoch, length.total_updates)
-  return steps.StepFns(
+  return steps.StepStatics(
       graphdef=graphdef,
       tx=optim.build_optimizer(cfg.optim, abstract_params, length.updates_per_epoch,
                                length.total_updates, schedule),
@@ -45,7 +45,7 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
       grad_accum_steps=length.grad_accum_steps)
 
 
-def create_train_state(cfg: ml_collections.ConfigDict, fns: steps.StepFns,
+def create_train_state(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,
                        replicated: NamedSharding, load_weights: bool = True,
                        imported: Any = None) -> steps.TrainState:
   """A fresh state (with ``init.*`` weights when ``load_weights``), replicated."""
@@ -59,5 +59,5 @@ def create_train_state(cfg: ml_collections.ConfigDict, fns: steps.StepFns,
   if load_weights:
     params, batch_stats = initial_weights.load_initial_weights(
         cfg.init, params, batch_stats, imported)
-  init = functools.partial(steps.init_state, fns, ema=cfg.optim.ema_decay > 0)
+  init = functools.partial(steps.init_state, statics, ema=cfg.optim.ema_decay > 0)
   return jax.jit(init, out_shardings=replicated)(params, batch_stats, state_key)

@@ -37,7 +37,7 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class StepFns:
+class StepStatics:
   """What the steps close over: static structure, never traced."""
   graphdef: Any
   tx: optax.GradientTransformation
@@ -61,18 +61,18 @@ def _group_norms(tree: Any, assignments: dict[str, optim.Assignment]) -> dict[st
   return {g: jnp.sqrt(s) for g, s in squares.items()}
 
 
-def init_state(fns: StepFns, params: Any, batch_stats: Any, rng: jax.Array,
+def init_state(statics: StepStatics, params: Any, batch_stats: Any, rng: jax.Array,
                ema: bool) -> TrainState:
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       batch_stats=batch_stats,
-      opt_state=fns.tx.init(params),
+      opt_state=statics.tx.init(params),
       ema_params=jax.tree.map(jnp.copy, params) if ema else {},
       rng=jax.random.key_data(rng))
 
 
-def train_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array]
+def train_step(statics: StepStatics, state: TrainState, batch: dict[str, jax.Array]
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One micro-batch: forward, backward, optimizer update, EMA.
 
@@ -83,22 +83,22 @@ def train_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array]
   mask = batch.get("mask", jnp.ones_like(batch["age"]))
 
   def loss_fn(params):
-    model = models.merge_state(fns.graphdef, params, state.batch_stats)
+    model = models.merge_state(statics.graphdef, params, state.batch_stats)
     outputs = model(batch["image"], train=True, dropout_rng=key)
     loss = _masked_mean(model.head.loss(outputs, batch["age"]), mask)
     age, _ = model.head.predict(outputs)
     return loss, (models.split_state(model)[2], age)
 
   (loss, (batch_stats, age)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = fns.tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = statics.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
   ema = state.ema_params
-  if fns.ema_decay > 0:
+  if statics.ema_decay > 0:
     # With gradient accumulation the parameters change only on the last
     # micro-batch of each update; the EMA must follow updates, not batches.
-    updated = (state.step + 1) % fns.grad_accum_steps == 0
-    new_ema = optim.ema_update(ema, params, fns.ema_decay)
+    updated = (state.step + 1) % statics.grad_accum_steps == 0
+    new_ema = optim.ema_update(ema, params, statics.ema_decay)
     ema = jax.tree.map(lambda n, o: jnp.where(updated, n, o), new_ema, ema)
 
   errors = jnp.abs(age - batch["age"])
@@ -108,12 +108,12 @@ def train_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array]
       f"cs{CS_YEARS}": _masked_mean((errors <= CS_YEARS).astype(jnp.float32), mask),
       "grad_norm": optax.global_norm(grads),
   }
-  update_norms = _group_norms(updates, fns.assignments)
-  param_norms = _group_norms(state.params, fns.assignments)
+  update_norms = _group_norms(updates, statics.assignments)
+  param_norms = _group_norms(state.params, statics.assignments)
   for group, norm in update_norms.items():
     metrics[f"update_ratio/{group}"] = norm / jnp.maximum(param_norms[group], 1e-12)
   for group, lr in optim.learning_rates(
-      fns.assignments, fns.schedule, state.step // fns.grad_accum_steps).items():
+      statics.assignments, statics.schedule, state.step // statics.grad_accum_steps).items():
     metrics[f"lr/{group}"] = lr
   new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -121,6 +121,6 @@ def train_step(fns: StepFns, state: TrainState, batch: dict[str, jax.Array]
   return new_state, metrics
 
 
-def bind(fns: StepFns, fn: Callable, **static) -> Callable:
+def bind(statics: StepStatics, fn: Callable, **static) -> Callable:
   """``fn`` with its structure and static options closed over, for jax.jit."""
-  return lambda *args: fn(fns, *args, **static)
+  return lambda *args: fn(statics, *args, **static)
