@@ -88,7 +88,12 @@ def test_features_equal_the_network_that_made_the_weights():
   model = features.backbone(imported, 64)
   want = model.features(augment.normalize(jnp.asarray(images, jnp.float32), "imagenet"))
   assert got.shape == (3, 512)
-  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
+  want = np.asarray(want)
+  # float32 rounding: the compiled batches of 2 and the eager batch of 3 sum in
+  # different orders, so near-zero features differ by a few ulps of the
+  # largest one (2.9e-6 at a scale of 6.5 on an AMD EPYC): the absolute bound
+  # is relative to that scale.
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
   # The running statistics were loaded, not the fresh ones (mean 0, var 1).
   stats = paths.flatten(models.split_state(model)[2])
   np.testing.assert_array_equal(stats["stem/bn/var"], imported.batch_stats["stem/bn/var"])
