@@ -21,6 +21,8 @@ command decides what else it needs.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging as pylogging
 import os
 import sys
@@ -44,11 +46,41 @@ def new_flags() -> flags.FlagValues:
   return fv
 
 
-def quiet_libraries(verbosity: int) -> None:
+@contextlib.contextmanager
+def _native_stderr_discarded():
+  """Sends file descriptor 2 to /dev/null: C++ code writes there, not to sys.stderr."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def _import_tensorflow_quietly() -> None:
+  """Imports TF with its C++ start-up lines discarded.
+
+  TF logs "Could not find cuda drivers" and "All log messages before
+  absl::InitializeLog()" through absl's C++ logging before it is
+  initialised, which no environment variable turns off.
+  """
+  if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+    return  # a GPU machine without TF runs the commands that do not need it
+  with _native_stderr_discarded():
+    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+
+def quiet_libraries(verbosity: int, uses_tensorflow: bool = True) -> None:
   """Silences native-library start-up logs; call before TF/JAX are imported."""
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if uses_tensorflow:
+      _import_tensorflow_quietly()
   logging.use_absl_handler()  # absl's log lines on stderr, as absl.app would set up
   logging.set_verbosity(logging.DEBUG if verbosity >= 2 else
                         logging.INFO if verbosity == 1 else logging.WARNING)
@@ -88,7 +120,8 @@ def report(prog: str, error: BaseException, verbosity: int) -> int:
 def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
         argv: Sequence[str] | None = None, *, prog: str | None = None,
         required: Sequence[str] = (), takes_args: bool = False,
-        user_errors: tuple[type[BaseException], ...] = ()) -> int:
+        user_errors: tuple[type[BaseException], ...] = (),
+        uses_tensorflow: bool = True) -> int:
   """Parses ``argv`` into ``fv``, runs ``main(positional args)``; returns the exit code.
 
   Args:
@@ -101,6 +134,8 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
     takes_args: the command takes positional arguments (else they are refused).
     user_errors: further exception types that mean bad input (a missing file),
       reported as one line with exit code 2.
+    uses_tensorflow: the command reads data with TF: it is imported up front
+      with its native start-up chatter discarded (unless ``--verbosity``).
   """
   argv = list(sys.argv if argv is None else argv)
   prog = prog or os.path.basename(argv[0])
@@ -117,7 +152,7 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
       problem = _config_override_error(argv) or errors.UsageError(str(e))
       return report(prog, problem, 0)
     verbosity = fv["verbosity"].value
-    quiet_libraries(verbosity)
+    quiet_libraries(verbosity, uses_tensorflow)
     try:
       args = positional[1:]
       if args and not takes_args:

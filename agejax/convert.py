@@ -74,7 +74,8 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.convert", required=("input",))
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.convert", required=("input",),
+                 uses_tensorflow=False)
 
 
 if __name__ == "__main__":

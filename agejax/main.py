@@ -94,22 +94,31 @@ def _main(args: list[str]) -> None:
   initialize_distributed()
   from agejax.train import loop  # pylint: disable=import-outside-toplevel
 
-  summary = loop.train_and_evaluate(cfg, _WORKDIR.value)
+  _log_to_workdir(_WORKDIR.value)
+  loop.train_and_evaluate(cfg, _WORKDIR.value)  # its console prints the outcome
+
+
+def _log_to_workdir(workdir: str) -> None:
+  """Every library's INFO records (and agejax's) into WORKDIR/log.txt, beside the console's lines.
+
+  The console shows warnings only; the file keeps the full story of the run.
+  """
   import jax  # pylint: disable=import-outside-toplevel
 
-  if jax.process_index() == 0:
-    print(outcome_line(summary, cfg.train.best_metric, _WORKDIR.value))
+  os.makedirs(workdir, exist_ok=True)
+  name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
+  handler = pylogging.FileHandler(os.path.join(workdir, name), encoding="utf-8")
+  handler.setLevel(pylogging.INFO)
+  handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  handler.addFilter(_QuietLibraryInfo())
+  root = pylogging.getLogger()
+  root.addHandler(handler)
+  if root.level > pylogging.INFO:  # --verbosity=0: INFO to the file, warnings on stderr
+    from absl import logging  # pylint: disable=import-outside-toplevel
 
-
-def outcome_line(summary: dict, metric: str, workdir: str) -> str:
-  """One line: why the run stopped, where, and its validation metric (when it has one)."""
-  line = f"{summary['stopped']} at step {summary['step']}"
-  final = summary["validation"].get(metric)
-  if final is not None:  # a run preempted before its first evaluation has none
-    line += f": validation {metric} {final:.3f}"
-  if summary["best"] is not None:
-    line += f", best {summary['best']:.3f} at step {summary['best_step']}"
-  return f"{line}; checkpoints in {os.path.join(workdir, 'checkpoints')}"
+    logging.get_absl_handler().setLevel(pylogging.WARNING)
+    logging.set_verbosity(logging.INFO)
+    root.setLevel(pylogging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,10 @@
 wrinkles, grey hair and proportions), prepared on first use, so this runs on a
 fresh machine with nothing downloaded. The recipe is the real one at a small
 size: a DEX head (softmax over ages 0..100, prediction = expectation),
-momentum SGD with warmup+cosine, the stem at a tenth of the head's learning
-rate, and weight decay kept off biases and BatchNorm.
+momentum SGD with warmup+cosine and weight decay kept off biases and
+BatchNorm. It trains from random weights, so every block gets the full
+learning rate (per-block multipliers are for fine-tuning pretrained weights;
+see configs/imdb_wiki_resnet50.py).
 """
 
 from agejax.config.defaults import default_config
@@ -29,7 +31,4 @@ def get_config():
   config.optim.weight_decay = 5e-4
   config.optim.schedule.name = "warmup_cosine"
   config.optim.schedule.warmup_epochs = 0.5
-  config.optim.groups = (
-      (r"^stem/", dict(lr_mult=0.1)),
-  )
   return config

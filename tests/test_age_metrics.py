@@ -62,6 +62,10 @@ def test_summarize_holds_every_metric():
       "mean_error": 1.0,
       "cs": [1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3] + [1.0] * 6,
       "cs5": 1.0,
+      "pred_mean": pytest.approx(95 / 3, abs=1e-13),
+      "pred_std": pytest.approx(math.sqrt(950 / 9), abs=1e-13),
+      "true_mean": pytest.approx(92 / 3, abs=1e-13),
+      "true_std": pytest.approx(math.sqrt(488 / 9), abs=1e-13),
       "mae_by_decade": {"20-29": 2.0, "30-39": 0.0, "40-49": 5.0},
       "n_by_decade": {"20-29": 1, "30-39": 1, "40-49": 1},
   }

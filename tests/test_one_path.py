@@ -225,20 +225,6 @@ def test_usage_errors_are_one_line_and_exit_2(command, argv, line, capsys):
   assert capsys.readouterr().err.strip().splitlines() == [line]
 
 
-def test_the_outcome_line_of_a_run_without_an_evaluation():
-  from agejax import main
-
-  preempted = {"stopped": "preempted", "step": 3, "validation": {}, "best": None,
-               "best_step": None}
-  assert main.outcome_line(preempted, "mae", "/w") == (
-      "preempted at step 3; checkpoints in /w/checkpoints")
-  done = {"stopped": "completed", "step": 16, "validation": {"mae": 4.1234}, "best": 4.0,
-          "best_step": 8}
-  assert main.outcome_line(done, "mae", "/w") == (
-      "completed at step 16: validation mae 4.123, best 4.000 at step 8; "
-      "checkpoints in /w/checkpoints")
-
-
 def test_an_ema_run_is_validated_evaluated_and_exported_with_its_ema(tiny_data_dir, tmp_path):
   from agejax.serving import bundle as bundle_format
   from agejax.serving import export

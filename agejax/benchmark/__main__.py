@@ -107,7 +107,8 @@ def _main(names: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.benchmark", takes_args=True)
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.benchmark", takes_args=True,
+                 uses_tensorflow=False)
 
 
 if __name__ == "__main__":

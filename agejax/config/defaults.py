@@ -102,6 +102,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # the last K, plus the best ones below
   c.train.keep_best = 1
   c.train.best_metric = "mae"  # validation metric that picks the best checkpoint
+  # At each evaluation, also evaluate this many training examples the way
+  # validation is (no augmentation, eval mode): the honest train side of the
+  # train/validation gap. 0: off.
+  c.train.train_eval_examples = 1024
   c.train.early_stop_patience = 0  # stop after P evaluations without improvement; 0: off
   c.train.profile = False  # capture a profiler trace of a few steps into the workdir
 

@@ -126,6 +126,7 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.keep_best": _NON_NEGATIVE,
     "train.best_metric": _one_of(("mae", "loss", "rmse")),
     "train.early_stop_patience": _NON_NEGATIVE,
+    "train.train_eval_examples": _NON_NEGATIVE,
     "optim.name": _one_of(optim.OPTIMIZERS),
     "optim.lr": _POSITIVE,
     "optim.momentum": _FRACTION,

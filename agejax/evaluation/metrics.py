@@ -12,6 +12,10 @@ the model guesses too old.
   ``"0-9"``, ``"10-19"``, ..., ``"90-99"`` and ``"100+"`` (apparent ages such
   as 9.7 fall in the decade of their floor). Decades without examples are
   left out.
+* ``pred_mean``, ``pred_std``, ``true_mean``, ``true_std``: the spread of
+  the predictions next to the labels'. A model that predicts about the mean
+  age for every face (a collapsed head) has ``pred_std`` far below
+  ``true_std``, whatever its MAE.
 * ``epsilon_error``: the ChaLearn LAP 2015/2016 apparent-age error,
   ``mean(1 - exp(-(pred - mu)^2 / (2 sigma^2)))`` with mu the mean and sigma
   the std of the human guesses. It is defined for sigma > 0 only, so examples
@@ -113,7 +117,8 @@ def summarize(pred: Any, true: Any, std: Any | None = None) -> dict[str, Any]:
   """Every metric above in one JSON-ready dict.
 
   Keys: ``n``, ``mae``, ``rmse``, ``mean_error``, ``cs`` (list, k = 0..10),
-  ``cs5``, ``mae_by_decade``, ``n_by_decade`` and, when ``std`` has a
+  ``cs5``, ``pred_mean``, ``pred_std``, ``true_mean``, ``true_std``,
+  ``mae_by_decade``, ``n_by_decade`` and, when ``std`` has a
   positive entry, ``epsilon_error`` and ``epsilon_n``.
   """
   pred, true = _pair(pred, true)
@@ -125,6 +130,10 @@ def summarize(pred: Any, true: Any, std: Any | None = None) -> dict[str, Any]:
       "mean_error": mean_error(pred, true),
       "cs": cs,
       "cs5": cs[5],  # the number papers quote, next to MAE
+      "pred_mean": float(np.mean(pred)),
+      "pred_std": float(np.std(pred)),
+      "true_mean": float(np.mean(true)),
+      "true_std": float(np.std(true)),
       "mae_by_decade": mae_by_decade(pred, true),
       "n_by_decade": count_by_decade(true),
   }

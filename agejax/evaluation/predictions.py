@@ -12,6 +12,8 @@ TTA).
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from typing import Any, Callable, Mapping
 
 import jax
@@ -48,12 +50,14 @@ def make_forward(graphdef: Any, flip_tta: bool, mesh: Mesh) -> Callable[..., dic
 def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
                   batch_stats: Any, data: ml_collections.ConfigDict,
                   model_cfg: ml_collections.ConfigDict, mesh: Mesh,
-                  batch_size: int, batch_key: str = "train.batch_size"
-                  ) -> dict[str, np.ndarray]:
+                  batch_size: int, batch_key: str = "train.batch_size",
+                  max_examples: int = 0) -> dict[str, np.ndarray]:
   """Every example of ``data.eval_split``: float32 arrays of :data:`ROWS` less ``mask``.
 
   ``batch_key`` is the config key or flag named when ``batch_size`` does not
-  divide over the devices.
+  divide over the devices. ``max_examples`` > 0 stops after the batches that
+  hold that many (rounded up to whole batches): the first batches of every
+  process's part of the split, the same examples at every call.
   """
   from agejax.data import pipeline  # pylint: disable=import-outside-toplevel
 
@@ -65,7 +69,8 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
   parts = []
   with pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
                                data.prefetch) as batches:
-    for batch in batches:
+    limit = math.ceil(max_examples / batch_size) if max_examples > 0 else None
+    for batch in itertools.islice(batches, limit):
       parts.append(forward_fn(params, batch_stats, batch))
   rows = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
   keep = rows.pop("mask").astype(bool)

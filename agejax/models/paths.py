@@ -7,6 +7,7 @@ the path ``stem/conv/kernel``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 
 import jax
@@ -46,3 +47,23 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
       node = node.setdefault(name, {})
     node[leaf] = value
   return out
+
+
+def block_of(path: str) -> str:
+  """The network block a parameter belongs to: its first path component.
+
+  ResNet: ``stem``, ``stage1`` .. ``stage4``, ``head``; VGG: ``stage1`` ..
+  ``stage5``, ``fc6``, ``fc7``, ``head``. Diagnostics are reported per block.
+  """
+  return path.split("/", 1)[0]
+
+
+def network_order(path: str) -> tuple:
+  """Sort key of a path or block: input to output (stem, stages, fc layers, head).
+
+  Numbers compare numerically (``stage10`` after ``stage9``).
+  """
+  top = block_of(path)
+  rank = {"stem": 0, "head": 3}.get(top, 2 if top.startswith("fc") else 1)
+  natural = tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
+  return rank, natural

@@ -131,3 +131,14 @@ def load_initial_weights(init_cfg: ml_collections.ConfigDict, params: Any, batch
     logging.warning("initialised afresh (not in %s or shaped differently): %s",
                     source_path, ", ".join(fresh + fresh_stats))
   return paths.unflatten(new_params), paths.unflatten(new_stats)
+
+
+def describe(init_cfg: ml_collections.ConfigDict, imported: pretrained.Imported | None) -> str:
+  """Where the starting weights come from, in a few words (the plan and the console)."""
+  if init_cfg.checkpoint:
+    return f"the latest checkpoint of {init_cfg.checkpoint} (head re-initialised if it differs)"
+  if init_cfg.pretrained:
+    tensors = len(imported.params) + len(imported.batch_stats) if imported else 0
+    source = f"{imported.source}, {tensors} tensors, " if imported else ""
+    return f"{init_cfg.pretrained} ({source}backbone; the age head starts fresh)"
+  return "random init"

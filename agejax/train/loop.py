@@ -32,7 +32,10 @@ from agejax.errors import ConfigError
 from agejax.errors import TrainingDiverged
 from agejax.evaluation import predictions
 from agejax.train import initial_weights as initialization
+from agejax.models import paths
+from agejax.train import console as train_console
 from agejax.train import length as length_lib
+from agejax.train import plan as plan_lib
 from agejax.train import setup
 from agejax.train import steps
 from agejax.workdir import checkpoints as checkpointing
@@ -72,19 +75,21 @@ def _average(accumulated: dict[str, clu_metrics.Average] | None,
 
 
 def evaluate(forward_fn: Callable, state: steps.TrainState, cfg: ml_collections.ConfigDict,
-             split: str, mesh: Any) -> dict[str, float]:
+             split: str, mesh: Any, max_examples: int = 0) -> dict[str, float]:
   """Metrics of ``state`` over every example of ``split`` (all processes).
 
   The weights, forward function, batch size and metrics are those of
   ``agejax.evaluate``: the number that picks the best checkpoint is the
-  number it reports.
+  number it reports. ``max_examples`` > 0: a fixed subset of about that many
+  (the train-eval split).
   """
   data = cfg.data.copy_and_resolve_references()
   data.eval_split = split
   rows = predictions.predict_split(
       forward_fn, restore.evaluated_params({"params": state.params,
                                             "ema_params": state.ema_params}),
-      state.batch_stats, data, cfg.model, mesh, cfg.train.batch_size)
+      state.batch_stats, data, cfg.model, mesh, cfg.train.batch_size,
+      max_examples=max_examples)
   return predictions.scalar_metrics(rows, with_std=bool(cfg.data.label_std))
 
 
@@ -156,11 +161,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   eval_every = cfg.train.eval_every_steps or length.steps_per_epoch
   ckpt_every = cfg.train.checkpoint_every_steps or eval_every
   hooks = []
-  if is_chief:
-    # Logs steps/s and ETA; the metrics' steps_per_sec is measured by the loop.
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=total))
-    if cfg.train.profile:
-      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  if is_chief and cfg.train.profile:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  console = train_console.TrainingConsole(workdir, length, step, enabled=is_chief)
+  console.start(_start_rows(cfg, statics, state, length, mesh, imported, workdir),
+                plan_lib.fine_tune_warning(cfg, _plan_rows(statics, state)),
+                resumed_from=latest)
+  train_eval_examples = min(cfg.train.train_eval_examples, num_train)
 
   train_iter = input_pipeline.device_batches(
       input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
@@ -172,6 +179,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
   summary: dict[str, Any] = {"stopped": "completed"}
   last_eval: dict[str, float] = {}
+  started = time.perf_counter()
 
   def check_loss(at_step):
     """Every step's loss since the last log is finite (one host sync)."""
@@ -185,79 +193,127 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
               metrics=metrics)
 
   try:
-    while step < total:
-      t0 = time.perf_counter()
-      batch = next(train_iter)
-      wait_time += time.perf_counter() - t0
-      state, step_metrics = train_fn(state, batch)
-      accumulated = _average(accumulated, step_metrics)
-      step += 1
-      if step == first_step + 1:
-        # Compilation is not training speed: time from the first finished step.
-        jax.block_until_ready(state)
-        wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
-      for hook in hooks:
-        hook(step)
-      if step_hook is not None:
-        step_hook(step)
+    try:
+      while step < total:
+        t0 = time.perf_counter()
+        batch = next(train_iter)
+        wait_time += time.perf_counter() - t0
+        state, step_metrics = train_fn(state, batch)
+        accumulated = _average(accumulated, step_metrics)
+        step += 1
+        if step == first_step + 1:
+          # Compilation is not training speed: time from the first finished step.
+          jax.block_until_ready(state)
+          wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
+        for hook in hooks:
+          hook(step)
+        console.advance(step)
+        if step_hook is not None:
+          step_hook(step)
 
-      if step % cfg.train.log_every_steps == 0 or step == total:
-        values = {k: float(v.compute()) for k, v in jax.device_get(accumulated).items()}
-        accumulated = None
-        _check_finite(step, "training loss", values["loss"], ckpt)
-        elapsed = time.perf_counter() - interval_start
-        done = step - interval_step
-        if done:  # none when the interval held only the compiling first step
-          values.update({
-              "steps_per_sec": done / elapsed,
-              "images_per_sec": done * cfg.train.batch_size / elapsed,
-              "data_wait_fraction": wait_time / elapsed,
-          })
-        writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
-        wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
+        if step % cfg.train.log_every_steps == 0 or step == total:
+          values = {k: float(v.compute()) for k, v in jax.device_get(accumulated).items()}
+          accumulated = None
+          elapsed = time.perf_counter() - interval_start
+          done = step - interval_step
+          if done:  # none when the interval held only the compiling first step
+            values.update({
+                "steps_per_sec": done / elapsed,
+                "images_per_sec": done * cfg.train.batch_size / elapsed,
+                "data_wait_fraction": wait_time / elapsed,
+            })
+          # Written before the check: a diverged interval is on record for the report.
+          writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+          console.interval(step, values)
+          _check_finite(step, "training loss", values["loss"], ckpt)
+          wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
 
-      pause_start = time.perf_counter()
-      evaluated = step % eval_every == 0 or step == total
-      if evaluated:
-        check_loss(step)
-        last_eval = evaluate(forward_fn, state, cfg, cfg.data.eval_split, mesh)
-        _check_finite(step, f"validation {cfg.train.best_metric}",
-                      last_eval[cfg.train.best_metric], ckpt)
-        writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
-        progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
-      if step % ckpt_every == 0 or step == total:
-        save(step, last_eval if evaluated else None)
-      if evaluated and eval_hook is not None:
-        eval_hook(step, last_eval)
-      # Evaluation and checkpointing are not training time.
-      interval_start += time.perf_counter() - pause_start
-      patience = cfg.train.early_stop_patience
-      if evaluated and patience and progress_state["evals_since_best"] >= patience:
-        summary["stopped"] = f"early stopping: no improvement in {patience} evaluations"
-        if step % ckpt_every:
-          save(step, last_eval)
-        break
-      # Agreeing across hosts is a collective: do it only at logging steps.
-      may_sync = jax.process_count() == 1 or step % cfg.train.log_every_steps == 0
-      if may_sync and preemption.agreed():
-        summary["stopped"] = "preempted"
-        if step % ckpt_every:
+        pause_start = time.perf_counter()
+        evaluated = step % eval_every == 0 or step == total
+        if evaluated:
+          check_loss(step)
+          last_eval = evaluate(forward_fn, state, cfg, cfg.data.eval_split, mesh)
+          _check_finite(step, f"validation {cfg.train.best_metric}",
+                        last_eval[cfg.train.best_metric], ckpt)
+          writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
+          train_eval = None
+          if train_eval_examples:
+            train_eval = evaluate(forward_fn, state, cfg, cfg.data.train_split, mesh,
+                                  max_examples=train_eval_examples)
+            writer.write_scalars(step, {f"train_eval/{k}": v for k, v in train_eval.items()})
+          progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
+          console.evaluation(step, cfg.train.best_metric, last_eval, train_eval,
+                             best=progress_state["evals_since_best"] == 0)
+        if step % ckpt_every == 0 or step == total:
           save(step, last_eval if evaluated else None)
-        break
+        if evaluated and eval_hook is not None:
+          eval_hook(step, last_eval)
+        # Evaluation and checkpointing are not training time.
+        interval_start += time.perf_counter() - pause_start
+        patience = cfg.train.early_stop_patience
+        if evaluated and patience and progress_state["evals_since_best"] >= patience:
+          summary["stopped"] = f"early stopping: no improvement in {patience} evaluations"
+          if step % ckpt_every:
+            save(step, last_eval)
+          break
+        # Agreeing across hosts is a collective: do it only at logging steps.
+        may_sync = jax.process_count() == 1 or step % cfg.train.log_every_steps == 0
+        if may_sync and preemption.agreed():
+          summary["stopped"] = "preempted"
+          if step % ckpt_every:
+            save(step, last_eval if evaluated else None)
+          break
+    except TrainingDiverged as e:
+      if is_chief:
+        run_config.save_summary({"stopped": f"diverged: {e}", "step": e.step,
+                                 "best": progress_state["best"], "best_step": ckpt.best_step(),
+                                 "wall_seconds": time.perf_counter() - started}, workdir)
+      raise
   finally:
     preemption.restore()
     train_iter.close()
     ckpt.wait()
     writer.flush()
+    console.close()
 
   # Identical on every process when the replicas agree (multi-host tests read it).
   checksum = float(jax.device_get(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params))))
   summary.update(step=step, best=progress_state["best"], best_step=ckpt.best_step(),
-                 validation=last_eval, param_checksum=checksum)
+                 validation=last_eval, param_checksum=checksum,
+                 wall_seconds=time.perf_counter() - started)
+  if is_chief:
+    run_config.save_summary(summary, workdir)
+    best_step = ckpt.best_step()
+    console.end(summary, cfg, workdir,
+                ckpt.step_directory(best_step) if best_step is not None else None)
   logging.info("%s at step %d; best validation %s %s (step %s); parameter checksum %.9g",
                summary["stopped"], step, cfg.train.best_metric, progress_state["best"],
                ckpt.best_step(), checksum)
   return summary
+
+
+def _plan_rows(statics: steps.StepStatics, state: steps.TrainState) -> tuple:
+  shapes = {p: tuple(x.shape) for p, x in paths.flatten(state.params).items()}
+  return plan_lib.plan_rows(statics.assignments, shapes)
+
+
+def _start_rows(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,
+                state: steps.TrainState, length: length_lib.RunLength, mesh: Any,
+                imported: Any, workdir: str) -> list[tuple[str, str]]:
+  """The plan's description of the run, plus where it runs and writes."""
+  rows = plan_lib.describe(cfg, _plan_rows(statics, state), length,
+                           initialization.describe(cfg.init, imported))
+  devices = mesh.devices.flat
+  first = next(iter(devices))
+  rows.insert(rows.index(next(r for r in rows if r[0] == "batch")) + 1, (
+      "devices", f"{mesh.size} x {first.platform} ({first.device_kind}), "
+                 f"{jax.process_count()} process(es), "
+                 f"{cfg.train.batch_size // mesh.size} images per device"))
+  if cfg.train.train_eval_examples:
+    rows.append(("train-eval", f"{min(cfg.train.train_eval_examples, length.num_train_examples):,} "
+                               "training examples evaluated like validation"))
+  rows.append(("workdir", workdir))
+  return rows
 
 
 def _flat_hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from typing import Any, Sequence
 
 import jax
@@ -21,9 +20,11 @@ import ml_collections
 import numpy as np
 
 from agejax import models
+from agejax import terminal
 from agejax.errors import ConfigError
 from agejax.models import paths
 from agejax.train import length as length_lib
+from agejax.train import optim
 from agejax.train import schedules
 from agejax.train import setup
 
@@ -62,6 +63,15 @@ class Plan:
     return sum(r.size for r in self.rows if r.frozen)
 
 
+def plan_rows(assignments: dict[str, optim.Assignment],
+              shapes: dict[str, tuple[int, ...]]) -> tuple[PlanRow, ...]:
+  """One row per parameter, input to output."""
+  return tuple(
+      PlanRow(path=p, shape=tuple(shapes[p]), group=a.group, lr_mult=a.lr_mult,
+              wd_mult=a.wd_mult, frozen=a.frozen)
+      for p, a in sorted(assignments.items(), key=lambda kv: paths.network_order(kv[0])))
+
+
 def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
   """The training-set size the schedule is laid out for."""
   if cfg.data.num_train_examples > 0:
@@ -84,12 +94,123 @@ def abstract_params(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
       {p: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for p, s in shapes.items()})
 
 
-def _network_order(path: str) -> tuple:
-  """Sort key: input to output (stem, stages, fc layers, head), numbers numerically."""
-  top = path.split("/", 1)[0]
-  rank = {"stem": 0, "head": 3}.get(top, 2 if top.startswith("fc") else 1)
-  natural = tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
-  return rank, natural
+def group_labels(rows: Sequence[PlanRow]) -> dict[str, str]:
+  """A readable name per group: the blocks it covers, then its pattern.
+
+  ``{"^(stem|stage1)/": "stem+stage1 (^(stem|stage1)/)", "default": "default:
+  stage4, head"}``; a block only partly in a group is marked ``(part)``.
+  """
+  per_block: dict[str, set[str]] = {}
+  for r in rows:
+    per_block.setdefault(paths.block_of(r.path), set()).add(r.group)
+  blocks: dict[str, list[str]] = {}
+  for block in sorted(per_block, key=paths.network_order):
+    for group in per_block[block]:
+      blocks.setdefault(group, []).append(block if len(per_block[block]) == 1
+                                          else f"{block} (part)")
+  labels = {}
+  for group, covered in blocks.items():
+    if group == optim.DEFAULT_GROUP:
+      labels[group] = f"default: {', '.join(covered)}"
+    else:
+      labels[group] = f"{'+'.join(covered)} ({group})"
+  return labels
+
+
+def _optimizer_text(cfg: ml_collections.ConfigDict) -> str:
+  o = cfg.optim
+  if o.name in ("momentum", "nesterov", "lars"):
+    extra = f"momentum {o.momentum:g}"
+  elif o.name in ("adam", "adamw", "lamb"):
+    extra = f"b1 {o.b1:g}, b2 {o.b2:g}, eps {o.eps:g}"
+  else:
+    extra = "no momentum"
+  text = f"{o.name} ({extra}), peak lr {o.lr:g}"
+  if o.clip_grad_norm:
+    text += f", gradients clipped to norm {o.clip_grad_norm:g}"
+  if o.grad_accum_steps > 1:
+    text += f", {o.grad_accum_steps} micro-batches per update"
+  if o.ema_decay:
+    text += f", EMA {o.ema_decay:g} evaluated"
+  return text
+
+
+def _weight_decay_text(cfg: ml_collections.ConfigDict) -> str:
+  o = cfg.optim
+  if not o.weight_decay:
+    return "none"
+  mode = {"decoupled": "decoupled (p -= lr * wd * p)",
+          "l2": "l2 (wd * p added to the gradient)"}[o.wd_mode]
+  if o.name == "adamw":
+    mode = "decoupled (adamw)"
+  skipped = f"; not on {o.wd_exclude!r}" if o.wd_exclude else "; on every parameter"
+  return f"{o.weight_decay:g}, {mode}{skipped}"
+
+
+def _batch_norm_text(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) -> str:
+  """Whether BatchNorm statistics move, per group (they do even where weights are frozen)."""
+  if cfg.model.freeze_bn_stats:
+    return "running statistics frozen in every group (model.freeze_bn_stats)"
+  frozen_groups = sorted({r.group for r in rows if r.frozen})
+  text = f"running statistics update in every group (momentum {cfg.model.bn_momentum:g})"
+  if frozen_groups:
+    text += ("; they move even in frozen group(s) " + ", ".join(frozen_groups) +
+             " (model.freeze_bn_stats=True keeps them)")
+  return text
+
+
+def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
+             length: length_lib.RunLength, weights: str) -> list[tuple[str, str]]:
+  """The run's decisions as (name, text) rows: what --dry_run and the trainer print first."""
+  m, d, n = cfg.model, cfg.data, length
+  labels = group_labels(rows)
+  trainable = sum(r.size for r in rows if not r.frozen)
+  frozen = sum(r.size for r in rows if r.frozen)
+  groups = []
+  for group, label in labels.items():
+    rs = [r for r in rows if r.group == group]
+    frozen = all(r.frozen for r in rs)
+    size = sum(r.size for r in rs)
+    groups.append(f"{label}: {'frozen' if frozen else f'lr x{rs[0].lr_mult:g}'}, "
+                  f"{size:,} params")
+  augment = d.augment
+  augmentation = ", ".join(filter(None, [
+      "random resized crop" if augment.random_resized_crop else "",
+      "flip" if augment.flip else "",
+      f"rotation +-{augment.rotation_degrees:g} deg" if augment.rotation_degrees else "",
+      f"colour jitter {augment.color_jitter:g}" if augment.color_jitter else "",
+      "age-balanced sampling" if d.balance_ages else ""])) or "none"
+  schedule = cfg.optim.schedule
+  warmup = (f", warm-up {schedule.warmup_steps} steps" if schedule.warmup_steps else
+            f", warm-up {schedule.warmup_epochs:g} epochs" if schedule.warmup_epochs else "")
+  return [
+      ("model", f"{m.arch} width {m.width}, {m.head} head (ages {m.min_age}..{m.max_age}), "
+                f"{trainable:,} trainable + {frozen:,} frozen params, {m.dtype}"),
+      ("weights", weights),
+      ("data", f"{d.dataset} {d.train_split} ({n.num_train_examples:,} examples) -> "
+               f"{d.eval_split}, {d.image_size}px, {m.preprocessing} preprocessing"),
+      ("augmentation", augmentation),
+      ("batch", f"{cfg.train.batch_size} global"),
+      ("length", f"{n.total_steps / n.steps_per_epoch:g} epochs = {n.total_steps:,} steps "
+                 f"of {n.steps_per_epoch:,} per epoch"),
+      ("optimizer", _optimizer_text(cfg)),
+      ("weight decay", _weight_decay_text(cfg)),
+      ("schedule", f"{schedule.name}{warmup}"),
+      ("groups", "\n".join(groups)),
+      ("batchnorm", _batch_norm_text(cfg, rows)),
+  ]
+
+
+def fine_tune_warning(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) -> str | None:
+  """The warning for a config that fine-tunes (a group below x1 or frozen) from random weights."""
+  if cfg.init.pretrained or cfg.init.checkpoint:
+    return None
+  slowed = sorted({r.group for r in rows if r.frozen or r.lr_mult < 1})
+  if not slowed:
+    return None
+  return ("WARNING: the config fine-tunes (group(s) " + ", ".join(slowed) +
+          " frozen or below lr x1) but starts from RANDOM weights: set "
+          "init.pretrained=FILE or init.checkpoint=WORKDIR, or drop those groups")
 
 
 def _milestones(total_steps: int, warmup_steps: int) -> list[int]:
@@ -107,10 +228,7 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
   statics = setup.build_step_fns(cfg, length)
   assignments = statics.assignments
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
-  rows = tuple(
-      PlanRow(path=p, shape=shapes[p], group=a.group, lr_mult=a.lr_mult,
-              wd_mult=a.wd_mult, frozen=a.frozen)
-      for p, a in sorted(assignments.items(), key=lambda kv: _network_order(kv[0])))
+  rows = plan_rows(assignments, shapes)
 
   state = jax.eval_shape(statics.tx.init, params)
   state_floats = sum(
@@ -174,9 +292,10 @@ def format_plan(plan: Plan) -> str:
   groups: dict[str, list[PlanRow]] = {}
   for r in plan.rows:
     groups.setdefault(r.group, []).append(r)
+  labels = group_labels(plan.rows)
   summary = _table(
       ("group", "tensors", "params", "trainable", "frozen"),
-      [(g, len(rs), f"{sum(r.size for r in rs):,}",
+      [(labels[g], len(rs), f"{sum(r.size for r in rs):,}",
         f"{sum(r.size for r in rs if not r.frozen):,}",
         f"{sum(r.size for r in rs if r.frozen):,}") for g, rs in groups.items()])
   lr_groups = sorted({g for _, lrs in plan.lr_milestones for g in lrs})
@@ -203,10 +322,24 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   from agejax.train import plots  # pylint: disable=import-outside-toplevel
 
   validation.validate(cfg)
-  initial_weights.prepare_pretrained(cfg)  # the weights decide variant and preprocessing
+  imported = initial_weights.prepare_pretrained(cfg)  # they decide variant and preprocessing
   plan = make_plan(cfg)
   print(format_plan(plan))
+  print()
+  print(terminal.block("run", describe(cfg, plan.rows, plan.length,
+                                        initial_weights.describe(cfg.init, imported))))
+  warning = fine_tune_warning(cfg, plan.rows)
+  if warning:
+    print(f"\n{warning}")
   out = write_plan(plan, workdir)
-  figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"))
+  figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"),
+                              title=config_title(cfg, workdir))
   print(f"\nplan written to {out}; learning rates plotted in {figure}")
   return out
+
+
+def config_title(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+  """``run-name: resnet18 dex, momentum lr 0.1, batch 64``: what figures are titled with."""
+  name = os.path.basename(os.path.normpath(workdir)) or workdir
+  return (f"{name}: {cfg.model.arch} {cfg.model.head}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
+          f"batch {cfg.train.batch_size}")

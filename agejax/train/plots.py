@@ -8,16 +8,26 @@ matplotlib.use("Agg")  # files only; never needs a display
 from matplotlib import pyplot as plt  # noqa: E402
 
 
-def plot_lr_plan(plan, out_path: str) -> str:
-  """Learning rate of every trainable group over the run (log scale)."""
+def plot_lr_plan(plan, out_path: str, title: str = "") -> str:
+  """Learning rate of every trainable group over the run, on a log axis.
+
+  Log, so a group at x0.01 is a curve two decades below the head's rather
+  than a flat line on zero. Zero learning rates (the start of a warm-up from
+  0, the end of a cosine to 0) cannot be drawn there and are left out.
+  """
+  from agejax.train import plan as plan_lib  # pylint: disable=import-outside-toplevel
+
   steps, base = plan.lr_curve
+  labels = plan_lib.group_labels(plan.rows)
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
   for group, mult in plan.group_lr_mults.items():
-    ax.plot(steps, base * mult, label=f"{group} (x{mult:g})")
+    lr = base * mult
+    keep = lr > 0
+    ax.plot(steps[keep], lr[keep], label=f"{labels.get(group, group)} (x{mult:g})")
   ax.set_xlabel("step")
   ax.set_ylabel("learning rate")
-  if (base > 0).all():
-    ax.set_yscale("log")
+  ax.set_yscale("log")
+  ax.set_title(title or "learning rate per group", fontsize=9)
   spe = plan.length.steps_per_epoch
   epochs = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
   epochs.set_xlabel("epoch")

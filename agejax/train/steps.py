@@ -24,6 +24,9 @@ from agejax.train import optim
 from agejax.models import paths
 
 CS_YEARS = 5  # the CS@k reported while training (fraction within k years)
+# Metric name prefixes of the per-block diagnostics (``block_update_ratio/stage3``).
+BLOCK_UPDATE_RATIO = "block_update_ratio"
+BLOCK_GRAD_NORM = "block_grad_norm"
 
 
 @flax.struct.dataclass
@@ -51,14 +54,34 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _group_norms(tree: Any, assignments: dict[str, optim.Assignment]) -> dict[str, jax.Array]:
-  """L2 norm of each optimizer group's leaves."""
+def _trainable_norms(tree: Any, assignments: dict[str, optim.Assignment],
+                     key: Callable[[str, optim.Assignment], str]) -> dict[str, jax.Array]:
+  """L2 norm of the trainable leaves of ``tree`` grouped by ``key(path, assignment)``."""
   squares: dict[str, jax.Array] = {}
   for path, leaf in paths.flatten(tree).items():
     a = assignments[path]
     if not a.frozen:
-      squares[a.group] = squares.get(a.group, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+      name = key(path, a)
+      squares[name] = squares.get(name, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
   return {g: jnp.sqrt(s) for g, s in squares.items()}
+
+
+def _by_group(path: str, a: optim.Assignment) -> str:
+  del path
+  return a.group
+
+
+def _by_block(path: str, a: optim.Assignment) -> str:
+  del a
+  return paths.block_of(path)
+
+
+def _update_ratios(updates: Any, params: Any, assignments: dict[str, optim.Assignment],
+                   key: Callable[[str, optim.Assignment], str]) -> dict[str, jax.Array]:
+  """|update| / |params| per ``key``: how fast each part of the network moves."""
+  update_norms = _trainable_norms(updates, assignments, key)
+  param_norms = _trainable_norms(params, assignments, key)
+  return {k: n / jnp.maximum(param_norms[k], 1e-12) for k, n in update_norms.items()}
 
 
 def init_state(statics: StepStatics, params: Any, batch_stats: Any, rng: jax.Array,
@@ -108,10 +131,17 @@ def train_step(statics: StepStatics, state: TrainState, batch: dict[str, jax.Arr
       f"cs{CS_YEARS}": _masked_mean((errors <= CS_YEARS).astype(jnp.float32), mask),
       "grad_norm": optax.global_norm(grads),
   }
-  update_norms = _group_norms(updates, statics.assignments)
-  param_norms = _group_norms(state.params, statics.assignments)
-  for group, norm in update_norms.items():
-    metrics[f"update_ratio/{group}"] = norm / jnp.maximum(param_norms[group], 1e-12)
+  # Per config group and, whatever the groups are, per network block: "is
+  # stage3 learning?" needs no config edit. Computed here, fetched with the
+  # other metrics at logging steps only.
+  for group, ratio in _update_ratios(updates, state.params, statics.assignments,
+                                     _by_group).items():
+    metrics[f"update_ratio/{group}"] = ratio
+  for block, ratio in _update_ratios(updates, state.params, statics.assignments,
+                                     _by_block).items():
+    metrics[f"{BLOCK_UPDATE_RATIO}/{block}"] = ratio
+  for block, norm in _trainable_norms(grads, statics.assignments, _by_block).items():
+    metrics[f"{BLOCK_GRAD_NORM}/{block}"] = norm
   for group, lr in optim.learning_rates(
       statics.assignments, statics.schedule, state.step // statics.grad_accum_steps).items():
     metrics[f"lr/{group}"] = lr

@@ -149,6 +149,10 @@ class Checkpointer:
   def directory(self) -> str:
     return str(self._manager.directory)
 
+  def step_directory(self, step: int) -> str:
+    """Where checkpoint ``step`` lives (what a person would ``ls``)."""
+    return os.path.join(self.directory, str(int(step)))
+
   def save(self, step: int, state: Any, *, extra: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
     """Saves `state` and `extra` as `step` (in the background if async).
@@ -262,7 +266,7 @@ class Checkpointer:
     and the rest of the train state.
     """
     self.wait()
-    item = os.path.join(self.directory, str(int(step)), _STATE)
+    item = os.path.join(self.step_directory(step), _STATE)
     return ocp.PyTreeCheckpointer().restore(item)
 
   def wait(self) -> None:

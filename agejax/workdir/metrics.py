@@ -1,8 +1,11 @@
-"""Where metrics go: TensorBoard (clu SummaryWriter), the log, and metrics.jsonl.
+"""Where metrics go: TensorBoard (clu SummaryWriter) and metrics.jsonl.
 
 Scalars are written with the split as the first part of their name
-(``train/loss``, ``validation/mae``, ``train/lr/stage3``): TensorBoard groups
-them by split, and ``metrics.jsonl`` gets one JSON object per split and step::
+(``train/loss``, ``validation/mae``, ``train/lr/stage3``). TensorBoard gets
+one event directory per split, ``DIR/train``, ``DIR/train_eval``,
+``DIR/validation``, holding the same tags (``loss``, ``mae``), so one chart
+overlays the three curves (the layout of Keras' TensorBoard callback).
+``metrics.jsonl`` gets one JSON object per split and step::
 
   {"step": 500, "split": "train", "loss": 3.1, "mae": 6.2, "lr/stage3": 0.005}
 """
@@ -26,30 +29,14 @@ def _number(value: Any) -> float | int:
   return value
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends ``{"step", "split", <name>: value}`` lines to a file; scalars only."""
-
-  def __init__(self, path: str):
-    self._path = path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self._file = open(path, "a", encoding="utf-8")
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    by_split: dict[str, dict[str, Any]] = {}
-    for name, value in scalars.items():
-      split, _, metric = name.partition("/")
-      if not metric:  # not "split/name": progress reports such as uptime
-        split, metric = "progress", name
-      by_split.setdefault(split, {})[metric] = _number(value)
-    for split, values in by_split.items():
-      self._file.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
-    self._file.flush()
-
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    del hparams  # TensorBoard's hparams plugin has them; the jsonl holds metrics only
+class _Ignoring(metric_writers.MetricWriter):
+  """A writer that drops every kind of summary; subclasses keep what they write."""
 
   def write_summaries(self, step, values, metadata=None) -> None:
     del step, values, metadata
+
+  def write_scalars(self, step, scalars) -> None:
+    del step, scalars
 
   def write_images(self, step, images) -> None:
     del step, images
@@ -66,6 +53,42 @@ class JsonlWriter(metric_writers.MetricWriter):
   def write_histograms(self, step, arrays, num_buckets=None) -> None:
     del step, arrays, num_buckets
 
+  def write_hparams(self, hparams) -> None:
+    del hparams
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def _by_split(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """``{"train/loss": v}`` -> ``{"train": {"loss": v}}``; names without a split go to "progress"."""
+  out: dict[str, dict[str, Any]] = {}
+  for name, value in values.items():
+    split, _, metric = name.partition("/")
+    if not metric:  # not "split/name": progress reports such as uptime
+      split, metric = "progress", name
+    out.setdefault(split, {})[metric] = value
+  return out
+
+
+class JsonlWriter(_Ignoring):
+  """Appends ``{"step", "split", <name>: value}`` lines to a file; scalars only."""
+
+  def __init__(self, path: str):
+    self._path = path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    self._file = open(path, "a", encoding="utf-8")
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for split, values in _by_split(scalars).items():
+      record = {"step": int(step), "split": split,
+                **{k: _number(v) for k, v in values.items()}}
+      self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
   def flush(self) -> None:
     self._file.flush()
 
@@ -73,13 +96,47 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
+HPARAMS_SPLIT = "train"  # the event directory that holds the run's hyperparameters
+
+
+class SplitDirectoryWriter(_Ignoring):
+  """TensorBoard events of ``split/name`` go to ``root/split`` under the tag ``name``."""
+
+  def __init__(self, root: str):
+    self._root = root
+    self._writers: dict[str, metric_writers.SummaryWriter] = {}
+
+  def _writer(self, split: str) -> metric_writers.SummaryWriter:
+    if split not in self._writers:
+      self._writers[split] = metric_writers.SummaryWriter(os.path.join(self._root, split))
+    return self._writers[split]
+
+  def write_scalars(self, step, scalars) -> None:
+    for split, values in _by_split(scalars).items():
+      self._writer(split).write_scalars(step, values)
+
+  def write_images(self, step, images) -> None:
+    for split, values in _by_split(images).items():
+      self._writer(split).write_images(step, values)
+
+  def write_hparams(self, hparams) -> None:
+    self._writer(HPARAMS_SPLIT).write_hparams(hparams)
+
+  def flush(self) -> None:
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+
+
 def create_writer(workdir: str, is_chief: bool) -> metric_writers.MetricWriter:
-  """TensorBoard + log + metrics.jsonl on the chief process, the log elsewhere."""
+  """TensorBoard (a directory per split) + metrics.jsonl on the chief; nothing elsewhere."""
   if not is_chief:
-    return metric_writers.create_default_writer(just_logging=True)
+    return _Ignoring()
   return metric_writers.AsyncMultiWriter([
-      metric_writers.LoggingWriter(),
-      metric_writers.SummaryWriter(workdir),
+      SplitDirectoryWriter(workdir),
       JsonlWriter(os.path.join(workdir, METRICS_FILE)),
   ])
 

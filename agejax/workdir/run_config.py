@@ -1,10 +1,12 @@
-"""The resolved config a run trained with: ``WORKDIR/config.json``.
+"""The record of a run: its resolved config (``WORKDIR/config.json``) and how it ended.
 
-Evaluate, predict and export rebuild the network from it.
+Evaluate, predict and export rebuild the network from the config; the report
+reads both.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import ml_collections
@@ -35,3 +37,22 @@ def load(workdir: str) -> ml_collections.ConfigDict:
                             "training workdir")
   with open(path(workdir)) as f:
     return defaults.from_json(f.read())
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def save_summary(summary: dict, workdir: str) -> None:
+  """How the run ended (why it stopped, steps, best metric, wall time): ``summary.json``."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+    json.dump(summary, f, indent=1, default=str)
+
+
+def load_summary(workdir: str) -> dict | None:
+  """The run's ``summary.json``; None while it runs or if it was killed."""
+  summary_path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(summary_path):
+    return None
+  with open(summary_path) as f:
+    return json.load(f)
