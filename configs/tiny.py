@@ -19,4 +19,5 @@ def get_config():
   config.optim.schedule.name = "warmup_cosine"
   config.optim.schedule.warmup_steps = 4
   config.train.log_every_steps = 4
+  config.train.train_eval_examples = 64  # a small train-eval pass keeps test runs fast
   return config

@@ -134,13 +134,14 @@ def test_figures_are_png_files_and_tensorboard_images(workdir, plain):
       pixels = np.asarray(image.convert("RGB"))
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2, path  # not a blank canvas
 
+  # One event directory per evaluated split, eval/<dataset_split>/, as training's.
+  tag = "synthetic_faces_tiny_validation"
   tags = set()
-  for events in glob.glob(os.path.join(workdir, "eval", "events.out.tfevents.*")):
+  for events in glob.glob(os.path.join(workdir, "eval", tag, "events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(events):
       tags.update(v.tag for v in event.summary.value)
-  tag = "synthetic_faces_tiny_validation"
-  assert {f"{tag}/{name}" for name in FIGURES} <= tags
-  assert {f"{tag}/mae", f"{tag}/rmse", f"{tag}/cs5", f"{tag}/n"} <= tags
+  assert set(FIGURES) <= tags
+  assert {"mae", "rmse", "cs5", "n"} <= tags
   records = metric_io.read_metrics(os.path.join(workdir, "eval"))
   assert any(r["split"] == tag and r["step"] == STEPS and r["n"] == N_VALIDATION
              for r in records)

@@ -114,10 +114,17 @@ def _check_features(builder: tfds.core.DatasetBuilder,
 
 
 def _records(builder: tfds.core.DatasetBuilder, split: Any,
-             data_cfg: ml_collections.ConfigDict) -> tf.data.Dataset:
-  """The part in stored order: encoded ``image``, float32 ``age``, ``age_std``."""
+             data_cfg: ml_collections.ConfigDict, limit: int = 0) -> tf.data.Dataset:
+  """The part in stored order: encoded ``image``, float32 ``age``, ``age_std``.
+
+  ``limit`` > 0: its first ``limit`` records only. TFDS then must not cache
+  the part in memory: a cache read partly is discarded (and TF warns).
+  """
   ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={"image": tfds.decode.SkipDecoding()})
+                          decoders={"image": tfds.decode.SkipDecoding()},
+                          read_config=tfds.ReadConfig(try_autocache=not limit))
+  if limit:
+    ds = ds.take(limit)
   label, label_std = data_cfg.label, data_cfg.label_std
 
   def select(example):
@@ -216,7 +223,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
                  train: bool, batch_size: int, seed: int = 0,
                  process_index: int | None = None,
                  process_count: int | None = None,
-                 start_step: int = 0) -> tf.data.Dataset:
+                 start_step: int = 0, max_examples: int = 0) -> tf.data.Dataset:
   """This process's batches of ``split``.
 
   Args:
@@ -231,6 +238,9 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     seed: the run's seed (train only).
     process_index, process_count: default to JAX's.
     start_step: train only: begin at this batch of the uninterrupted stream.
+    max_examples: eval only, > 0: about this many examples, the first
+      ``ceil(max_examples / process_count)`` of every process's part (the
+      same ones at every call: the train-eval subset).
 
   Returns:
     A tf.data.Dataset of dicts of local batches (see the module docstring).
@@ -248,7 +258,12 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     raise ConfigError(_split_key(data_cfg, split),
                       f"{split!r} has {sum(counts)} examples, fewer than the "
                       f"{process_count} processes")
-  records = _records(builder, parts[process_index], data_cfg)
+  if max_examples and train:
+    raise ValueError("max_examples applies to evaluation streams only")
+  limit = -(-max_examples // process_count) if max_examples else 0
+  if limit:
+    counts = [min(c, limit) for c in counts]
+  records = _records(builder, parts[process_index], data_cfg, limit)
   size = data_cfg.image_size
   stored = builder.info.features["image"].shape
   stored_side = min(stored[:2]) if None not in stored[:2] else None

@@ -12,7 +12,6 @@ TTA).
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from typing import Any, Callable, Mapping
 
@@ -22,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from agejax import models
+from agejax import terminal
 from agejax.errors import ConfigError
 from agejax.evaluation import metrics as age_metrics
 from agejax.models import forward
@@ -51,13 +51,14 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
                   batch_stats: Any, data: ml_collections.ConfigDict,
                   model_cfg: ml_collections.ConfigDict, mesh: Mesh,
                   batch_size: int, batch_key: str = "train.batch_size",
-                  max_examples: int = 0) -> dict[str, np.ndarray]:
+                  max_examples: int = 0, show_progress: bool = False
+                  ) -> dict[str, np.ndarray]:
   """Every example of ``data.eval_split``: float32 arrays of :data:`ROWS` less ``mask``.
 
   ``batch_key`` is the config key or flag named when ``batch_size`` does not
-  divide over the devices. ``max_examples`` > 0 stops after the batches that
-  hold that many (rounded up to whole batches): the first batches of every
-  process's part of the split, the same examples at every call.
+  divide over the devices. ``max_examples`` > 0: about that many examples,
+  the first of every process's part of the split, the same ones at every call.
+  ``show_progress``: a bar over the batches on a terminal (``agejax.evaluate``).
   """
   from agejax.data import pipeline  # pylint: disable=import-outside-toplevel
 
@@ -65,13 +66,17 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
     raise ConfigError(batch_key, f"{batch_size} does not divide evenly over "
                       f"{mesh.size} devices")
   dataset = pipeline.create_split(data, model_cfg, data.eval_split, train=False,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, max_examples=max_examples)
   parts = []
   with pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
                                data.prefetch) as batches:
-    limit = math.ceil(max_examples / batch_size) if max_examples > 0 else None
-    for batch in itertools.islice(batches, limit):
+    total = math.ceil(pipeline.num_examples(data, data.eval_split) / batch_size)
+    bar = terminal.progress(total=total, desc=data.eval_split, unit="batch",
+                            enabled=show_progress and jax.process_index() == 0)
+    for batch in batches:
       parts.append(forward_fn(params, batch_stats, batch))
+      bar.update()
+    bar.close()
   rows = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
   keep = rows.pop("mask").astype(bool)
   return {k: v[keep].astype(np.float32) for k, v in rows.items()}

@@ -151,7 +151,7 @@ def make_predictor(trained: restore.TrainedModel, tta: bool
   def predict(data: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
     return predictions.predict_split(forward_fn, params, batch_stats, data,
                                      trained.config.model, mesh, batch_size,
-                                     batch_key="--batch_size")
+                                     batch_key="--batch_size", show_progress=True)
 
   return predict
 

@@ -22,6 +22,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from agejax import terminal
+
 from agejax.config import validation as config_check
 from agejax.data import catalog as datasets
 from agejax.train import initial_weights as initialization
@@ -79,6 +81,8 @@ def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
       NamedSharding(mesh, P("data")), cfg.data.prefetch)
   lrs, losses = [], []
   accum = cfg.optim.grad_accum_steps
+  bar = terminal.progress(total=num_steps, desc="lr range test", unit="update",
+                          enabled=jax.process_index() == 0)
   for step in range(num_steps * accum):
     state, metrics = step_fn(state, next(batches))
     if (step + 1) % accum:
@@ -86,9 +90,12 @@ def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
     loss = float(metrics["loss"])  # the sweep needs every value: one sync per update
     lrs.append(float(sweep(step // accum)))
     losses.append(loss)
+    bar.update()
+    bar.set_postfix_str(f"lr {lrs[-1]:.2e} loss {loss:.3f}")
     smoothed = smooth(np.asarray(losses))
     if not math.isfinite(loss) or smoothed[-1] > BLOW_UP * smoothed.min():
       break
+  bar.close()
   batches.close()
   lrs_a, smoothed = np.asarray(lrs), smooth(np.asarray(losses))
   finite = np.isfinite(smoothed)

@@ -28,6 +28,7 @@ import ml_collections
 import optuna
 from absl import logging
 
+from agejax import terminal
 from agejax.config import validation as config_check
 from agejax.errors import ConfigError, RunFailed, TrainingDiverged, UsageError
 from agejax.train import loop as train
@@ -210,6 +211,21 @@ def write_report(study: optuna.Study, workdir_root: str, metric: str) -> str:
   return text
 
 
+def _trial_line(metric: str) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+  """An optuna callback: one console line per finished trial (value, or why it failed)."""
+  def line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    del study
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in trial.params.items())
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+      outcome = f"best {metric} {trial.value:.3f}"
+    else:
+      outcome = f"{trial.state.name.lower()}: {trial.user_attrs.get('error', 'see the log')}"
+    terminal.echo(f"trial {trial.number}  {outcome}  ({params})")
+
+  return line
+
+
 def run_study(base_config: Callable[[], ml_collections.ConfigDict], study_name: str,
               workdir_root: str, *, space_file: str | None, trials: int,
               storage: str | None = None, report_only: bool = False) -> str:
@@ -229,7 +245,7 @@ def run_study(base_config: Callable[[], ml_collections.ConfigDict], study_name: 
     before = {t.number for t in study.trials}
     try:
       study.optimize(objective(base_config, space, workdir_root), n_trials=trials,
-                     catch=(ConfigError,))
+                     catch=(ConfigError,), callbacks=[_trial_line(metric)])
     except KeyboardInterrupt:
       logging.warning("interrupted: the study keeps what finished")
     mine = [t for t in study.trials if t.number not in before]

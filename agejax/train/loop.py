@@ -266,6 +266,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     except TrainingDiverged as e:
       if is_chief:
         run_config.save_summary({"stopped": f"diverged: {e}", "step": e.step,
+                                 "steps_per_epoch": length.steps_per_epoch,
+                                 "total_steps": length.total_steps,
                                  "best": progress_state["best"], "best_step": ckpt.best_step(),
                                  "wall_seconds": time.perf_counter() - started}, workdir)
       raise
@@ -280,6 +282,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   checksum = float(jax.device_get(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params))))
   summary.update(step=step, best=progress_state["best"], best_step=ckpt.best_step(),
                  validation=last_eval, param_checksum=checksum,
+                 steps_per_epoch=length.steps_per_epoch, total_steps=length.total_steps,
                  wall_seconds=time.perf_counter() - started)
   if is_chief:
     run_config.save_summary(summary, workdir)

@@ -27,6 +27,7 @@ from agejax.train import length as length_lib
 from agejax.train import optim
 from agejax.train import schedules
 from agejax.train import setup
+from agejax.workdir import run_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,13 +334,6 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     print(f"\n{warning}")
   out = write_plan(plan, workdir)
   figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"),
-                              title=config_title(cfg, workdir))
+                              title=run_config.title(cfg, workdir))
   print(f"\nplan written to {out}; learning rates plotted in {figure}")
   return out
-
-
-def config_title(cfg: ml_collections.ConfigDict, workdir: str) -> str:
-  """``run-name: resnet18 dex, momentum lr 0.1, batch 64``: what figures are titled with."""
-  name = os.path.basename(os.path.normpath(workdir)) or workdir
-  return (f"{name}: {cfg.model.arch} {cfg.model.head}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
-          f"batch {cfg.train.batch_size}")

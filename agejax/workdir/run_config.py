@@ -56,3 +56,10 @@ def load_summary(workdir: str) -> dict | None:
     return None
   with open(summary_path) as f:
     return json.load(f)
+
+
+def title(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+  """``run-name: resnet18 dex, momentum lr 0.1, batch 64``: what a run's figures are titled with."""
+  name = os.path.basename(os.path.normpath(workdir)) or workdir
+  return (f"{name}: {cfg.model.arch} {cfg.model.head}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
+          f"batch {cfg.train.batch_size}")

@@ -1,0 +1,1 @@
+"""What a finished (or failed) run shows: its curves, diagnoses and comparisons (``agejax.report``)."""

@@ -1,0 +1,318 @@
+"""What a run shows, in words: each diagnosis with the numbers behind it and what to change.
+
+Every rule reads the series the trainer logs (``metrics.jsonl``) and fires
+on the thresholds of :class:`Thresholds` (``agejax.report --threshold
+NAME=VALUE`` changes one). The "last part" of a run is the last
+``window`` fraction of its evaluations (at least two). A healthy run gets
+none.
+
+=====================  ==========================================================
+kind                   fires when
+=====================  ==========================================================
+``diverging``          a training loss is NaN/Inf (the run stopped), a logged loss
+                       exceeds ``diverging_loss_factor`` x the lowest before it, or
+                       a block's update/parameter norm ratio exceeds
+                       ``diverging_update_ratio``
+``overfitting``        validation has not improved for ``overfit_patience``
+                       evaluations while train-eval MAE fell by more than
+                       ``overfit_train_drop`` (relative), or the validation -
+                       train-eval gap grew ``overfit_gap_growth`` x since the best
+``plateau``            train-eval and validation both moved less than
+                       ``plateau_change`` (relative) over the last part while the
+                       LR is still above ``plateau_lr_fraction`` of its peak
+``still_improving``    the last evaluation is the best, the last two evaluations
+                       improved validation by more than ``improving_drop``
+                       (relative) and at ``improving_rate`` x or more of the run's
+                       average pace per evaluation (a converging run slows down)
+``block_not_learning`` a trainable block's median update ratio (second half of
+                       the run) is below ``not_learning_factor`` x the head's
+``collapse_to_mean``   the last validation's prediction std is below
+                       ``collapse_spread`` x the label std
+``input_bound``        the median data wait exceeds ``input_bound_wait`` of the
+                       step time
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from agejax.analysis import runs as runs_lib
+from agejax.errors import UsageError
+
+KINDS = ("diverging", "overfitting", "plateau", "still_improving", "block_not_learning",
+         "collapse_to_mean", "input_bound")
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+  window: float = 0.3
+  diverging_loss_factor: float = 2.0
+  diverging_update_ratio: float = 1.0
+  overfit_patience: int = 3
+  overfit_train_drop: float = 0.05
+  overfit_gap_growth: float = 1.5
+  plateau_change: float = 0.01
+  plateau_lr_fraction: float = 0.1
+  improving_rate: float = 0.25
+  improving_drop: float = 0.01
+  not_learning_factor: float = 1e-3
+  collapse_spread: float = 0.25
+  input_bound_wait: float = 0.05
+
+  @classmethod
+  def parse(cls, settings: list[str]) -> "Thresholds":
+    """``["collapse_spread=0.3", ...]`` over the defaults; UsageError names a bad one."""
+    known = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {}
+    for setting in settings:
+      name, sep, text = setting.partition("=")
+      if not sep or name not in known:
+        raise UsageError(f"--threshold {setting!r}: expected NAME=VALUE with NAME one of "
+                         f"{', '.join(known)}")
+      try:
+        values[name] = int(text) if known[name] in ("int", int) else float(text)
+      except ValueError:
+        raise UsageError(f"--threshold {setting!r}: {text!r} is not a number") from None
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+  run: str
+  kind: str
+  evidence: dict[str, Any]
+  advice: str
+
+  def record(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def line(self) -> str:
+    shown = ", ".join(f"{k} {_fmt(v)}" for k, v in self.evidence.items())
+    return f"{self.kind}: {shown}\n  -> {self.advice}"
+
+
+def _fmt(value: Any) -> str:
+  if isinstance(value, float):
+    return f"{value:.3g}"
+  if isinstance(value, dict):
+    return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+  return str(value)
+
+
+def _window(n: int, fraction: float) -> int:
+  """Evaluations in the last part of a run of ``n`` (at least 2, fewer than n)."""
+  return min(n - 1, max(2, math.ceil(fraction * n)))
+
+
+def _relative_range(values: np.ndarray) -> float:
+  return float((values.max() - values.min()) / max(abs(values.mean()), 1e-12))
+
+
+def _diverging(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  loss = run.series(runs_lib.TRAIN, "loss")
+  stopped = (run.summary or {}).get("stopped", "")
+  bad = ~np.isfinite(loss.values)
+  if bad.any() or stopped.startswith("diverged"):
+    step = int(loss.steps[bad][0]) if bad.any() else (run.summary or {}).get("step")
+    return {"non_finite_loss_at_step": step, "stopped": stopped or "running"}
+  for i in range(1, len(loss)):
+    lowest = float(loss.values[:i].min())
+    if loss.values[i] > t.diverging_loss_factor * lowest:
+      return {"step": int(loss.steps[i]), "loss": float(loss.values[i]), "lowest_before": lowest}
+  for name in run.names(runs_lib.TRAIN, runs_lib.BLOCK_UPDATE_RATIO):
+    ratio = run.series(runs_lib.TRAIN, name)
+    finite = np.isfinite(ratio.values)
+    if finite.any() and ratio.values[finite].max() > t.diverging_update_ratio:
+      i = int(np.argmax(np.where(finite, ratio.values, -np.inf)))
+      return {"block": name[len(runs_lib.BLOCK_UPDATE_RATIO):], "update_ratio":
+              float(ratio.values[i]), "step": int(ratio.steps[i])}
+  return None
+
+
+def _overfitting(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  val = run.series(runs_lib.VALIDATION, run.metric)
+  train = run.series(runs_lib.TRAIN_EVAL, run.metric)
+  if len(val) < 3 or len(train) != len(val):
+    return None
+  best = int(np.argmin(val.values))
+  since = len(val) - 1 - best
+  gap_best = float(val.values[best] - train.values[best])
+  gap_now = float(val.values[-1] - train.values[-1])
+  train_drop = float((train.values[best] - train.values[-1]) / max(train.values[best], 1e-12))
+  stalled = since >= t.overfit_patience and train_drop > t.overfit_train_drop
+  widening = since >= 2 and gap_now > max(t.overfit_gap_growth * gap_best, 1e-12) and gap_now > 0
+  if not (stalled or widening):
+    return None
+  return {"best_validation_step": int(val.steps[best]), "evaluations_since_best": since,
+          f"train_eval_{run.metric}_drop_since": train_drop, "gap_at_best": gap_best,
+          "gap_now": gap_now}
+
+
+def _plateau(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  val = run.series(runs_lib.VALIDATION, run.metric)
+  if len(val) < 4:
+    return None
+  k = _window(len(val), t.window)
+  flat = {"validation": _relative_range(val.values[-k:])}
+  train = run.series(runs_lib.TRAIN_EVAL, run.metric)
+  if len(train) >= k:
+    flat["train_eval"] = _relative_range(train.values[-k:])
+  if max(flat.values()) >= t.plateau_change:
+    return None
+  peak, last = _lr_peak_and_last(run)
+  if peak is None or last < t.plateau_lr_fraction * peak:
+    return None  # a decayed LR settling is convergence, not a plateau
+  return {"since_step": int(val.steps[-k]), "relative_change": flat, "lr_now": last,
+          "lr_peak": peak}
+
+
+def _lr_peak_and_last(run: runs_lib.Run) -> tuple[float | None, float]:
+  curves = [run.series(runs_lib.TRAIN, n) for n in run.names(runs_lib.TRAIN, runs_lib.LR)]
+  curves = [c for c in curves if len(c) and c.values.max() > 0]
+  if not curves:
+    return None, 0.0
+  top = max(curves, key=lambda c: c.values.max())
+  return float(top.values.max()), float(top.values[-1])
+
+
+def _still_improving(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  val = run.series(runs_lib.VALIDATION, run.metric)
+  v = val.values
+  if len(v) < 3 or int(np.argmin(v)) != len(v) - 1:
+    return None
+  end_pace = float(v[-3] - v[-1]) / 2
+  average_pace = float(v[0] - v[-1]) / (len(v) - 1)
+  gain = float(v[-3] - v[-1]) / max(abs(float(v[-3])), 1e-12)
+  if gain <= t.improving_drop or end_pace < t.improving_rate * average_pace:
+    return None
+  peak, last = _lr_peak_and_last(run)
+  return {"since_step": int(val.steps[-3]), f"validation_{run.metric}_from": float(v[-3]),
+          "to": float(v[-1]), "pace_per_eval_at_end": end_pace,
+          "average_pace_per_eval": average_pace,
+          "lr_at_end_fraction_of_peak": (last / peak) if peak else None}
+
+
+def _block_not_learning(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  names = run.names(runs_lib.TRAIN, runs_lib.BLOCK_UPDATE_RATIO)
+  medians = {}
+  for name in names:
+    s = run.series(runs_lib.TRAIN, name)
+    tail = s.values[len(s) // 2:]
+    tail = tail[np.isfinite(tail)]
+    if tail.size:
+      medians[name[len(runs_lib.BLOCK_UPDATE_RATIO):]] = float(np.median(tail))
+  head = medians.get("head")
+  if not head:
+    return None
+  slow = {b: r for b, r in medians.items() if b != "head" and r < t.not_learning_factor * head}
+  if not slow:
+    return None
+  mults = block_lr_mults(run)
+  return {"blocks": slow, "head_update_ratio": head,
+          "lr_mult": {b: mults.get(b) for b in slow}}
+
+
+def block_lr_mults(run: runs_lib.Run) -> dict[str, Any]:
+  """The ``lr_mult`` of each block's trainable parameters (one number, or [min, max])."""
+  from agejax import models  # pylint: disable=import-outside-toplevel
+  from agejax.models import paths  # pylint: disable=import-outside-toplevel
+  from agejax.train import optim  # pylint: disable=import-outside-toplevel
+
+  cfg = run.config
+  shapes = models.param_shapes(cfg.model, cfg.data.image_size)
+  tree = paths.unflatten({p: np.zeros((), np.float32) for p in shapes})
+  per_block: dict[str, set[float]] = {}
+  for path, a in optim.assign_groups(cfg.optim, tree).items():
+    if not a.frozen:
+      per_block.setdefault(paths.block_of(path), set()).add(a.lr_mult)
+  return {b: (min(m) if len(m) == 1 else [min(m), max(m)]) for b, m in per_block.items()}
+
+
+def _collapse(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  records = run.records.get(runs_lib.VALIDATION, [])
+  last = next((r for r in reversed(records) if "pred_std" in r and "true_std" in r), None)
+  if last is None:
+    return None
+  pred, true = float(last["pred_std"]), float(last["true_std"])
+  if not (true > 0 and pred < t.collapse_spread * true):
+    return None
+  return {"step": int(last["step"]), "prediction_std": pred, "label_std": true,
+          "prediction_mean": float(last.get("pred_mean", math.nan)),
+          "label_mean": float(last.get("true_mean", math.nan))}
+
+
+def _input_bound(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
+  wait = run.series(runs_lib.TRAIN, "data_wait_fraction")
+  if not len(wait):
+    return None
+  median = float(np.median(wait.values))
+  if median <= t.input_bound_wait:
+    return None
+  speed = run.series(runs_lib.TRAIN, "images_per_sec")
+  return {"median_data_wait": median,
+          "images_per_sec": float(np.median(speed.values)) if len(speed) else None}
+
+
+def _advice(kind: str, run: runs_lib.Run, evidence: dict[str, Any]) -> str:
+  cfg = run.config
+  if kind == "diverging":
+    return (f"lower optim.lr (now {cfg.optim.lr:g}; python -m agejax.lr_find finds the "
+            "range), add warm-up (optim.schedule.warmup_epochs=1) or clip gradients "
+            "(optim.clip_grad_norm=1.0)")
+  if kind == "overfitting":
+    return (f"the best checkpoint (step {evidence['best_validation_step']}) is what "
+            "evaluate/export use; to generalise further: stronger augmentation "
+            "(data.augment.*), more weight decay (optim.weight_decay="
+            f"{max(cfg.optim.weight_decay * 5, 1e-4):g}), a lower backbone lr_mult in "
+            "optim.groups, pretrained weights (init.pretrained) or more data; "
+            "train.early_stop_patience=3 stops such a run early")
+  if kind == "plateau":
+    return ("the learning rate is still high and nothing moves: decay it (optim.schedule."
+            "name=warmup_cosine or step) or lower optim.lr; if it was flat from the start, "
+            "the LR may be too low (python -m agejax.lr_find)")
+  if kind == "still_improving":
+    frac = evidence.get("lr_at_end_fraction_of_peak")
+    why = ("the schedule had decayed by the end: more epochs let the cosine run longer"
+           if frac is not None and frac < 0.05 else "the run stopped early")
+    return (f"{why}; train longer (train.num_epochs={cfg.train.num_epochs * 2:g}) "
+            "or resume from the latest checkpoint with a longer schedule")
+  if kind == "block_not_learning":
+    blocks = ", ".join(evidence["blocks"])
+    return (f"{blocks} barely move: raise their lr_mult in optim.groups (e.g. 0.1 instead "
+            f"of {_fmt(evidence['lr_mult'])}), or freeze them (freeze=True) if that is "
+            "intended, which also saves their optimizer state")
+  if kind == "collapse_to_mean":
+    return ("the model predicts about the mean age for every face: check that the "
+            "backbone learns (block update ratios), that init.pretrained loaded, and "
+            "that optim.lr is not so high that the head sits at the prior; train longer")
+  if kind == "input_bound":
+    return ("the input pipeline is the bottleneck: raise data.prefetch, use more CPU "
+            "cores per GPU, cheaper augmentation (data.augment.rotation_degrees=0) or "
+            "smaller stored images; python -m agejax.benchmark pipeline measures it")
+  raise ValueError(kind)
+
+
+RULES: dict[str, Callable[[runs_lib.Run, Thresholds], dict[str, Any] | None]] = {
+    "diverging": _diverging,
+    "overfitting": _overfitting,
+    "plateau": _plateau,
+    "still_improving": _still_improving,
+    "block_not_learning": _block_not_learning,
+    "collapse_to_mean": _collapse,
+    "input_bound": _input_bound,
+}
+
+
+def diagnose(run: runs_lib.Run, thresholds: Thresholds = Thresholds()) -> list[Diagnosis]:
+  """Every rule that fires on ``run``, in :data:`KINDS` order."""
+  found = []
+  for kind in KINDS:
+    evidence = RULES[kind](run, thresholds)
+    if evidence is not None:
+      found.append(Diagnosis(run.name, kind, evidence, _advice(kind, run, evidence)))
+  return found

@@ -1,0 +1,168 @@
+"""agejax.report on real short runs made to show each pathology, and on a healthy one.
+
+Every run is the tiny config (ResNet-18 width 8, 32 px synthetic faces) for
+a few dozen steps; the report must name what the run shows and nothing else
+for the healthy run.
+"""
+
+import json
+import os
+import signal
+
+import pytest
+
+from agejax import report as report_cli
+from agejax.analysis import diagnoses
+from agejax.analysis import report
+from agejax.errors import TrainingDiverged
+from agejax.evaluation import predictions
+from agejax.models import heads
+from agejax.train import loop
+from configs import tiny
+
+
+def _config(data_dir, **overrides):
+  cfg = tiny.get_config()
+  cfg.data.data_dir = data_dir
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return cfg
+
+
+def _kinds(workdir, *thresholds):
+  doc = report.write_report([workdir], thresholds=thresholds)
+  return doc, {d["kind"]: d for d in doc["diagnoses"]}
+
+
+@pytest.fixture(scope="module")
+def healthy(tiny_data_dir, tmp_path_factory):
+  """12 epochs of warm-up + cosine: validation falls and has levelled off by the end."""
+  workdir = str(tmp_path_factory.mktemp("healthy"))
+  loop.train_and_evaluate(_config(tiny_data_dir, **{
+      "train.num_epochs": 12.0, "train.eval_every_steps": 16}), workdir)
+  return workdir
+
+
+def test_a_healthy_run_gets_no_diagnosis(healthy):
+  doc, kinds = _kinds(healthy)
+  assert kinds == {}
+  run, = doc["runs"]
+  assert run["stopped"] == "completed" and run["step"] == 192
+  validation = [json.loads(line) for line in open(os.path.join(healthy, "metrics.jsonl"))
+                if '"validation"' in line]
+  assert run["final"] == validation[-1]["mae"] and run["final_step"] == 192
+  out = os.path.join(healthy, "report")
+  assert sorted(os.listdir(out)) == ["figures", "report.html", "report.json", "report.md"]
+  assert sorted(os.listdir(os.path.join(out, "figures"))) == sorted(
+      f"{n}.png" for n in ("mae", "loss", "lr", "update_ratio", "grad_norm",
+                           "prediction_spread", "data_wait"))
+  html = open(os.path.join(out, "report.html")).read()
+  assert html.count("data:image/png;base64,") == 7  # self-contained: every figure embedded
+
+
+def test_a_frozen_in_all_but_name_backbone_is_block_not_learning(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path)
+  loop.train_and_evaluate(_config(tiny_data_dir, **{
+      "train.num_epochs": 3.0,
+      "optim.groups": ((r"^(stem|stage)", dict(lr_mult=1e-6)),)}), workdir)
+  _, kinds = _kinds(workdir)
+  evidence = kinds["block_not_learning"]["evidence"]
+  assert sorted(evidence["blocks"]) == ["stage1", "stage2", "stage3", "stage4", "stem"]
+  assert evidence["lr_mult"] == {b: 1e-6 for b in evidence["blocks"]}
+  assert all(r < 1e-3 * evidence["head_update_ratio"] for r in evidence["blocks"].values())
+  assert "lr_mult" in kinds["block_not_learning"]["advice"]
+
+
+def test_many_epochs_on_a_tiny_unaugmented_subset_is_overfitting(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path)
+  loop.train_and_evaluate(_config(tiny_data_dir, **{
+      "data.train_split": "train[:32]", "data.num_train_examples": 32,
+      "train.num_epochs": 60.0, "train.eval_every_steps": 8,
+      "data.augment.random_resized_crop": False, "data.augment.flip": False,
+      "data.augment.rotation_degrees": 0.0, "data.augment.color_jitter": 0.0,
+      "optim.weight_decay": 0.0, "optim.name": "adam", "optim.lr": 0.003}), workdir)
+  _, kinds = _kinds(workdir)
+  evidence = kinds["overfitting"]["evidence"]
+  assert evidence["gap_now"] > evidence["gap_at_best"]
+  assert evidence["evaluations_since_best"] >= 2
+
+
+def test_a_huge_learning_rate_is_diverging(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(TrainingDiverged):
+    loop.train_and_evaluate(_config(tiny_data_dir, **{
+        "optim.lr": 1e4, "train.num_epochs": 1.0}), workdir)
+  doc, kinds = _kinds(workdir)
+  assert doc["runs"][0]["stopped"].startswith("diverged: ")
+  assert kinds["diverging"]["evidence"]["non_finite_loss_at_step"] in (4, 8)  # a log step
+  assert "optim.lr" in kinds["diverging"]["advice"]
+
+
+def test_a_run_cut_off_while_validation_improves_is_still_improving(tiny_data_dir, tmp_path):
+  # The healthy run's config, preempted (SIGTERM) after half of its 192 steps.
+  def cut_off(step):
+    if step == 96:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  workdir = str(tmp_path)
+  summary = loop.train_and_evaluate(_config(tiny_data_dir, **{
+      "train.num_epochs": 12.0, "train.eval_every_steps": 16}), workdir, step_hook=cut_off)
+  assert (summary["stopped"], summary["step"]) == ("preempted", 96)
+  _, kinds = _kinds(workdir)
+  evidence = kinds["still_improving"]["evidence"]
+  assert evidence["to"] < evidence["validation_mae_from"]
+  assert evidence["pace_per_eval_at_end"] >= 0.25 * evidence["average_pace_per_eval"]
+  assert "the run stopped early" in kinds["still_improving"]["advice"]
+
+
+def test_a_head_whose_input_is_zeroed_is_collapse_to_mean(tiny_data_dir, tmp_path, monkeypatch):
+  # The head sees zeros: it can only learn its bias, one age distribution for every face.
+  original = heads.DexHead.__call__
+  monkeypatch.setattr(heads.DexHead, "__call__", lambda self, f: original(self, f * 0))
+  # The compiled validation function is cached per network: trace it with the patch.
+  predictions.make_forward.cache_clear()
+  workdir = str(tmp_path)
+  try:
+    loop.train_and_evaluate(_config(tiny_data_dir, **{"train.num_epochs": 1.0}), workdir)
+  finally:
+    predictions.make_forward.cache_clear()
+  _, kinds = _kinds(workdir)
+  evidence = kinds["collapse_to_mean"]["evidence"]
+  assert evidence["prediction_std"] == pytest.approx(0.0, abs=1e-3)
+  assert evidence["label_std"] > 10
+
+
+def test_thresholds_are_configurable_and_checked(healthy):
+  _, kinds = _kinds(healthy, "collapse_spread=0.99")  # every run is "collapsed" at 0.99
+  assert set(kinds) == {"collapse_to_mean"}
+  assert diagnoses.Thresholds.parse(["overfit_patience=5"]).overfit_patience == 5
+  with pytest.raises(Exception, match="NAME=VALUE with NAME one of window"):
+    diagnoses.Thresholds.parse(["patience=5"])
+
+
+def test_a_comparison_lists_only_the_keys_that_differ(healthy, tiny_data_dir, tmp_path, capsys):
+  other = str(tmp_path / "lower_lr")
+  loop.train_and_evaluate(_config(tiny_data_dir, **{
+      "train.num_epochs": 1.0, "optim.lr": 0.01}), other)
+  out = str(tmp_path / "comparison")
+  capsys.readouterr()
+  assert report_cli.main(["agejax.report", f"--workdir={healthy}", f"--workdir={other}",
+                          f"--output={out}"]) == 0
+  doc = json.load(open(os.path.join(out, "report.json")))
+  assert doc["differing_config"] == {"optim.lr": [0.05, 0.01], "train.eval_every_steps": [16, 0],
+                                     "train.num_epochs": [12.0, 1.0]}
+  assert [r["name"] for r in doc["runs"]] == [os.path.basename(healthy), "lower_lr"]
+  printed = capsys.readouterr().out
+  assert "optim.lr" in printed and "train.num_epochs" in printed and "optim.name" not in printed
+  md = open(os.path.join(out, "report.md")).read()
+  assert "| optim.lr | 0.05 | 0.01 |" in md
+
+
+def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+  assert report_cli.main(["agejax.report", f"--workdir={tmp_path}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"agejax.report: --workdir={tmp_path}: ")
