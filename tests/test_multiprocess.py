@@ -63,8 +63,9 @@ def test_two_processes_train_together_and_resume_alone(tmp_path, tiny_data_dir):
   assert ends[0].group(1) == ends[1].group(1) == "8"
   assert ends[0].group(2) == ends[1].group(2)  # the replicas agree exactly
 
-  # Only process 0 wrote summaries: one event file, each record once.
-  assert len(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))) == 1
+  # Only process 0 wrote summaries: one event file per split, each record once.
+  for split in ("train", "train_eval", "validation"):
+    assert len(glob.glob(os.path.join(workdir, split, "events.out.tfevents.*"))) == 1, split
   records = metric_io.read_metrics(workdir)
   keys = [(r["step"], r["split"]) for r in records if r["split"] != "progress"]
   assert len(keys) == len(set(keys))

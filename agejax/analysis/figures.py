@@ -87,41 +87,41 @@ def _per_name_figure(runs, prefix: str, ylabel: str, out: str,
   return _finish(fig, ax, runs, out, log=True)
 
 
-def _wait_figure(runs, out: str) -> str | None:
+def _small_figure(runs, out: str, ylabel: str, what: str,
+                  draw: Callable[[object, int, runs_lib.Run], bool]) -> str | None:
+  """A short figure of one quantity per run; None when no run has it."""
   fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
-  drawn = False
-  for i, run in enumerate(runs):
-    s = run.series(runs_lib.TRAIN, "data_wait_fraction")
-    if len(s):
-      drawn = True
-      ax.plot(s.steps, 100 * s.values, color=f"C{i}", label=_label(runs, run, "data wait"))
-  if not drawn:
+  drawn = [draw(ax, i, run) for i, run in enumerate(runs)]
+  if not any(drawn):
     plt.close(fig)
     return None
-  ax.set_ylabel("data wait (% of step time)")
+  ax.set_ylabel(ylabel)
   ax.set_ylim(bottom=0)
-  ax.set_title(_title(runs, "data wait"), fontsize=8)
+  ax.set_title(_title(runs, what), fontsize=8)
   return _finish(fig, ax, runs, out)
+
+
+def _wait_figure(runs, out: str) -> str | None:
+  def draw(ax, i, run):
+    s = run.series(runs_lib.TRAIN, "data_wait_fraction")
+    if len(s):
+      ax.plot(s.steps, 100 * s.values, color=f"C{i}", label=_label(runs, run, "data wait"))
+    return bool(len(s))
+
+  return _small_figure(runs, out, "data wait (% of step time)", "data wait", draw)
 
 
 def _spread_figure(runs, out: str) -> str | None:
-  fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
-  drawn = False
-  for i, run in enumerate(runs):
+  def draw(ax, i, run):
     pred = run.series(runs_lib.VALIDATION, "pred_std")
     true = run.series(runs_lib.VALIDATION, "true_std")
     if len(pred):
-      drawn = True
       ax.plot(pred.steps, pred.values, "-o", markersize=3, color=f"C{i}",
               label=_label(runs, run, "prediction std"))
       ax.plot(true.steps, true.values, ":", color=f"C{i}", label=_label(runs, run, "label std"))
-  if not drawn:
-    plt.close(fig)
-    return None
-  ax.set_ylabel("years")
-  ax.set_ylim(bottom=0)
-  ax.set_title(_title(runs, "validation prediction spread"), fontsize=8)
-  return _finish(fig, ax, runs, out)
+    return bool(len(pred))
+
+  return _small_figure(runs, out, "years", "validation prediction spread", draw)
 
 
 def write_all(runs: Sequence[runs_lib.Run], out_dir: str) -> dict[str, str]:

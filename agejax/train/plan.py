@@ -334,6 +334,7 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     print(f"\n{warning}")
   out = write_plan(plan, workdir)
   figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"),
-                              title=run_config.title(cfg, workdir))
+                              title=run_config.title(cfg, workdir),
+                              labels=group_labels(plan.rows))
   print(f"\nplan written to {out}; learning rates plotted in {figure}")
   return out

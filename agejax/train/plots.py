@@ -8,17 +8,16 @@ matplotlib.use("Agg")  # files only; never needs a display
 from matplotlib import pyplot as plt  # noqa: E402
 
 
-def plot_lr_plan(plan, out_path: str, title: str = "") -> str:
+def plot_lr_plan(plan, out_path: str, title: str = "", labels: dict[str, str] | None = None
+                 ) -> str:
   """Learning rate of every trainable group over the run, on a log axis.
 
   Log, so a group at x0.01 is a curve two decades below the head's rather
   than a flat line on zero. Zero learning rates (the start of a warm-up from
   0, the end of a cosine to 0) cannot be drawn there and are left out.
   """
-  from agejax.train import plan as plan_lib  # pylint: disable=import-outside-toplevel
-
   steps, base = plan.lr_curve
-  labels = plan_lib.group_labels(plan.rows)
+  labels = labels or {}
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
   for group, mult in plan.group_lr_mults.items():
     lr = base * mult
