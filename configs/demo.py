@@ -25,7 +25,7 @@ def get_config():
   config.data.augment.rotation_degrees = 5.0
   config.train.batch_size = 64
   config.train.num_epochs = 8.0
-  config.train.log_every_steps = 16
+  config.train.log_every_steps = 32  # 16 console lines over the run
   config.optim.name = "momentum"
   config.optim.lr = 0.1
   config.optim.weight_decay = 5e-4

@@ -166,3 +166,39 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
   assert report_cli.main(["agejax.report", f"--workdir={tmp_path}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(f"agejax.report: --workdir={tmp_path}: ")
+
+
+def _synthetic_run(validation, train_eval, lr, wait):
+  """A Run from records (the two rules no short real run shows reliably on 2 CPU cores)."""
+  from agejax.analysis import runs
+
+  steps = [10 * (i + 1) for i in range(len(validation))]
+  records = {
+      "validation": [{"step": s, "mae": v, "pred_std": 20.0, "true_std": 20.0}
+                     for s, v in zip(steps, validation)],
+      "train_eval": [{"step": s, "mae": v} for s, v in zip(steps, train_eval)],
+      "train": [{"step": s, "loss": 3.0, "lr/default": r, "data_wait_fraction": w}
+                for s, r, w in zip(steps, lr, wait)],
+  }
+  return runs.Run("synthetic", "/nowhere", tiny.get_config(), None, records)
+
+
+def test_flat_curves_at_a_high_learning_rate_are_a_plateau_and_a_decayed_one_is_not():
+  flat = [9.0, 6.0, 5.0, 5.01, 5.0, 5.02, 5.01, 5.0, 5.01, 5.0]
+  run = _synthetic_run(flat, [v - 0.5 for v in flat], [0.1] * 10, [0.01] * 10)
+  kinds = {d.kind: d for d in diagnoses.diagnose(run)}
+  assert set(kinds) == {"plateau"}
+  assert kinds["plateau"].evidence["since_step"] == 80  # the last 3 of 10 evaluations
+  assert kinds["plateau"].evidence["lr_now"] == 0.1
+  decayed = _synthetic_run(flat, [v - 0.5 for v in flat], [0.1] * 9 + [0.001], [0.01] * 10)
+  assert diagnoses.diagnose(decayed) == []
+
+
+def test_a_data_wait_above_five_percent_is_input_bound():
+  val = [9.0, 7.0, 6.5, 6.4, 6.4]
+  run = _synthetic_run(val, val, [0.1, 0.05, 0.02, 0.005, 0.0], [0.2, 0.3, 0.25, 0.3, 0.2])
+  found = diagnoses.diagnose(run)
+  assert [d.kind for d in found] == ["input_bound"]
+  assert found[0].evidence["median_data_wait"] == 0.25
+  assert diagnoses.diagnose(_synthetic_run(val, val, [0.1, 0.05, 0.02, 0.005, 0.0],
+                                           [0.04] * 5)) == []
