@@ -59,16 +59,21 @@ def _main(paths: list[str]) -> None:
   options = face_detect.DetectorOptions(max_side=FLAGS.max_side,
                                         min_face_size=FLAGS.min_face_size,
                                         min_score=FLAGS.min_score)
-  readable = 0
+  files = readable = faces = 0
   for record in predict.iter_predictions(predictor, paths, detect=not FLAGS.no_detect,
                                          annotate_dir=FLAGS.annotate, options=options):
+    files += 1
     readable += record["error"] is None
+    faces += len(record["faces"])
     if FLAGS.json:
       print(json.dumps(record), flush=True)
     else:
       print("\n".join(predict.format_lines(record)), flush=True)
   if not readable:
     raise RunFailed("no image could be read")
+  # The summary goes to stderr with --json: stdout stays one JSON object per line.
+  print(f"{files} file(s): {faces} face(s), {files - readable} unreadable",
+        file=sys.stderr if FLAGS.json else sys.stdout, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

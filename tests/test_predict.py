@@ -135,7 +135,8 @@ def test_cli_prints_one_line_per_face(bundle, photos, capsys):
   files = [os.path.join(photos, n) for n in ("astronaut.jpg", "coffee.png", "broken.jpg")]
   assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", *files]) == 0
   lines = capsys.readouterr().out.strip().split("\n")
-  assert len(lines) == 3
+  assert len(lines) == 4
+  assert lines[3] == "3 file(s): 1 face(s), 1 unreadable"  # the summary
   file, box, age, spread = lines[0].split(", ")
   assert file == files[0]
   assert iou([int(v) for v in box.split()], FACE) > 0.5
@@ -205,6 +206,8 @@ def test_a_bundle_needs_neither_the_training_code_nor_tfds(bundle, photos):
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert result.returncode == 0, result.stderr[-2000:]
-  file, box, age, spread = result.stdout.strip().split(", ")
+  line, summary = result.stdout.strip().splitlines()
+  assert summary == "1 file(s): 1 face(s), 0 unreadable"
+  file, box, age, spread = line.split(", ")
   assert file.endswith("coffee.png") and box == "0 0 600 400"
   assert 0 <= float(age) <= 100
