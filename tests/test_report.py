@@ -87,8 +87,10 @@ def test_many_epochs_on_a_tiny_unaugmented_subset_is_overfitting(tiny_data_dir, 
       "optim.weight_decay": 0.0, "optim.name": "adam", "optim.lr": 0.003}), workdir)
   _, kinds = _kinds(workdir)
   evidence = kinds["overfitting"]["evidence"]
-  assert evidence["gap_now"] > evidence["gap_at_best"]
-  assert evidence["evaluations_since_best"] >= 2
+  # The subset is learnt by heart (train-eval MAE ~1 year) and validation is not.
+  assert evidence["train_eval_mae"] < 0.2 * evidence["validation_mae"]
+  assert evidence["gap_now"] - evidence["gap_smallest"] >= 0.5 * evidence["gap_now"]
+  assert evidence["gap_smallest_step"] < 120
 
 
 def test_a_huge_learning_rate_is_diverging(tiny_data_dir, tmp_path):

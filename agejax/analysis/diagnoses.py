@@ -13,10 +13,12 @@ kind                   fires when
                        exceeds ``diverging_loss_factor`` x the lowest before it, or
                        a block's update/parameter norm ratio exceeds
                        ``diverging_update_ratio``
-``overfitting``        validation has not improved for ``overfit_patience``
-                       evaluations while train-eval MAE fell by more than
-                       ``overfit_train_drop`` (relative), or the validation -
-                       train-eval gap grew ``overfit_gap_growth`` x since the best
+``overfitting``        over the last ``overfit_patience`` evaluations validation
+                       gained less than ``overfit_min_gain`` while train-eval fell
+                       by more than ``overfit_train_drop`` (relative); or the
+                       validation - train-eval gap is at least
+                       ``overfit_gap_fraction`` of the validation error and grew
+                       by ``overfit_gap_growth`` of its size since its smallest
 ``plateau``            train-eval and validation both moved less than
                        ``plateau_change`` (relative) over the last part while the
                        LR is still above ``plateau_lr_fraction`` of its peak
@@ -54,8 +56,10 @@ class Thresholds:
   diverging_loss_factor: float = 2.0
   diverging_update_ratio: float = 1.0
   overfit_patience: int = 3
+  overfit_min_gain: float = 0.01
   overfit_train_drop: float = 0.05
-  overfit_gap_growth: float = 1.5
+  overfit_gap_fraction: float = 0.2
+  overfit_gap_growth: float = 0.5
   plateau_change: float = 0.01
   plateau_lr_fraction: float = 0.1
   improving_rate: float = 0.25
@@ -139,18 +143,28 @@ def _overfitting(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
   train = run.series(runs_lib.TRAIN_EVAL, run.metric)
   if len(val) < 3 or len(train) != len(val):
     return None
-  best = int(np.argmin(val.values))
-  since = len(val) - 1 - best
-  gap_best = float(val.values[best] - train.values[best])
-  gap_now = float(val.values[-1] - train.values[-1])
-  train_drop = float((train.values[best] - train.values[-1]) / max(train.values[best], 1e-12))
-  stalled = since >= t.overfit_patience and train_drop > t.overfit_train_drop
-  widening = since >= 2 and gap_now > max(t.overfit_gap_growth * gap_best, 1e-12) and gap_now > 0
+  v, tr = val.values, train.values
+  gaps = v - tr
+  smallest = int(np.argmin(gaps))
+  # Stalled: validation gained almost nothing over the last evaluations while
+  # the training side kept falling.
+  p = min(t.overfit_patience, len(v) - 1)
+  val_gain = float((v[-p - 1] - v[-p:].min()) / max(abs(v[-p - 1]), 1e-12))
+  train_drop = float((tr[-p - 1] - tr[-1]) / max(abs(tr[-p - 1]), 1e-12))
+  stalled = val_gain < t.overfit_min_gain and train_drop > t.overfit_train_drop
+  # Widening: the gap is a large part of the validation error and has grown
+  # most of its size since it was smallest.
+  gap_now = float(gaps[-1])
+  widening = (gap_now >= t.overfit_gap_fraction * abs(float(v[-1])) and
+              gap_now - float(gaps[smallest]) >= t.overfit_gap_growth * gap_now)
   if not (stalled or widening):
     return None
-  return {"best_validation_step": int(val.steps[best]), "evaluations_since_best": since,
-          f"train_eval_{run.metric}_drop_since": train_drop, "gap_at_best": gap_best,
-          "gap_now": gap_now}
+  best = int(np.argmin(v))
+  return {f"validation_{run.metric}": float(v[-1]), f"train_eval_{run.metric}": float(tr[-1]),
+          "gap_now": gap_now, "gap_smallest": float(gaps[smallest]),
+          "gap_smallest_step": int(val.steps[smallest]),
+          "best_validation_step": int(val.steps[best]),
+          f"validation_gain_last_{p}": val_gain, f"train_eval_drop_last_{p}": train_drop}
 
 
 def _plateau(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
