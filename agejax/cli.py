@@ -106,6 +106,62 @@ def _config_override_error(argv: Sequence[str]) -> errors.ConfigError | None:
   return None
 
 
+def _config_path(argv: Sequence[str]) -> str | None:
+  """The file of ``--config=FILE[:ARGS]`` (or ``--config FILE``) on the command line."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    return value.split(":", 1)[0]
+  return None
+
+
+def _in_config_file(error: BaseException, path: str) -> str | None:
+  """``FILE:LINE: Type: message`` of the innermost frame of ``path`` in ``error``'s chain."""
+  target = os.path.realpath(path)
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.realpath(f.filename) == target]
+    if frames:
+      message = str(error).strip().splitlines()
+      text = message[0] if message else ""
+      return f"{path}:{frames[-1].lineno}: {type(error).__name__}: {text}"
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def config_file_error(path: str, error: BaseException | None) -> errors.ConfigError | None:
+  """The one-line error of a config file that is missing, lacks get_config() or raises."""
+  if not os.path.isfile(path):
+    return errors.ConfigError("--config", f"{path}: no such file")
+  if error is None:
+    return None
+  chain, seen = error, set()
+  while chain is not None and id(chain) not in seen:
+    seen.add(id(chain))
+    if isinstance(chain, AttributeError) and "get_config" in str(chain):
+      return errors.ConfigError("--config", f"{path} defines no get_config() function")
+    chain = chain.__cause__ or chain.__context__
+  located = _in_config_file(error, path)
+  return errors.ConfigError("--config", located) if located else None
+
+
+def _loaded_config_error(fv: flags.FlagValues, path: str | None) -> errors.ConfigError | None:
+  """ml_collections defers an IOError of loading the config to its first use: force it."""
+  if path is None or "config" not in fv:
+    return None
+  try:
+    fv["config"].value.keys()
+  except Exception as e:  # pylint: disable=broad-except
+    return config_file_error(path, e) or errors.ConfigError("--config", f"{path}: {e}")
+  return None
+
+
 def report(prog: str, error: BaseException, verbosity: int) -> int:
   """Prints ``error`` as one line (with its traceback at ``verbosity >= 1``)."""
   if verbosity >= 1:
@@ -146,10 +202,16 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
   # ml_collections' config flags read their overrides from sys.argv.
   sys.argv = argv
   try:
+    config_path = _config_path(argv) if "config" in fv else None
+    if config_path is not None and not os.path.isfile(config_path):
+      return report(prog, config_file_error(config_path, None), 0)
     try:
       positional = fv(argv)
+      problem = _loaded_config_error(fv, config_path)
     except Exception as e:  # pylint: disable=broad-except
-      problem = _config_override_error(argv) or errors.UsageError(str(e))
+      problem = ((config_path and config_file_error(config_path, e)) or
+                 _config_override_error(argv) or errors.UsageError(str(e)))
+    if problem is not None:
       return report(prog, problem, 0)
     verbosity = fv["verbosity"].value
     quiet_libraries(verbosity, uses_tensorflow)

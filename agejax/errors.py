@@ -4,9 +4,11 @@ Every ``python -m agejax.X`` command prints an :class:`AgejaxError` as one
 line (``agejax.X: <message>``) and exits with its ``exit_code``:
 
 * 0: success;
-* 1: the run failed (:class:`RunFailed`: the loss diverged, every search
-  trial failed, ...);
-* 2: usage or configuration error (:class:`ConfigError`, :class:`UsageError`).
+* 1: the run failed (:class:`RunFailed`: the loss diverged, a checkpoint
+  could not be written, a dataset file is corrupt, every search trial
+  failed, ...);
+* 2: usage or configuration error (:class:`ConfigError`, :class:`UsageError`,
+  :class:`WorkdirInUse`).
 
 Tracebacks are shown only with ``--verbosity=1`` or higher.
 """
@@ -69,3 +71,37 @@ class TrainingDiverged(RunFailed, FloatingPointError):
         f"checkpoint: {last_good_step}{where}. Lower optim.lr, add a warm-up "
         f"(optim.schedule.warmup_epochs) or clip gradients (optim.clip_grad_norm), "
         f"then resume or start afresh")
+
+
+class WorkdirInUse(AgejaxError):
+  """Another run holds the workdir's lock: two runs would overwrite each other."""
+  exit_code = EXIT_USAGE
+
+  def __init__(self, workdir: str, holder: str, lock_path: str):
+    self.workdir, self.holder, self.lock_path = workdir, holder, lock_path
+    super().__init__(
+        f"{workdir} is in use by {holder}; use another --workdir, wait for that run, "
+        f"or delete {lock_path} if it is gone")
+
+
+class CheckpointSaveFailed(RunFailed, OSError):
+  """Writing a checkpoint failed (a full disk, a quota, a lost mount).
+
+  Attributes:
+    step: the checkpoint that could not be written.
+    directory: where checkpoints go.
+    reason: the operating system's reason.
+    last_good_step: the latest complete checkpoint (kept), or None.
+  """
+
+  def __init__(self, step: int, directory: str, reason: str, last_good_step: int | None):
+    self.step, self.directory, self.reason = int(step), directory, reason
+    self.last_good_step = last_good_step
+    super().__init__(
+        f"saving checkpoint {self.step} in {directory} failed: {reason}; the last complete "
+        f"checkpoint is {last_good_step} (kept). Free space (or fix the mount), then run "
+        "the same command again to resume from it")
+
+
+class DataCorrupt(RunFailed):
+  """A built dataset's file cannot be read: the dataset must be rebuilt."""

@@ -12,6 +12,7 @@ config.
 
 from __future__ import annotations
 
+import contextlib
 import logging as pylogging
 import os
 import sys
@@ -81,6 +82,16 @@ class _QuietLibraryInfo(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or not noisy
 
 
+class _CheckpointLibraryErrors(pylogging.Filter):
+  """Keeps orbax's and asyncio's tracebacks of a failed background write off the console.
+
+  The log file has them; the failure itself is agejax's one line.
+  """
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.name != "asyncio" and f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def _main(args: list[str]) -> None:
   for handler in pylogging.getLogger().handlers:
     handler.addFilter(_QuietLibraryInfo())
@@ -94,11 +105,18 @@ def _main(args: list[str]) -> None:
   initialize_distributed()
   from agejax.train import loop  # pylint: disable=import-outside-toplevel
 
-  _log_to_workdir(_WORKDIR.value)
-  loop.train_and_evaluate(cfg, _WORKDIR.value)  # its console prints the outcome
+  log_path = _log_to_workdir(_WORKDIR.value)
+  if FLAGS["verbosity"].value >= 1:
+    loop.train_and_evaluate(cfg, _WORKDIR.value)  # its console prints the outcome
+    return
+  # Libraries print tracebacks of their background threads straight to
+  # sys.stderr (orbax and tensorstore when a checkpoint write fails): at the
+  # default verbosity they go to the log; the failure itself is one line.
+  with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+    loop.train_and_evaluate(cfg, _WORKDIR.value)
 
 
-def _log_to_workdir(workdir: str) -> None:
+def _log_to_workdir(workdir: str) -> str:
   """Every library's INFO records (and agejax's) into WORKDIR/log.txt, beside the console's lines.
 
   The console shows warnings only; the file keeps the full story of the run.
@@ -117,8 +135,10 @@ def _log_to_workdir(workdir: str) -> None:
     from absl import logging  # pylint: disable=import-outside-toplevel
 
     logging.get_absl_handler().setLevel(pylogging.WARNING)
+    logging.get_absl_handler().addFilter(_CheckpointLibraryErrors())
     logging.set_verbosity(logging.INFO)
     root.setLevel(pylogging.INFO)
+  return handler.baseFilename
 
 
 def main(argv: list[str] | None = None) -> int:

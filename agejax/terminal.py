@@ -16,9 +16,14 @@ import tqdm
 T = TypeVar("T")
 
 
+def _terminal_stream():
+  """The process's own stderr, even while ``sys.stderr`` is redirected to a log."""
+  return sys.__stderr__ or sys.stderr
+
+
 def interactive() -> bool:
   """True when a person watches stderr (a terminal), so a live bar helps."""
-  return bool(getattr(sys.stderr, "isatty", lambda: False)())
+  return bool(getattr(_terminal_stream(), "isatty", lambda: False)())
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None,
@@ -27,7 +32,7 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None,
   """A tqdm bar on stderr, drawn only on a terminal (``enabled`` and interactive)."""
   return tqdm.tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial,
                    disable=not (enabled and interactive()), leave=False,
-                   dynamic_ncols=True, file=sys.stderr)
+                   dynamic_ncols=True, file=_terminal_stream())
 
 
 def echo(line: str = "") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -29,7 +30,9 @@ from agejax.config import validation as config_check
 from agejax.data import catalog as datasets
 from agejax.data import pipeline as input_pipeline
 from agejax.errors import ConfigError
+from agejax.errors import CheckpointSaveFailed
 from agejax.errors import TrainingDiverged
+from agejax.errors import WorkdirInUse
 from agejax.evaluation import predictions
 from agejax.train import initial_weights as initialization
 from agejax.models import paths
@@ -39,6 +42,7 @@ from agejax.train import plan as plan_lib
 from agejax.train import setup
 from agejax.train import steps
 from agejax.workdir import checkpoints as checkpointing
+from agejax.workdir import lock as workdir_lock
 from agejax.workdir import metrics as metric_io
 from agejax.workdir import restore
 from agejax.workdir import run_config
@@ -107,6 +111,23 @@ def update_progress(progress: dict[str, Any], metric: float) -> dict[str, Any]:
   return {**progress, "evals_since_best": progress["evals_since_best"] + 1}
 
 
+def _lock_workdir(workdir: str) -> workdir_lock.WorkdirLock:
+  """Process 0 takes the workdir's lock; every process learns whether it got it."""
+  lock = workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
+  refusal = None
+  try:
+    lock.acquire()
+  except WorkdirInUse as e:
+    refusal = e
+  if jax.process_count() > 1:  # all processes stop together, none waits in a collective
+    taken = multihost_utils.broadcast_one_to_all(np.int32(refusal is None))
+    if not int(taken) and refusal is None:
+      refusal = WorkdirInUse(workdir, "another run (process 0 holds the details)", lock.path)
+  if refusal is not None:
+    raise refusal
+  return lock
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                        step_hook: Callable[[int], None] | None = None,
                        eval_hook: Callable[[int, dict[str, float]], None] | None = None
@@ -117,8 +138,23 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   deliver a SIGTERM at a chosen step); ``eval_hook(step, metrics)`` after
   every evaluation and its checkpoint (hyperparameter search reports there,
   and may stop the run by raising).
+
+  Raises:
+    WorkdirInUse: another run trains in ``workdir`` (nothing was touched).
   """
   config_check.validate(cfg)
+  lock = _lock_workdir(workdir)
+  try:
+    return _train_and_evaluate(cfg, workdir, lock, step_hook, eval_hook)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
+                        lock: workdir_lock.WorkdirLock,
+                        step_hook: Callable[[int], None] | None,
+                        eval_hook: Callable[[int, dict[str, float]], None] | None
+                        ) -> dict[str, Any]:
   imported = initialization.prepare_pretrained(cfg)
   mesh = mesh_lib.data_parallel_mesh()
   if cfg.train.batch_size % mesh.size:
@@ -205,6 +241,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
           # Compilation is not training speed: time from the first finished step.
           jax.block_until_ready(state)
           wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
+        ckpt.check()  # a failed background save stops the run at once, not at the next save
         for hook in hooks:
           hook(step)
         console.advance(step)
@@ -225,6 +262,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
           # Written before the check: a diverged interval is on record for the report.
           writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
           console.interval(step, values)
+          lock.heartbeat()
           _check_finite(step, "training loss", values["loss"], ckpt)
           wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
 
@@ -263,18 +301,23 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
           if step % ckpt_every:
             save(step, last_eval if evaluated else None)
           break
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointSaveFailed) as e:
       if is_chief:
-        run_config.save_summary({"stopped": f"diverged: {e}", "step": e.step,
-                                 "steps_per_epoch": length.steps_per_epoch,
-                                 "total_steps": length.total_steps,
-                                 "best": progress_state["best"], "best_step": ckpt.best_step(),
-                                 "wall_seconds": time.perf_counter() - started}, workdir)
+        kind = "diverged" if isinstance(e, TrainingDiverged) else "checkpoint save failed"
+        _save_summary_if_possible({
+            "stopped": f"{kind}: {e}", "step": e.step,
+            "steps_per_epoch": length.steps_per_epoch, "total_steps": length.total_steps,
+            "best": progress_state["best"], "best_step": ckpt.best_step(),
+            "wall_seconds": time.perf_counter() - started}, workdir)
       raise
   finally:
     preemption.restore()
     train_iter.close()
-    ckpt.wait()
+    try:
+      ckpt.wait()
+    except CheckpointSaveFailed:
+      if sys.exc_info()[0] is None:  # not while another failure is on its way out
+        raise
     writer.flush()
     console.close()
 
@@ -293,6 +336,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                summary["stopped"], step, cfg.train.best_metric, progress_state["best"],
                ckpt.best_step(), checksum)
   return summary
+
+
+def _save_summary_if_possible(summary: dict[str, Any], workdir: str) -> None:
+  """summary.json of a failed run; a full disk must not hide the failure itself."""
+  try:
+    run_config.save_summary(summary, workdir)
+  except OSError as e:
+    logging.warning("could not write the run summary: %s", e)
 
 
 def _plan_rows(statics: steps.StepStatics, state: steps.TrainState) -> tuple:

@@ -41,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from agejax.errors import CheckpointSaveFailed
 from agejax.errors import TrainingDiverged
 
 _STATE = "state"
@@ -71,6 +72,25 @@ def abstract_like(state: Any) -> Any:
 @jax.jit
 def _all_finite(leaves: list[jax.Array]) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+_OS_PHRASES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+               "Permission denied", "Input/output error", "Stale file handle")
+
+
+def os_reason(error: BaseException) -> str:
+  """The operating system's reason behind ``error`` (orbax wraps it several layers deep)."""
+  chain, seen = error, set()
+  while chain is not None and id(chain) not in seen:
+    seen.add(id(chain))
+    if isinstance(chain, OSError) and chain.strerror:
+      return chain.strerror + (f" ({chain.filename})" if chain.filename else "")
+    for phrase in _OS_PHRASES:
+      if phrase in str(chain):
+        return phrase
+    chain = chain.__cause__ or chain.__context__
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _is_finite(state: Any) -> bool:
@@ -121,6 +141,7 @@ class Checkpointer:
       directory = os.path.abspath(directory)
     self._best_metric = best_metric
     self._in_flight: int | None = None
+    self._unconfirmed: list[int] = []  # saves issued, not yet seen complete
 
     def metric(metrics: dict[str, float]) -> float:
       return metrics[best_metric]
@@ -190,11 +211,18 @@ class Checkpointer:
         _STATE: ocp.args.StandardSave(state),
         _EXTRA: ocp.args.JsonSave(extra),
     })
-    if not self._manager.save(step, args=args, metrics=metrics):
+    self.check()  # an earlier background write that failed is reported first
+    try:
+      saved = self._manager.save(step, args=args, metrics=metrics)
+    except Exception as e:  # pylint: disable=broad-except
+      self._unconfirmed.append(step)
+      raise self._failure(None, e) from e
+    if not saved:
       # Orbax declines steps at or below its latest one.
       raise ValueError(f"step {step} is not after the latest checkpoint, "
                        f"step {self._manager.latest_step()}")
     self._in_flight = step
+    self._unconfirmed.append(step)
 
   def all_steps(self) -> list[int]:
     """The kept, completely written steps, ascending."""
@@ -270,9 +298,45 @@ class Checkpointer:
     return ocp.PyTreeCheckpointer().restore(item)
 
   def wait(self) -> None:
-    """Blocks until the pending write (if any) is committed; re-raises its
-    failure."""
-    self._manager.wait_until_finished()
+    """Blocks until the pending write (if any) is committed.
+
+    Raises:
+      CheckpointSaveFailed: that write failed.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failure(None, e) from e
+
+  def check(self) -> None:
+    """Raises CheckpointSaveFailed as soon as a background write has failed (cheap).
+
+    A write that ended without its step among the complete ones failed;
+    waiting on it returns its error.
+    """
+    step = self._in_flight
+    if step is None or self._manager.is_saving_in_progress():
+      return
+    if step in self._manager.all_steps(read=True):  # on disk, not orbax's in-memory list
+      self._in_flight = None
+      self._unconfirmed = []  # orbax writes one at a time: every earlier one completed too
+      return
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failure(None, e) from e
+    raise self._failure(None, RuntimeError("the checkpoint did not appear after its write"))
+
+  def _failure(self, step: int | None, error: BaseException) -> CheckpointSaveFailed:
+    """The error of a failed write: the earliest save issued that never completed."""
+    self._in_flight = None  # it will never complete: latest_step() must not wait on it
+    complete = sorted(self._manager.all_steps(read=True))
+    missing = [s for s in self._unconfirmed if s not in complete]
+    failed = step if step is not None else (missing[0] if missing else -1)
+    self._unconfirmed = []
+    return CheckpointSaveFailed(failed, self.directory, os_reason(error),
+                                complete[-1] if complete else None)
 
   def close(self) -> None:
     """Waits for pending writes and deletions, then releases orbax."""
