@@ -28,6 +28,8 @@ nothing here builds or downloads a dataset.
 from __future__ import annotations
 
 import functools
+import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -40,7 +42,7 @@ from tensorflow_datasets.core import naming
 from agejax.data import augment
 from agejax.data import catalog as datasets
 from agejax.data import prefetch as device_prefetch
-from agejax.errors import ConfigError
+from agejax.errors import ConfigError, DataCorrupt
 
 normalize = augment.normalize
 
@@ -318,4 +320,55 @@ def create_split(data_cfg: ml_collections.ConfigDict,
 
 # Kept here so the pipeline's users have one module to import.
 DeviceIterator = device_prefetch.DeviceIterator
-device_batches = device_prefetch.device_batches
+
+
+def device_batches(dataset: tf.data.Dataset, sharding: Any, prefetch: int = 2,
+                   data_cfg: ml_collections.ConfigDict | None = None,
+                   split: str | None = None) -> DeviceIterator:
+  """:func:`agejax.data.prefetch.device_batches`; with ``data_cfg`` and ``split``,
+  a corrupt file of the built dataset raises DataCorrupt naming it."""
+  on_error = None
+  if data_cfg is not None and split is not None:
+    on_error = functools.partial(read_error, data_cfg, split)
+  return device_prefetch.device_batches(dataset, sharding, prefetch, on_error=on_error)
+
+
+def _split_files(builder: tfds.core.DatasetBuilder, split: Any) -> list[str]:
+  name = re.match(r"[A-Za-z0-9_]+", str(getattr(split, "split", split)))
+  files = tf.io.gfile.glob(os.path.join(builder.data_dir, "*.tfrecord*"))
+  if name:
+    of_split = [f for f in files if f"-{name.group(0)}.tfrecord" in os.path.basename(f)]
+    files = of_split or files
+  return sorted(files)
+
+
+def unreadable_files(files: list[str]) -> dict[str, str]:
+  """``{file: reason}`` of the TFRecord files that cannot be read to the end (CRC, truncation)."""
+  bad = {}
+  for path in files:
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        pass
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+      found = re.search(r"(truncated|corrupted) record at \d+", e.message)
+      bad[path] = found.group(0) if found else e.message.split("\n")[0]
+  return bad
+
+
+def read_error(data_cfg: ml_collections.ConfigDict, split: str,
+               error: Exception) -> DataCorrupt | None:
+  """The DataCorrupt naming the damaged file(s) behind a read failure; None if not one."""
+  if not isinstance(error, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+    return None
+  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
+  bad = unreadable_files(_split_files(builder, split))
+  rebuild = (f"delete {builder.data_dir} and build it again (tfds build "
+             f"data_builders/{datasets.base_name(data_cfg.dataset)} ...; see its README)")
+  if bad:
+    first, reason = next(iter(bad.items()))
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return DataCorrupt(f"{data_cfg.dataset} {split}: shard {first}{more} is corrupt ({reason}); "
+                       f"{rebuild}")
+  first_line = str(getattr(error, "message", error)).strip().split("\n")[0]
+  return DataCorrupt(f"{data_cfg.dataset} {split} in {builder.data_dir} could not be read "
+                     f"({first_line}); if its files were damaged, {rebuild}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
@@ -21,8 +21,11 @@ class DeviceIterator:
   """
 
   def __init__(self, batches: Iterable[dict[str, np.ndarray]],
-               sharding: jax.sharding.Sharding, prefetch: int):
+               sharding: jax.sharding.Sharding, prefetch: int,
+               on_error: Callable[[Exception], Exception | None] | None = None):
     self._source = iter(batches)
+    # Turns a read failure into the error a user acts on (None: raise it as is).
+    self._on_error = on_error or (lambda e: None)
     self._sharding = sharding
     self._prefetch = prefetch
     self._stop = threading.Event()
@@ -63,7 +66,12 @@ class DeviceIterator:
 
   def __next__(self) -> dict[str, jax.Array]:
     if self._thread is None:
-      return self._put(next(self._source))
+      try:
+        return self._put(next(self._source))
+      except StopIteration:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        self._raise(e)
     if self._stop.is_set():
       raise StopIteration
     kind, value = self._queue.get()
@@ -71,8 +79,14 @@ class DeviceIterator:
       return value
     self._stop.set()
     if kind == "error":
-      raise value
+      self._raise(value)
     raise StopIteration
+
+  def _raise(self, error: Exception) -> None:
+    translated = self._on_error(error)
+    if translated is None:
+      raise error
+    raise translated from error
 
   def close(self) -> None:
     """Stops the background thread (it finishes the batch it is converting)."""
@@ -89,7 +103,9 @@ class DeviceIterator:
 
 def device_batches(dataset: tf.data.Dataset | Iterable[dict[str, np.ndarray]],
                    sharding: jax.sharding.Sharding,
-                   prefetch: int = 2) -> DeviceIterator:
+                   prefetch: int = 2,
+                   on_error: Callable[[Exception], Exception | None] | None = None
+                   ) -> DeviceIterator:
   """Iterates ``dataset``'s local batches as global, sharded jax.Arrays.
 
   Args:
@@ -98,7 +114,8 @@ def device_batches(dataset: tf.data.Dataset | Iterable[dict[str, np.ndarray]],
       every entry is split over the mesh's data axis; each process supplies
       the rows of its addressable devices.
     prefetch: batches converted ahead (``data.prefetch``).
+    on_error: maps a read failure to the exception to raise instead.
   """
   if isinstance(dataset, tf.data.Dataset):
     dataset = dataset.as_numpy_iterator()
-  return DeviceIterator(dataset, sharding, prefetch)
+  return DeviceIterator(dataset, sharding, prefetch, on_error)

@@ -69,7 +69,7 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
                                   batch_size=batch_size, max_examples=max_examples)
   parts = []
   with pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
-                               data.prefetch) as batches:
+                               data.prefetch, data, data.eval_split) as batches:
     total = math.ceil(pipeline.num_examples(data, data.eval_split) / batch_size)
     bar = terminal.progress(total=total, desc=data.eval_split, unit="batch",
                             enabled=show_progress and jax.process_index() == 0)

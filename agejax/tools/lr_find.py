@@ -78,7 +78,7 @@ def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
   batches = input_pipeline.device_batches(
       input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
                                   batch_size=cfg.train.batch_size, seed=cfg.seed),
-      NamedSharding(mesh, P("data")), cfg.data.prefetch)
+      NamedSharding(mesh, P("data")), cfg.data.prefetch, cfg.data, cfg.data.train_split)
   lrs, losses = [], []
   accum = cfg.optim.grad_accum_steps
   bar = terminal.progress(total=num_steps, desc="lr range test", unit="update",

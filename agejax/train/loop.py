@@ -209,7 +209,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
                                   batch_size=cfg.train.batch_size, seed=cfg.seed,
                                   start_step=step),
-      data_sharding, cfg.data.prefetch)
+      data_sharding, cfg.data.prefetch, cfg.data, cfg.data.train_split)
   preemption = _Preemption()
   accumulated = None
   wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
