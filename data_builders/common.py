@@ -23,6 +23,18 @@ REPORT_FILE = "cleaning_report.json"
 GENDERS = ("female", "male", "unknown")
 
 
+class ReleaseError(ValueError):
+  """A release file that cannot be read or lacks what the builder needs.
+
+  The message starts with the file and says what was expected, so the last
+  line of ``tfds build``'s output tells the user which download to replace.
+  """
+
+  def __init__(self, path: object, problem: str):
+    self.path = str(path)
+    super().__init__(f"{self.path}: {problem}")
+
+
 def image_feature(size: int) -> tfds.features.Image:
   """Every builder stores square RGB JPEG face crops of ``size`` pixels."""
   return tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg")

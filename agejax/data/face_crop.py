@@ -9,6 +9,8 @@ a model see at prediction time exactly what it saw in training.
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -22,15 +24,62 @@ class UndecodableImage(ValueError):
   """The bytes are not an image PIL can read."""
 
 
-def decode(data: bytes) -> Image.Image:
-  """Decodes JPEG/PNG/... bytes to an RGB PIL image (grayscale, CMYK, palette converted)."""
+def decode(data: bytes, min_size: tuple[int, int] | None = None) -> Image.Image:
+  """Decodes JPEG/PNG/... bytes to an RGB PIL image (grayscale, CMYK, palette converted).
+
+  ``min_size=(w, h)``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size
+  (libjpeg's DCT scaling, PIL's ``draft``) as long as it stays at least that
+  large: a 12000 px photo whose face becomes 256 px costs 1/64 of the memory.
+  Images over twice PIL's ``MAX_IMAGE_PIXELS`` (about 179 MP) are refused as
+  decompression bombs.
+  """
   try:
-    with Image.open(io.BytesIO(data)) as img:
-      img.load()
-      # convert() copies even when the mode already matches: skip it then.
-      return img if img.mode == "RGB" else img.convert("RGB")
+    with warnings.catch_warnings():
+      # Large but allowed images are decoded at reduced size below: not a bomb.
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data)) as img:
+        if min_size is not None and img.format == "JPEG":
+          img.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
+        img.load()
+        # convert() copies even when the mode already matches: skip it then.
+        return img if img.mode == "RGB" else img.convert("RGB")
   except Exception as e:  # PIL raises many types for broken files
     raise UndecodableImage(str(e)) from e
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+  """(width, height) from the header alone."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data)) as img:
+        return img.size
+  except Exception as e:  # pylint: disable=broad-except
+    raise UndecodableImage(str(e)) from e
+
+
+def decode_for_crop(data: bytes, box: Sequence[float] | None, margin: float = DEFAULT_MARGIN,
+                    size: int = DEFAULT_SIZE) -> tuple[Image.Image, tuple[float, ...] | None,
+                                                       tuple[int, int]]:
+  """Decodes only as many pixels as :func:`crop` to ``size`` needs.
+
+  Returns:
+    the image (possibly reduced), ``box`` in its coordinates, and the
+    original (width, height).
+  """
+  width, height = image_size(data)
+  if box is None:
+    region_w, region_h = width, height
+  else:
+    left, top, right, bottom = widen_box(box, margin, height, width)
+    region_w, region_h = right - left, bottom - top
+  # The smallest whole image whose widened box still has ``size`` pixels a side.
+  scale = min(1.0, max(size / max(region_w, 1), size / max(region_h, 1)))
+  image = decode(data, (math.ceil(width * scale), math.ceil(height * scale)))
+  factor = image.size[0] / width
+  if box is not None and factor != 1.0:
+    box = tuple(float(v) * factor for v in box)
+  return image, (None if box is None else tuple(box)), (width, height)
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

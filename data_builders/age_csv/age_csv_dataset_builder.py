@@ -18,6 +18,7 @@ import io
 import math
 from typing import Iterator, Sequence
 
+from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
@@ -44,8 +45,11 @@ class AgeCsvConfig(tfds.core.BuilderConfig):
     image_size: side of the stored square image in pixels.
     margin: widening of a face box per side, as a fraction of its size.
     split_fractions: train, validation and test shares of the hash split.
+    encoding: the CSV's text encoding (``utf-8-sig`` reads UTF-8 with or
+      without a byte-order mark; e.g. ``latin-1`` or ``cp1252`` for others).
   """
   csv: str = "labels.csv"
+  encoding: str = "utf-8-sig"
   image_size: int = face_crop.DEFAULT_SIZE
   margin: float = face_crop.DEFAULT_MARGIN
   split_fractions: Sequence[float] = common.DEFAULT_FRACTIONS
@@ -167,10 +171,24 @@ class Builder(common.ReportingBuilder):
       raise FileNotFoundError(
           f"{csv_path} not found: config {self.builder_config.name!r} reads the CSV "
           f"{self.builder_config.csv!r} from the manual dir.")
-    rows = read_rows(csv_path.read_text(encoding="utf-8-sig"),
-                     self.builder_config.split_fractions, self._report)
+    encoding = self.builder_config.encoding
+    try:
+      text = csv_path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as e:
+      raise common.ReleaseError(csv_path, f"is not {encoding} text (byte {e.start}: "
+                                f"{e.reason}); give its encoding in the builder config, e.g. "
+                                "tfds build ... --config='{\"encoding\": \"latin-1\"}'") from e
+    except LookupError as e:
+      raise common.ReleaseError(csv_path, f"unknown encoding {encoding!r} in the builder "
+                                "config") from e
+    rows = read_rows(text, self.builder_config.split_fractions, self._report)
+    empty = [split for split in common.SPLITS if not rows[split]]
+    if empty:
+      # TFDS cannot write a split without examples (a small CSV may hash no
+      # identity into validation or test): those splits are left out.
+      logging.warning("age_csv: no rows for split(s) %s; left out.", ", ".join(empty))
     return {split: self._generate_examples(csv_path.parent, split, rows[split])
-            for split in common.SPLITS}
+            for split in common.SPLITS if rows[split]}
 
   def _generate_examples(self, root: epath.Path, split: str,
                          rows: list[Row]) -> Iterator[tuple[str, dict]]:
@@ -180,9 +198,13 @@ class Builder(common.ReportingBuilder):
       if not file.exists():
         self._report.drop("missing_image")
         continue
+      if not file.is_file():  # a folder (or a device) named in the CSV
+        self._report.drop("not_a_file")
+        continue
       try:
-        image = face_crop.decode(file.read_bytes())
-        image = face_crop.crop(image, row.box, margin=config.margin, size=config.image_size)
+        image, box, _ = face_crop.decode_for_crop(file.read_bytes(), row.box,
+                                                  margin=config.margin, size=config.image_size)
+        image = face_crop.crop(image, box, margin=config.margin, size=config.image_size)
       except face_crop.UndecodableImage:
         self._report.drop("undecodable_image")
         continue

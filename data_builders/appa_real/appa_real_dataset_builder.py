@@ -170,7 +170,7 @@ class Builder(common.ReportingBuilder):
       self._report.drop("missing_image")
       return None
     try:
-      image = face_crop.decode(data)
+      image, _, _ = face_crop.decode_for_crop(data, None, size=self.builder_config.image_size)
     except face_crop.UndecodableImage:
       self._report.drop("undecodable_image")
       return None

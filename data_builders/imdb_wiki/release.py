@@ -23,6 +23,8 @@ from etils import epath
 import numpy as np
 import scipy.io
 
+from data_builders import common
+
 SOURCES = ("imdb", "wiki")
 
 
@@ -78,10 +80,15 @@ class Part:
     """Member name -> (data offset, size), from one pass over the headers."""
     if self._index is None:
       index = {}
-      with self._tar.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-          if member.isfile():
-            index[_clean_member_name(member.name)] = (member.offset_data, member.size)
+      try:
+        with self._tar.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+          for member in tar:
+            if member.isfile():
+              index[_clean_member_name(member.name)] = (member.offset_data, member.size)
+      except (tarfile.TarError, EOFError, OSError) as e:
+        raise common.ReleaseError(self._tar, f"not a readable tar archive ({e}); expected "
+                                  f"the {self.prefix}.tar of the release: download it "
+                                  "again") from e
       self._index = index
     return self._index
 
@@ -106,7 +113,7 @@ class Part:
     location = self.location(mat_name)
     if location is None:
       raise FileNotFoundError(f"{mat_name} is missing from the {self.form} {self.describe()}")
-    return read_mat(location.read(), self.source)
+    return read_mat(location.read(), self.source, where=f"{mat_name} in {self.describe()}")
 
   def describe(self) -> str:
     return str(self._tar if self._tar is not None else self._root)
@@ -148,25 +155,50 @@ def _as_id(cell) -> int:
   return int(values[0]) if values and np.isfinite(values[0]) else -1
 
 
-def _struct_fields(mat: dict, name: str) -> dict[str, np.ndarray]:
+_FIELDS = ("full_path", "dob", "photo_taken", "gender", "face_location", "face_score",
+           "second_face_score")
+
+
+def _struct_fields(mat: dict, name: str, where: str) -> dict[str, np.ndarray]:
   """The fields of the 1x1 struct `name`, each flattened to its N entries."""
+  found = sorted(k for k in mat if not k.startswith("__"))
   if name not in mat:
-    raise ValueError(f"no struct named {name!r} in the .mat (found {sorted(mat)})")
-  struct = np.asarray(mat[name]).reshape(-1)[0]
-  return {field: np.asarray(struct[field]).reshape(-1) for field in struct.dtype.names}
+    raise common.ReleaseError(where, f"no struct named {name!r} (found {found}); expected "
+                              f"the {name}.mat of the IMDB-WIKI release")
+  values = np.asarray(mat[name]).reshape(-1)
+  if not values.size or values.dtype.names is None:
+    raise common.ReleaseError(where, f"{name!r} is not a MATLAB struct (a "
+                              f"{values.dtype} array); expected the {name}.mat of the release")
+  struct = values[0]
+  missing = [f for f in _FIELDS if f not in values.dtype.names]
+  if missing:
+    raise common.ReleaseError(where, f"struct {name!r} lacks field(s) {missing}; expected "
+                              f"{list(_FIELDS)} (found {list(values.dtype.names)})")
+  return {field: np.asarray(struct[field]).reshape(-1) for field in values.dtype.names}
 
 
-def read_mat(data: bytes, source: str) -> list[Row]:
-  """Rows of imdb.mat / wiki.mat (MATLAB v5 struct of 1xN fields)."""
-  # Explicit indexing (no squeeze_me) keeps a one-image file the same shape
-  # as a half-million-image one.
-  fields = _struct_fields(scipy.io.loadmat(io.BytesIO(data)), source)
+def read_mat(data: bytes, source: str, where: str | None = None) -> list[Row]:
+  """Rows of imdb.mat / wiki.mat (MATLAB v5 struct of 1xN fields).
+
+  Raises:
+    ReleaseError: naming ``where`` (default ``<source>.mat``) when the bytes
+      are not a readable .mat or lack the release's struct and fields.
+  """
+  where = where or f"{source}.mat"
+  try:
+    # Explicit indexing (no squeeze_me) keeps a one-image file the same shape
+    # as a half-million-image one.
+    mat = scipy.io.loadmat(io.BytesIO(data))
+  except Exception as e:  # scipy raises ValueError, OSError, TypeError, MatReadError...
+    raise common.ReleaseError(where, f"not a readable MATLAB .mat file ({type(e).__name__}: "
+                              f"{e}); download the release's {source}.mat again") from e
+  fields = _struct_fields(mat, source, where)
   n = fields["full_path"].size
   for field in ("dob", "photo_taken", "gender", "face_location", "face_score",
                 "second_face_score"):
     if fields[field].size != n:
-      raise ValueError(f"{source}.mat: field {field} has {fields[field].size} entries, "
-                       f"full_path has {n}")
+      raise common.ReleaseError(where, f"field {field} has {fields[field].size} entries, "
+                                f"full_path has {n}")
   names = fields.get("name")
   celeb_ids = fields.get("celeb_id")
   if names is None or names.size != n:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import BinaryIO, Iterator, Sequence
 
+from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
@@ -92,9 +93,12 @@ class Builder(common.ReportingBuilder):
           f"UTKFace not found in the manual dir {manual_dir}: expected {RELEASE_ARCHIVE} or the "
           f"extracted folder {RELEASE_DIR}/.")
 
-    def files() -> Iterator[tuple[str, BinaryIO]]:
+    def files() -> Iterator[tuple[str, BinaryIO | None]]:
       if folder.is_dir():
         for path in sorted(folder.iterdir()):
+          if not path.is_file():  # a subfolder or a special file: skipped, and counted
+            yield f"{RELEASE_DIR}/{path.name}", None
+            continue
           with path.open("rb") as f:
             yield f"{RELEASE_DIR}/{path.name}", f
       else:
@@ -103,24 +107,38 @@ class Builder(common.ReportingBuilder):
         yield from dl_manager.iter_archive(tfds.download.Resource(
             path=archive, extract_method=tfds.download.ExtractMethod.TAR_GZ_STREAM))
 
-    return {split: self._generate_examples(files, split) for split in common.SPLITS}
+    splits = common.SPLITS
+    if folder.is_dir():
+      # TFDS cannot write a split without examples: a small release may hash
+      # no face into validation or test. Those splits are left out.
+      names = [p.name for p in folder.iterdir() if p.name.lower().endswith(".jpg")]
+      present = {common.split_of(n, self.builder_config.split_fractions) for n in names}
+      empty = [s for s in splits if s not in present]
+      if empty:
+        logging.warning("UTKFace: no images for split(s) %s; left out.", ", ".join(empty))
+      splits = tuple(s for s in splits if s in present)
+    return {split: self._generate_examples(files, split) for split in splits}
 
   def _generate_examples(self, files, split: str) -> Iterator[tuple[str, dict]]:
     fractions = self.builder_config.split_fractions
     for path, f in files():
       base_name = path.rsplit("/", 1)[-1]
-      if not base_name.lower().endswith(".jpg"):
-        continue  # not a face image (folder entries, notes)
+      if f is not None and not base_name.lower().endswith(".jpg"):
+        continue  # not a face image (notes, licences)
       # The split comes first, so each file is read, and counted, by one split
       # only; the bare name keys it, so archive and folder split alike.
       if common.split_of(base_name, fractions) != split:
+        continue
+      if f is None:
+        self._report.drop("not_a_file")
         continue
       labels = parse_name(base_name)
       if labels is None:
         self._report.drop("malformed_name")
         continue
       try:
-        image = face_crop.decode(f.read())
+        image, _, _ = face_crop.decode_for_crop(f.read(), None,
+                                                size=self.builder_config.image_size)
       except face_crop.UndecodableImage:
         self._report.drop("undecodable_image")
         continue
