@@ -84,6 +84,15 @@ def _update_ratios(updates: Any, params: Any, assignments: dict[str, optim.Assig
   return {k: n / jnp.maximum(param_norms[k], 1e-12) for k, n in update_norms.items()}
 
 
+def _split_frozen(params: Any, assignments: dict[str, optim.Assignment]
+                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """Flat ``(trainable, frozen)`` parameter dicts by the optimizer's assignments."""
+  trainable, frozen = {}, {}
+  for path, leaf in paths.flatten(params).items():
+    (frozen if assignments[path].frozen else trainable)[path] = leaf
+  return trainable, frozen
+
+
 def init_state(statics: StepStatics, params: Any, batch_stats: Any, rng: jax.Array,
                ema: bool) -> TrainState:
   return TrainState(
@@ -105,14 +114,24 @@ def train_step(statics: StepStatics, state: TrainState, batch: dict[str, jax.Arr
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   mask = batch.get("mask", jnp.ones_like(batch["age"]))
 
-  def loss_fn(params):
+  # Frozen parameters enter the forward pass as constants: only the trainable
+  # ones are differentiated, so XLA drops their weight gradients and every
+  # input gradient below the lowest trainable layer.
+  trainable, frozen = _split_frozen(state.params, statics.assignments)
+
+  def loss_fn(trainable_params):
+    params = paths.unflatten({**frozen, **trainable_params})
     model = models.merge_state(statics.graphdef, params, state.batch_stats)
     outputs = model(batch["image"], train=True, dropout_rng=key)
     loss = _masked_mean(model.head.loss(outputs, batch["age"]), mask)
     age, _ = model.head.predict(outputs)
     return loss, (models.split_state(model)[2], age)
 
-  (loss, (batch_stats, age)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (batch_stats, age)), trainable_grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(trainable)
+  # The optimizer takes the whole tree; its frozen partition ignores these zeros.
+  grads = paths.unflatten({**{p: jnp.zeros_like(v) for p, v in frozen.items()},
+                           **trainable_grads})
   updates, opt_state = statics.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
