@@ -122,16 +122,13 @@ def _config_path(argv: Sequence[str]) -> str | None:
 def _in_config_file(error: BaseException, path: str) -> str | None:
   """``FILE:LINE: Type: message`` of the innermost frame of ``path`` in ``error``'s chain."""
   target = os.path.realpath(path)
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
+  for link in errors.exception_chain(error):
+    frames = [f for f in traceback.extract_tb(link.__traceback__)
               if os.path.realpath(f.filename) == target]
     if frames:
-      message = str(error).strip().splitlines()
+      message = str(link).strip().splitlines()
       text = message[0] if message else ""
-      return f"{path}:{frames[-1].lineno}: {type(error).__name__}: {text}"
-    error = error.__cause__ or error.__context__
+      return f"{path}:{frames[-1].lineno}: {type(link).__name__}: {text}"
   return None
 
 
@@ -141,12 +138,9 @@ def config_file_error(path: str, error: BaseException | None) -> errors.ConfigEr
     return errors.ConfigError("--config", f"{path}: no such file")
   if error is None:
     return None
-  chain, seen = error, set()
-  while chain is not None and id(chain) not in seen:
-    seen.add(id(chain))
-    if isinstance(chain, AttributeError) and "get_config" in str(chain):
-      return errors.ConfigError("--config", f"{path} defines no get_config() function")
-    chain = chain.__cause__ or chain.__context__
+  if any(isinstance(link, AttributeError) and "get_config" in str(link)
+         for link in errors.exception_chain(error)):
+    return errors.ConfigError("--config", f"{path} defines no get_config() function")
   located = _in_config_file(error, path)
   return errors.ConfigError("--config", located) if located else None
 

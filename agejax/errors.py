@@ -15,9 +15,20 @@ Tracebacks are shown only with ``--verbosity=1`` or higher.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
+
+
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+  """``error``, then what caused it (``__cause__``, else ``__context__``), once each."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
 
 
 class AgejaxError(Exception):

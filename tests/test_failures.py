@@ -19,7 +19,6 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from agejax import main as main_cli
 from agejax.data import face_crop
 from agejax.errors import WorkdirInUse
 from agejax.workdir import checkpoints as checkpointing
@@ -33,12 +32,6 @@ from data_builders.imdb_wiki import release
 import imdb_wiki_fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _main(capfd, *argv):
-  code = main_cli.main(["agejax.main", *argv])
-  out, err = capfd.readouterr()
-  return code, out, err.strip().splitlines()
 
 
 def _env():
@@ -61,8 +54,7 @@ def _tiny(data_dir, workdir, *overrides):
 # --- two runs, one workdir -------------------------------------------------------
 
 
-def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tiny_data_dir, tmp_path,
-                                                                   capfd):
+def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tiny_data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   first = subprocess.Popen(
       [sys.executable, "-m", "agejax.main", *_tiny(tiny_data_dir, workdir,
@@ -73,7 +65,7 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tiny_data_dir,
   while not os.path.exists(lock_path) and first.poll() is None and time.time() < deadline:
     time.sleep(0.2)
   assert os.path.exists(lock_path), first.communicate()
-  code, _, err = _main(capfd, *_tiny(tiny_data_dir, workdir, "--config.optim.lr=0.5"))
+  code, _, err = _cli(*_tiny(tiny_data_dir, workdir, "--config.optim.lr=0.5"))
   assert code == 2
   assert err == [f"agejax.main: {workdir} is in use by PID {first.pid} on host "
                  f"{socket.gethostname()} since {err[0].split(' since ')[1].split(';')[0]}; use "

@@ -70,9 +70,9 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
   parts = []
   with pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
                                data.prefetch, data, data.eval_split) as batches:
-    total = math.ceil(pipeline.num_examples(data, data.eval_split) / batch_size)
-    bar = terminal.progress(total=total, desc=data.eval_split, unit="batch",
-                            enabled=show_progress and jax.process_index() == 0)
+    show = show_progress and jax.process_index() == 0
+    total = math.ceil(pipeline.num_examples(data, data.eval_split) / batch_size) if show else None
+    bar = terminal.progress(total=total, desc=data.eval_split, unit="batch", enabled=show)
     for batch in batches:
       parts.append(forward_fn(params, batch_stats, batch))
       bar.update()

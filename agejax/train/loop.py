@@ -200,9 +200,9 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   if is_chief and cfg.train.profile:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
   console = train_console.TrainingConsole(workdir, length, step, enabled=is_chief)
-  console.start(_start_rows(cfg, statics, state, length, mesh, imported, workdir),
-                plan_lib.fine_tune_warning(cfg, _plan_rows(statics, state)),
-                resumed_from=latest)
+  rows = _plan_rows(statics, state)
+  console.start(_start_rows(cfg, rows, length, mesh, imported, workdir),
+                plan_lib.fine_tune_warning(cfg, rows), resumed_from=latest)
   train_eval_examples = min(cfg.train.train_eval_examples, num_train)
 
   train_iter = input_pipeline.device_batches(
@@ -229,87 +229,86 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
               metrics=metrics)
 
   try:
-    try:
-      while step < total:
-        t0 = time.perf_counter()
-        batch = next(train_iter)
-        wait_time += time.perf_counter() - t0
-        state, step_metrics = train_fn(state, batch)
-        accumulated = _average(accumulated, step_metrics)
-        step += 1
-        if step == first_step + 1:
-          # Compilation is not training speed: time from the first finished step.
-          jax.block_until_ready(state)
-          wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
-        ckpt.check()  # a failed background save stops the run at once, not at the next save
-        for hook in hooks:
-          hook(step)
-        console.advance(step)
-        if step_hook is not None:
-          step_hook(step)
+    while step < total:
+      t0 = time.perf_counter()
+      batch = next(train_iter)
+      wait_time += time.perf_counter() - t0
+      state, step_metrics = train_fn(state, batch)
+      accumulated = _average(accumulated, step_metrics)
+      step += 1
+      if step == first_step + 1:
+        # Compilation is not training speed: time from the first finished step.
+        jax.block_until_ready(state)
+        wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
+      ckpt.check()  # a failed background save stops the run at once, not at the next save
+      for hook in hooks:
+        hook(step)
+      console.advance(step)
+      if step_hook is not None:
+        step_hook(step)
 
-        if step % cfg.train.log_every_steps == 0 or step == total:
-          values = {k: float(v.compute()) for k, v in jax.device_get(accumulated).items()}
-          accumulated = None
-          elapsed = time.perf_counter() - interval_start
-          done = step - interval_step
-          if done:  # none when the interval held only the compiling first step
-            values.update({
-                "steps_per_sec": done / elapsed,
-                "images_per_sec": done * cfg.train.batch_size / elapsed,
-                "data_wait_fraction": wait_time / elapsed,
-            })
-          # Written before the check: a diverged interval is on record for the report.
-          writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
-          console.interval(step, values)
-          lock.heartbeat()
-          _check_finite(step, "training loss", values["loss"], ckpt)
-          wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
+      if step % cfg.train.log_every_steps == 0 or step == total:
+        values = {k: float(v.compute()) for k, v in jax.device_get(accumulated).items()}
+        accumulated = None
+        elapsed = time.perf_counter() - interval_start
+        done = step - interval_step
+        if done:  # none when the interval held only the compiling first step
+          values.update({
+              "steps_per_sec": done / elapsed,
+              "images_per_sec": done * cfg.train.batch_size / elapsed,
+              "data_wait_fraction": wait_time / elapsed,
+          })
+        # Written before the check: a diverged interval is on record for the report.
+        writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+        console.interval(step, values)
+        lock.heartbeat()
+        _check_finite(step, "training loss", values["loss"], ckpt)
+        wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
 
-        pause_start = time.perf_counter()
-        evaluated = step % eval_every == 0 or step == total
-        if evaluated:
-          check_loss(step)
-          last_eval = evaluate(forward_fn, state, cfg, cfg.data.eval_split, mesh)
-          _check_finite(step, f"validation {cfg.train.best_metric}",
-                        last_eval[cfg.train.best_metric], ckpt)
-          writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
-          train_eval = None
-          if train_eval_examples:
-            train_eval = evaluate(forward_fn, state, cfg, cfg.data.train_split, mesh,
-                                  max_examples=train_eval_examples)
-            writer.write_scalars(step, {f"train_eval/{k}": v for k, v in train_eval.items()})
-          progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
-          console.evaluation(step, cfg.train.best_metric, last_eval, train_eval,
-                             best=progress_state["evals_since_best"] == 0)
-        if step % ckpt_every == 0 or step == total:
+      pause_start = time.perf_counter()
+      evaluated = step % eval_every == 0 or step == total
+      if evaluated:
+        check_loss(step)
+        last_eval = evaluate(forward_fn, state, cfg, cfg.data.eval_split, mesh)
+        _check_finite(step, f"validation {cfg.train.best_metric}",
+                      last_eval[cfg.train.best_metric], ckpt)
+        writer.write_scalars(step, {f"validation/{k}": v for k, v in last_eval.items()})
+        train_eval = None
+        if train_eval_examples:
+          train_eval = evaluate(forward_fn, state, cfg, cfg.data.train_split, mesh,
+                                max_examples=train_eval_examples)
+          writer.write_scalars(step, {f"train_eval/{k}": v for k, v in train_eval.items()})
+        progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
+        console.evaluation(step, cfg.train.best_metric, last_eval, train_eval,
+                           best=progress_state["evals_since_best"] == 0)
+      if step % ckpt_every == 0 or step == total:
+        save(step, last_eval if evaluated else None)
+      if evaluated and eval_hook is not None:
+        eval_hook(step, last_eval)
+      # Evaluation and checkpointing are not training time.
+      interval_start += time.perf_counter() - pause_start
+      patience = cfg.train.early_stop_patience
+      if evaluated and patience and progress_state["evals_since_best"] >= patience:
+        summary["stopped"] = f"early stopping: no improvement in {patience} evaluations"
+        if step % ckpt_every:
+          save(step, last_eval)
+        break
+      # Agreeing across hosts is a collective: do it only at logging steps.
+      may_sync = jax.process_count() == 1 or step % cfg.train.log_every_steps == 0
+      if may_sync and preemption.agreed():
+        summary["stopped"] = "preempted"
+        if step % ckpt_every:
           save(step, last_eval if evaluated else None)
-        if evaluated and eval_hook is not None:
-          eval_hook(step, last_eval)
-        # Evaluation and checkpointing are not training time.
-        interval_start += time.perf_counter() - pause_start
-        patience = cfg.train.early_stop_patience
-        if evaluated and patience and progress_state["evals_since_best"] >= patience:
-          summary["stopped"] = f"early stopping: no improvement in {patience} evaluations"
-          if step % ckpt_every:
-            save(step, last_eval)
-          break
-        # Agreeing across hosts is a collective: do it only at logging steps.
-        may_sync = jax.process_count() == 1 or step % cfg.train.log_every_steps == 0
-        if may_sync and preemption.agreed():
-          summary["stopped"] = "preempted"
-          if step % ckpt_every:
-            save(step, last_eval if evaluated else None)
-          break
-    except (TrainingDiverged, CheckpointSaveFailed) as e:
-      if is_chief:
-        kind = "diverged" if isinstance(e, TrainingDiverged) else "checkpoint save failed"
-        _save_summary_if_possible({
-            "stopped": f"{kind}: {e}", "step": e.step,
-            "steps_per_epoch": length.steps_per_epoch, "total_steps": length.total_steps,
-            "best": progress_state["best"], "best_step": ckpt.best_step(),
-            "wall_seconds": time.perf_counter() - started}, workdir)
-      raise
+        break
+  except (TrainingDiverged, CheckpointSaveFailed) as e:
+    if is_chief:
+      kind = "diverged" if isinstance(e, TrainingDiverged) else "checkpoint save failed"
+      _save_summary_if_possible({
+          "stopped": f"{kind}: {e}", "step": e.step,
+          "steps_per_epoch": length.steps_per_epoch, "total_steps": length.total_steps,
+          "best": progress_state["best"], "best_step": ckpt.best_step(),
+          "wall_seconds": time.perf_counter() - started}, workdir)
+    raise
   finally:
     preemption.restore()
     train_iter.close()
@@ -351,12 +350,10 @@ def _plan_rows(statics: steps.StepStatics, state: steps.TrainState) -> tuple:
   return plan_lib.plan_rows(statics.assignments, shapes)
 
 
-def _start_rows(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,
-                state: steps.TrainState, length: length_lib.RunLength, mesh: Any,
-                imported: Any, workdir: str) -> list[tuple[str, str]]:
+def _start_rows(cfg: ml_collections.ConfigDict, plan_rows: tuple, length: length_lib.RunLength,
+                mesh: Any, imported: Any, workdir: str) -> list[tuple[str, str]]:
   """The plan's description of the run, plus where it runs and writes."""
-  rows = plan_lib.describe(cfg, _plan_rows(statics, state), length,
-                           initialization.describe(cfg.init, imported))
+  rows = plan_lib.describe(cfg, plan_rows, length, initialization.describe(cfg.init, imported))
   devices = mesh.devices.flat
   first = next(iter(devices))
   rows.insert(rows.index(next(r for r in rows if r[0] == "batch")) + 1, (

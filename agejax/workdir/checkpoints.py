@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from agejax.errors import CheckpointSaveFailed
+from agejax.errors import exception_chain
 from agejax.errors import TrainingDiverged
 
 _STATE = "state"
@@ -80,15 +81,12 @@ _OS_PHRASES = ("No space left on device", "Disk quota exceeded", "Read-only file
 
 def os_reason(error: BaseException) -> str:
   """The operating system's reason behind ``error`` (orbax wraps it several layers deep)."""
-  chain, seen = error, set()
-  while chain is not None and id(chain) not in seen:
-    seen.add(id(chain))
-    if isinstance(chain, OSError) and chain.strerror:
-      return chain.strerror + (f" ({chain.filename})" if chain.filename else "")
+  for link in exception_chain(error):
+    if isinstance(link, OSError) and link.strerror:
+      return link.strerror + (f" ({link.filename})" if link.filename else "")
     for phrase in _OS_PHRASES:
-      if phrase in str(chain):
+      if phrase in str(link):
         return phrase
-    chain = chain.__cause__ or chain.__context__
   lines = str(error).strip().splitlines()
   return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
@@ -216,7 +214,7 @@ class Checkpointer:
       saved = self._manager.save(step, args=args, metrics=metrics)
     except Exception as e:  # pylint: disable=broad-except
       self._unconfirmed.append(step)
-      raise self._failure(None, e) from e
+      raise self._failure(e) from e
     if not saved:
       # Orbax declines steps at or below its latest one.
       raise ValueError(f"step {step} is not after the latest checkpoint, "
@@ -306,7 +304,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._failure(None, e) from e
+      raise self._failure(e) from e
 
   def check(self) -> None:
     """Raises CheckpointSaveFailed as soon as a background write has failed (cheap).
@@ -325,15 +323,15 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._failure(None, e) from e
-    raise self._failure(None, RuntimeError("the checkpoint did not appear after its write"))
+      raise self._failure(e) from e
+    raise self._failure(RuntimeError("the checkpoint did not appear after its write"))
 
-  def _failure(self, step: int | None, error: BaseException) -> CheckpointSaveFailed:
+  def _failure(self, error: BaseException) -> CheckpointSaveFailed:
     """The error of a failed write: the earliest save issued that never completed."""
     self._in_flight = None  # it will never complete: latest_step() must not wait on it
     complete = sorted(self._manager.all_steps(read=True))
     missing = [s for s in self._unconfirmed if s not in complete]
-    failed = step if step is not None else (missing[0] if missing else -1)
+    failed = missing[0] if missing else -1
     self._unconfirmed = []
     return CheckpointSaveFailed(failed, self.directory, os_reason(error),
                                 complete[-1] if complete else None)
