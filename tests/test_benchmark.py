@@ -5,6 +5,7 @@ load. What is checked is the protocol: every result parses, carries the
 machine description and its settings, and reports positive measurements.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -56,6 +57,28 @@ def test_step(tmp_path):
   assert record["settings"]["arch"] == "resnet18"
   assert record["ms_per_step_min"] <= record["ms_per_step"] <= record["ms_per_step_max"]
   assert len(record["seconds"]) == TINY_STEP.repeats
+  assert record["peak_mib"] > 0
+
+
+def test_step_frozen_variant_does_less_work(tmp_path):
+  """Freezing the stem and stage 1 removes their backward pass: fewer FLOPs, less memory."""
+  settings = dataclasses.replace(TINY_STEP, freeze="^(stem|stage1)/")
+  full, frozen = _round_trip(step.run_frozen(settings), step.COLUMNS, tmp_path)
+  _check(frozen, "step", ("images_per_sec", "speedup", "peak_mib"))
+  assert (full["variant"], frozen["variant"]) == ("full", "frozen")
+  assert full["settings"]["freeze"] == "" and frozen["settings"]["freeze"] == "^(stem|stage1)/"
+  assert frozen["flops_per_step"] < full["flops_per_step"]
+  assert frozen["peak_mib"] < full["peak_mib"]
+  assert frozen["speedup"] == pytest.approx(frozen["images_per_sec"] / full["images_per_sec"])
+  assert len(full["seconds"]) == len(frozen["seconds"]) == TINY_STEP.repeats
+
+
+def test_time_alternating_takes_turns():
+  calls = []
+  seconds = common.time_alternating([lambda: calls.append("a"), lambda: calls.append("b")],
+                                    repeats=2, warmup=1)
+  assert calls == ["a", "b"] * 3
+  assert [len(s) for s in seconds] == [2, 2]
 
 
 def test_peer_protocol(tmp_path):

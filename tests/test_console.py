@@ -46,7 +46,7 @@ def test_the_console_is_a_start_block_a_line_per_interval_and_an_end_block(
   intervals = [l for l in lines if l.startswith("epoch ")]
   assert len(intervals) == 4  # log_every_steps=4 over 16 steps
   assert re.fullmatch(r"epoch 1/1  step 16/16 \(100%\)  \S+, ETA 0s  loss \d+\.\d{3}  "
-                      r"mae \d+\.\d\d  lr \S+  \d+ img/s  wait \d+\.\d%", intervals[-1])
+                      r"mae \d+\.\d\d  lr \S+  [\d,]+ img/s  wait \d+\.\d%", intervals[-1])
   evals = [l for l in lines if l.startswith("eval ")]
   assert len(evals) == 1 and evals[0].startswith("eval  step 16  train-eval | validation  mae ")
   assert evals[0].count("*") == 1  # the first evaluation is a new best

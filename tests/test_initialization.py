@@ -55,15 +55,15 @@ def test_allowances_turn_missing_and_unexpected_into_fresh_weights():
 
 
 def test_a_re_initialised_head_is_logged_by_path(caplog):
-  import ml_collections
-
   from agejax.pretrained.types import Imported
 
   model = _model()
   source = {k: np.ones_like(v) for k, v in model.items() if not k.startswith("head/")}
   source["head/fc/kernel"] = np.ones((8, 1000), np.float32)  # an ImageNet classifier
-  init_cfg = ml_collections.ConfigDict(dict(checkpoint="", pretrained="r50.pth",
-                                            allow_missing=False, allow_unexpected=False))
+  from agejax.config import defaults  # pylint: disable=import-outside-toplevel
+
+  init_cfg = defaults.default_config().init
+  init_cfg.pretrained = "r50.pth"
   imported = Imported(arch="resnet50", params=source, batch_stats={}, model_overrides={},
                       source="torchvision")
   with caplog.at_level("WARNING"):
@@ -73,3 +73,96 @@ def test_a_re_initialised_head_is_logged_by_path(caplog):
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
   assert warnings == ["initialised afresh (not in r50.pth or shaped differently): "
                       "head/fc/bias, head/fc/kernel"]
+
+
+PARTIAL = r"^(stem|stage1|stage2)/"
+
+
+def _pretrained_dir(tmp_path, cfg):
+  """A converted pretrained backbone for ``cfg``'s model whose values differ from any init."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from agejax import models  # pylint: disable=import-outside-toplevel
+  from agejax import pretrained  # pylint: disable=import-outside-toplevel
+  from agejax.models import paths  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  _, params, stats = models.split_state(
+      models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(123)))
+  rng = np.random.default_rng(5)
+  shift = lambda tree: {p: np.asarray(v) + rng.uniform(1, 2, v.shape).astype(np.float32)
+                        for p, v in paths.flatten(jax.device_get(tree)).items()
+                        if not p.startswith("head/")}
+  imported = pretrained.Imported(arch=cfg.model.arch, params=shift(params),
+                                 batch_stats=shift(stats), model_overrides={}, source="test")
+  return pretrained.save_converted(imported, str(tmp_path / "backbone")), imported
+
+
+def _state(cfg):
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from agejax.models import paths  # pylint: disable=import-outside-toplevel
+  from agejax.train import length as length_lib  # pylint: disable=import-outside-toplevel
+  from agejax.train import setup  # pylint: disable=import-outside-toplevel
+
+  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, 256))
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()))
+  return (paths.flatten(jax.device_get(state.params)),
+          paths.flatten(jax.device_get(state.batch_stats)))
+
+
+def test_loading_part_of_a_backbone_leaves_the_rest_at_the_seeds_fresh_values(tmp_path):
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+
+  cfg = tiny.get_config()
+  fresh_params, fresh_stats = _state(cfg)
+  cfg.init.pretrained, imported = _pretrained_dir(tmp_path, cfg)
+  cfg.init.include = (PARTIAL,)
+  params, stats = _state(cfg)
+  import re  # pylint: disable=import-outside-toplevel
+  loaded = [p for p in params if re.search(PARTIAL, p)]
+  assert loaded and len(loaded) < len(params)
+  for path, value in params.items():
+    expected = imported.params[path] if path in loaded else fresh_params[path]
+    np.testing.assert_array_equal(value, expected, err_msg=path)
+  for path, value in stats.items():
+    expected = imported.batch_stats[path] if re.search(PARTIAL, path) else fresh_stats[path]
+    np.testing.assert_array_equal(value, expected, err_msg=path)
+
+  # Everything but stage 4, and the running statistics reset.
+  cfg.init.include, cfg.init.exclude, cfg.init.batch_stats = (), ("^stage4/",), "reset"
+  params, stats = _state(cfg)
+  for path, value in params.items():
+    source = fresh_params if path.startswith(("stage4/", "head/")) else imported.params
+    np.testing.assert_array_equal(value, source[path], err_msg=path)
+  for path, value in stats.items():
+    np.testing.assert_array_equal(value, fresh_stats[path], err_msg=path)
+
+
+def test_the_plan_shows_each_groups_source_and_batch_norm_mode(tmp_path):
+  from agejax.train import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+
+  cfg = tiny.get_config()
+  cfg.data.num_train_examples = 256
+  cfg.init.pretrained, imported = _pretrained_dir(tmp_path, cfg)
+  cfg.init.include = (PARTIAL,)
+  cfg.optim.groups = ((r"^(stem|stage1)/", dict(freeze=True)),
+                      (r"^stage2/", dict(lr_mult=0.1, bn="frozen")))
+  plan = plan_lib.make_plan(cfg, imported)
+  groups = dict(plan_lib.describe(cfg, plan.rows, plan.length, "w"))["groups"].splitlines()
+  assert groups[0].startswith("stem+stage1 (^(stem|stage1)/): frozen, BN frozen, ")
+  assert groups[0].endswith(" params, from pretrained")
+  assert groups[1].startswith("stage2 (^stage2/): lr x0.1, BN frozen, ")
+  assert groups[1].endswith(" params, from pretrained")
+  assert groups[2].startswith("default: stage3, stage4, head: lr x1, BN train, ")
+  assert groups[2].endswith(" params, from fresh")
+  records = {r["path"]: r for r in plan_lib.plan_records(plan)}
+  assert records["stage2/block1/bn1/scale"]["batch_norm"] == "frozen"
+  assert records["stage3/block1/bn1/scale"]["batch_norm"] == "train"
+  assert records["stage1/block1/conv1/kernel"]["source"] == "pretrained"
+  assert records["stage3/block1/conv1/kernel"]["source"] == "fresh"
+  bn = dict(plan_lib.describe(cfg, plan.rows, plan.length, "w"))["batchnorm"]
+  assert bn == ("batch statistics, running ones updated (momentum 0.9), except frozen "
+                "(running statistics, never updated): stem+stage1 (^(stem|stage1)/); "
+                "stage2 (^stage2/)")

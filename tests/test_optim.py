@@ -131,7 +131,7 @@ def test_first_match_wins_and_missing_keys_default():
   assert got["head/fc/kernel"] == optim.Assignment(r"^head/fc/kernel$", 10.0,
                                                    2.0, False)
   assert got["head/fc/bias"] == optim.Assignment(r"^head/", 5.0, 0.0, False)
-  assert got["stem/conv/kernel"] == optim.Assignment(r"^stem/", 0.0, 0.0, True)
+  assert got["stem/conv/kernel"] == optim.Assignment(r"^stem/", 0.0, 0.0, True, "frozen")
   assert got["stage1/block1/conv1/kernel"] == optim.Assignment(
       "default", 1.0, 1.0, False)
 
@@ -391,3 +391,14 @@ def test_ema_update():
   np.testing.assert_allclose(ema["w"], [0.1] * 3, rtol=1e-6)
   ema = jax.jit(optim.ema_update)(ema, params, 0.9)
   np.testing.assert_allclose(ema["w"], [0.19] * 3, rtol=1e-6)
+
+
+def test_bn_mode_follows_freeze_unless_given_and_is_checked():
+  cfg = _cfg(groups=((r"^stem/", dict(freeze=True)), (r"^stage1/", dict(freeze=True, bn="train")),
+                     (r"^head/", dict(lr_mult=0.1, bn="frozen"))))
+  got = optim.assign_groups(cfg, _params())
+  assert [got[p].batch_norm for p in ("stem/conv/kernel", "stage1/block1/conv1/kernel",
+                                      "head/fc/kernel")] == ["frozen", "train", "frozen"]
+  with pytest.raises(ConfigError, match=r"optim.groups\[0\].*bn must be one of \['train', "
+                                        r"'frozen'\], got 'fixed'"):
+    optim.assign_groups(_cfg(groups=((r"^stem/", dict(bn="fixed")),)), _params())

@@ -30,7 +30,8 @@ def test_every_shipped_config_plans(path, tmp_path, capsys):
   out = plan_lib.dry_run(_load(path), str(tmp_path))
   rows = json.load(open(out))
   assert rows and all(
-      set(r) == {"path", "shape", "group", "lr_mult", "wd_mult", "frozen"} for r in rows)
+      set(r) == {"path", "shape", "group", "lr_mult", "wd_mult", "frozen", "batch_norm",
+                 "source"} for r in rows)
   assert os.path.getsize(tmp_path / "plan_lr.png") > 1000
   assert "trainable parameters:" in capsys.readouterr().out
 

@@ -65,3 +65,58 @@ def test_frozen_layers_are_constants_and_the_trainable_ones_match_full_different
 
   assert convolutions(steps.bind(statics, steps.train_step), first) < convolutions(
       lambda s, x: _reference_step(statics, s, x), first)
+
+
+def _tiny_state(groups):
+  cfg = tiny.get_config()
+  cfg.optim.groups = groups
+  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, 256))
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  return cfg, statics, setup.create_train_state(cfg, statics, NamedSharding(mesh, P()))
+
+
+def test_a_frozen_groups_batch_norm_keeps_and_uses_its_running_statistics():
+  # Stem and stage 1 train their weights at a tenth of the LR with ImageNet-style fixed BN.
+  _, statics, state = _tiny_state(((r"^(stem|stage1)/", dict(lr_mult=0.1, bn="frozen")),))
+  rng = np.random.default_rng(1)
+  # Running statistics unlike any batch's, so using them is visible in the outputs.
+  stats = {p: jnp.asarray(rng.uniform(0.5, 2.0, v.shape) if p.endswith("/var") else
+                          rng.normal(size=v.shape), jnp.float32)
+           for p, v in paths.flatten(state.batch_stats).items()}
+  state = state.replace(batch_stats=paths.unflatten(stats))
+  images = jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32)
+  train = jax.jit(steps.bind(statics, steps.train_step))
+  after = state
+  for _ in range(3):
+    after, _ = train(after, {"image": images, "age": jnp.full((16,), 30.0)})
+  moved = paths.flatten(after.batch_stats)
+  for path, value in stats.items():
+    kept = path.startswith(("stem/", "stage1/"))
+    assert np.array_equal(np.asarray(moved[path]), np.asarray(value)) == kept, path
+  trained = paths.flatten(after.params)["stem/bn/scale"]
+  assert not np.array_equal(np.asarray(trained), np.asarray(paths.flatten(state.params)["stem/bn/scale"]))
+
+  # In training mode the frozen layers normalise with the running statistics
+  # (exactly their evaluation output); a training layer with the batch's.
+  model = models.merge_state(statics.graphdef, state.params, state.batch_stats)
+  stem_train = model.stem(images, use_running_average=False)
+  np.testing.assert_array_equal(np.asarray(stem_train),
+                                np.asarray(model.stem(images, use_running_average=True)))
+  x = jax.nn.relu(stem_train)
+  stage2 = model.stage2.block1.bn1
+  y = model.stage2.block1.conv1(x)
+  assert not np.allclose(np.asarray(stage2(y, use_running_average=False)),
+                         np.asarray(stage2(y, use_running_average=True)), atol=1e-3)
+
+
+def test_frozen_groups_freeze_batch_norm_unless_asked_to_train_it():
+  _, statics, state = _tiny_state(((r"^stem/", dict(freeze=True)),
+                                   (r"^stage1/", dict(freeze=True, bn="train"))))
+  images = jnp.asarray(np.random.default_rng(2).normal(size=(16, 32, 32, 3)), jnp.float32)
+  after, _ = jax.jit(steps.bind(statics, steps.train_step))(
+      state, {"image": images, "age": jnp.full((16,), 30.0)})
+  before, moved = paths.flatten(state.batch_stats), paths.flatten(after.batch_stats)
+  np.testing.assert_array_equal(np.asarray(moved["stem/bn/mean"]),
+                                np.asarray(before["stem/bn/mean"]))
+  assert not np.array_equal(np.asarray(moved["stage1/block1/bn1/mean"]),
+                            np.asarray(before["stage1/block1/bn1/mean"]))

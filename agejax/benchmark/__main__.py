@@ -7,7 +7,8 @@ step, peer, input, build, e2e, printing one table row per result and
 appending one JSON object per result to ``--output`` (JSON lines; stdout by
 default, with the table then on stderr). ``peer`` times agejax's compiled
 step alternately with the Keras peer, so asking for ``peer`` runs ``step``
-too (one compilation serves both). Exit codes: 0 done, 2 bad flags or names.
+too (one compilation serves both). ``step --freeze=REGEX`` times full
+fine-tuning and the frozen variant alternately and reports the speed-up. Exit codes: 0 done, 2 bad flags or names.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
 flags.DEFINE_integer("steps", 5, "step/peer: train steps per timed run.", **_f)
 flags.DEFINE_integer("warmup", 2, "step/peer: untimed runs before timing.", **_f)
 flags.DEFINE_integer("matmul_size", 2048, "step: side of the peak matmul.", **_f)
+flags.DEFINE_string("freeze", "", "step: also time the step with the parameters matching "
+                    "this regex frozen (e.g. '^(stem|stage1|stage2)/'), alternately with "
+                    "full fine-tuning.", **_f)
 flags.DEFINE_bool("peer_jit", False, "peer: Keras compile(jit_compile=True).", **_f)
 # input
 flags.DEFINE_integer("input_images", 512, "input: rows of the generated release.", **_f)
@@ -84,7 +88,11 @@ def _main(names: list[str]) -> None:
     compiled = None
     if "step" in wanted:
       compiled = step.compile_step(step_settings)
-      out.write(step.run(step_settings, compiled), step.COLUMNS)
+      if args.freeze:
+        out.write(step.run_frozen(dataclasses.replace(step_settings, freeze=args.freeze),
+                                  compiled), step.COLUMNS)
+      else:
+        out.write(step.run(step_settings, compiled), step.COLUMNS)
     if "peer" in wanted:
       peer_settings = peer.PeerSettings(jit_compile=args.peer_jit, **shape, **protocol)
       same_network = peer.comparable(dataclasses.asdict(step_settings), peer_settings)

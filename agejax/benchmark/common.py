@@ -38,6 +38,27 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[flo
   return seconds
 
 
+def time_alternating(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1
+                     ) -> list[list[float]]:
+  """``time_calls`` for several functions in turn: one call of each per round.
+
+  Drift in the machine's load then moves every function alike, so their
+  ratios are the run's most trustworthy numbers.
+  """
+  if repeats < 1:
+    raise ValueError(f"repeats must be at least 1, got {repeats}")
+  for _ in range(warmup):
+    for fn in fns:
+      fn()
+  seconds: list[list[float]] = [[] for _ in fns]
+  for _ in range(repeats):
+    for fn, times in zip(fns, seconds):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+  return seconds
+
+
 def summarize(seconds: list[float], per_call: float, unit: str) -> dict[str, float]:
   """Median throughput of ``per_call`` units per call, and per-call times in ms."""
   median = statistics.median(seconds)

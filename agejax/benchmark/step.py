@@ -7,6 +7,14 @@ the trainer compiles it. Data is generated once on the device, so only the
 step is measured. FLOPs come from XLA's cost analysis of the compiled step;
 model FLOP utilisation (MFU) divides the achieved FLOP/s by a matmul peak
 measured in the same run, so a loaded or throttled machine lowers both.
+
+Peak memory is XLA's own account of the compiled step (arguments + outputs +
+temporaries - donated aliases), the same on every platform; where the device
+reports its allocator's high-water mark (GPUs) that is recorded too.
+
+``--freeze=REGEX`` compiles the step twice, full fine-tuning and with the
+matching parameters frozen, and times the two alternately in one run so
+their ratio is not moved by the machine's load.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from agejax.train import setup
 from agejax.benchmark import common
 
 COLUMNS = ("images_per_sec", "ms_per_step", "gflops_per_step", "gflops_per_sec",
-           "matmul_gflops_per_sec", "mfu")
+           "matmul_gflops_per_sec", "mfu", "peak_mib", "speedup")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,7 @@ class StepSettings:
   repeats: int = 5
   warmup: int = 2  # untimed runs after compilation
   matmul_size: int = 2048
+  freeze: str = ""  # optim.groups regex frozen in this variant ("" = full fine-tuning)
 
 
 def make_config(s: StepSettings) -> ml_collections.ConfigDict:
@@ -55,6 +64,8 @@ def make_config(s: StepSettings) -> ml_collections.ConfigDict:
   cfg.train.batch_size = s.batch_size
   cfg.optim.name = "momentum"
   cfg.optim.schedule.name = "constant"
+  if s.freeze:
+    cfg.optim.groups = ((s.freeze, dict(freeze=True)),)
   return cfg
 
 
@@ -91,6 +102,22 @@ class CompiledStep:
   """agejax's compiled train step on its synthetic batch, ready to time."""
   k_steps: Callable[[], None]  # runs ``steps`` train steps and waits for them
   flops: float  # of one step, from XLA's cost analysis
+  peak_bytes: int  # of one step, from XLA's memory analysis
+
+
+def _peak_bytes(compiled: Any) -> int:
+  """What one call holds at most: arguments + outputs + temporaries - donated."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return 0
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
+def _allocator_peak() -> int | None:
+  """The device allocator's high-water mark, where the platform keeps one."""
+  stats = jax.devices()[0].memory_stats()
+  return stats.get("peak_bytes_in_use") if stats else None
 
 
 def compile_step(s: StepSettings) -> CompiledStep:
@@ -114,20 +141,46 @@ def compile_step(s: StepSettings) -> CompiledStep:
     jax.block_until_ready((current, metrics))
     holder["state"] = current
 
-  return CompiledStep(k_steps=k_steps, flops=_flops(compiled))
+  return CompiledStep(k_steps=k_steps, flops=_flops(compiled),
+                      peak_bytes=_peak_bytes(compiled))
 
 
 def run(s: StepSettings, compiled: CompiledStep | None = None) -> list[dict[str, Any]]:
   """Times ``s.repeats`` runs of ``s.steps`` compiled train steps; one result."""
   compiled = compiled or compile_step(s)
-  flops = compiled.flops
   seconds = common.time_calls(compiled.k_steps, s.repeats, s.warmup)
+  peak = matmul_peak(s.matmul_size, s.dtype, s.repeats)
+  return [_record(s, compiled, seconds, peak)]
+
+
+def run_frozen(full: StepSettings, compiled_full: CompiledStep | None = None
+               ) -> list[dict[str, Any]]:
+  """Full fine-tuning and ``full.freeze`` frozen, timed alternately: two results.
+
+  The frozen result's ``speedup`` is its images/s over the full step's.
+  """
+  if not full.freeze:
+    raise ValueError("run_frozen needs StepSettings.freeze")
+  variants = [dataclasses.replace(full, freeze=""), full]
+  compiled = [compiled_full or compile_step(variants[0]), compile_step(variants[1])]
+  seconds = common.time_alternating([c.k_steps for c in compiled], full.repeats, full.warmup)
+  peak = matmul_peak(full.matmul_size, full.dtype, full.repeats)
+  results = [_record(v, c, t, peak) for v, c, t in zip(variants, compiled, seconds)]
+  results[0]["variant"] = "full"
+  results[1]["variant"] = "frozen"
+  results[1]["speedup"] = results[1]["images_per_sec"] / results[0]["images_per_sec"]
+  results[1]["peak_ratio"] = results[1]["peak_mib"] / results[0]["peak_mib"]
+  return results
+
+
+def _record(s: StepSettings, compiled: CompiledStep, seconds: list[float],
+            peak: float) -> dict[str, Any]:
+  """One result; ``peak`` is the matmul FLOP/s of this run (see ``matmul_peak``)."""
+  flops = compiled.flops
   summary = common.summarize(seconds, s.batch_size * s.steps, "images")
   ms_per_step = summary["ms_per_call"] / s.steps
   flops_per_sec = flops / (ms_per_step / 1000)
-  # The peak is measured in the compute dtype of the model: bf16 on a GPU has
-  # a different peak than float32.
-  peak = matmul_peak(s.matmul_size, s.dtype, s.repeats)
+  allocator_peak = _allocator_peak()
   results = {
       "images_per_sec": summary["images_per_sec"],
       "ms_per_step": ms_per_step,
@@ -138,6 +191,8 @@ def run(s: StepSettings, compiled: CompiledStep | None = None) -> list[dict[str,
       "gflops_per_sec": flops_per_sec / 1e9,
       "matmul_gflops_per_sec": peak / 1e9,
       "mfu": flops_per_sec / peak,
+      "peak_mib": compiled.peak_bytes / 2**20,
+      "allocator_peak_mib": allocator_peak / 2**20 if allocator_peak else None,
       "seconds": seconds,
   }
-  return [common.record("step", dataclasses.asdict(s), results)]
+  return common.record("step", dataclasses.asdict(s), results)

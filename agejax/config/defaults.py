@@ -59,6 +59,14 @@ def default_config() -> ml_collections.ConfigDict:
   # its shape differs, and said so).
   c.init.allow_missing = False
   c.init.allow_unexpected = False
+  # Load only part of the source: parameter (and running-statistic) paths
+  # matching any ``include`` regex (all when empty) and no ``exclude`` regex;
+  # everything else keeps its fresh initialisation.
+  c.init.include = ()
+  c.init.exclude = ()
+  # load: the source's BatchNorm running statistics; reset: fresh ones
+  # (mean 0, var 1) while the weights still load.
+  c.init.batch_stats = "load"
 
   # --- data --------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()

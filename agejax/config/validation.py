@@ -97,6 +97,9 @@ def _is_regex(value: str) -> bool:
     return False
   return True
 
+def _regex_list(value: Any) -> bool:
+  return all(isinstance(v, str) and _is_regex(v) for v in value)
+
 # key -> (predicate, what the predicate expects)
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.arch": _one_of(models.ARCHS),
@@ -140,6 +143,9 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.grad_accum_steps": ((lambda v: v >= 1), "an integer >= 1"),
     "optim.wd_mode": _one_of(optim.WD_MODES),
     "optim.wd_exclude": (_is_regex, "a valid regex ('' decays everything)"),
+    "init.include": (_regex_list, "a list of valid regexes (empty: everything)"),
+    "init.exclude": (_regex_list, "a list of valid regexes"),
+    "init.batch_stats": _one_of(("load", "reset")),
 }
 
 

@@ -10,7 +10,8 @@ A model built here is a ``flax.nnx.Module`` with
 Modes. ``train`` is a Python bool (static under jit). ``train=True`` makes
 batch norm normalise with the batch statistics and update its running
 statistics in place, unless ``model.freeze_bn_stats`` (then the running
-statistics are used and never change), and turns on dropout.
+statistics are used and never change) or the layer was frozen by
+:func:`freeze_batch_norm`, and turns on dropout.
 ``train=False`` uses the running statistics and no dropout.
 
 Dropout keys. The model holds no RNG state; a call with ``train=True`` and a
@@ -52,6 +53,7 @@ from typing import Any
 
 from flax import nnx
 
+from agejax.models import batch_norm
 from agejax.models import paths
 from agejax.errors import ConfigError
 from agejax.models import resnet
@@ -85,6 +87,25 @@ def build_model(model_cfg: Any, image_size: int, rngs: nnx.Rngs) -> nnx.Module:
   raise ConfigError("model.arch",
                     f"unknown architecture {arch!r}; expected one of "
                     f"{', '.join(ARCHS)}")
+
+
+def freeze_batch_norm(model: nnx.Module, layer_paths: set[str]) -> None:
+  """Makes the BatchNorm layers at ``layer_paths`` (``stage1/block0/bn1``) frozen.
+
+  In place, on the model's static structure: a graphdef split from it trains
+  those layers with their running statistics and leaves them unchanged.
+
+  Raises:
+    ValueError: a path that names no BatchNorm layer of the model.
+  """
+  found = set()
+  for path, node in nnx.iter_graph(model):
+    name = "/".join(str(p) for p in path)
+    if isinstance(node, batch_norm.BatchNorm) and name in layer_paths:
+      node.frozen_statistics = True
+      found.add(name)
+  if found != set(layer_paths):
+    raise ValueError(f"no BatchNorm layer at {sorted(set(layer_paths) - found)}")
 
 
 def param_shapes(model_cfg: Any, image_size: int) -> dict[str, tuple[int, ...]]:

@@ -75,12 +75,19 @@ class BatchNorm(nnx.BatchNorm):
   Only the configuration agejax builds takes the fast path (last-axis
   features, scale and bias, two-pass variance, no mask or named axis);
   anything else, and evaluation with running averages, is Flax's code.
+
+  ``frozen_statistics`` (a static attribute, set by
+  :func:`agejax.models.freeze_batch_norm`) makes the layer normalise with its
+  running statistics in training too and never update them: frozen BN.
   """
+
+  frozen_statistics: bool = False
 
   def __call__(self, x: jax.Array, use_running_average: bool | None = None,
                *, mask: jax.Array | None = None) -> jax.Array:
     if use_running_average is None:
       use_running_average = self.use_running_average
+    use_running_average = use_running_average or self.frozen_statistics
     if (use_running_average or mask is not None or self.axis_name is not None
         or self.axis not in (-1, x.ndim - 1) or self.use_fast_variance
         or self.scale is None or self.bias is None):

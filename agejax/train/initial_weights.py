@@ -5,12 +5,18 @@ when the source lacks it or its shape differs (a different age range or head
 type), and the log says so. Any other missing, unexpected or mis-shaped
 tensor is listed in one error unless ``init.allow_missing`` /
 ``init.allow_unexpected`` permit it.
+
+``init.include`` / ``init.exclude`` (regexes, ``re.search``) choose which
+paths load at all; the others keep the fresh initialisation of the run's
+seed, bit for bit, and are neither missing nor unexpected.
+``init.batch_stats="reset"`` loads no running statistics.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import Any, Callable
 
 import ml_collections
 import numpy as np
@@ -23,6 +29,10 @@ from agejax.workdir import restore
 from agejax.workdir import run_config
 
 HEAD_PREFIX = "head/"
+# Where a parameter's starting value comes from (the plan's "source").
+FRESH = "fresh"
+PRETRAINED = "pretrained"
+CHECKPOINT = "checkpoint"
 _SHOWN = 12  # paths listed per kind in an error before "... and N more"
 
 
@@ -32,21 +42,36 @@ def _listing(kind: str, items: list[str]) -> str:
   return f"{kind} ({len(items)}): {shown}{more}"
 
 
+def selection(init_cfg: ml_collections.ConfigDict) -> Callable[[str], bool]:
+  """``path -> bool``: whether ``init.include`` / ``init.exclude`` let the path load."""
+  include = [re.compile(p) for p in init_cfg.include]
+  exclude = [re.compile(p) for p in init_cfg.exclude]
+  return lambda path: ((not include or any(r.search(path) for r in include))
+                       and not any(r.search(path) for r in exclude))
+
+
 def merge_by_path(target: dict[str, Any], source: dict[str, Any], *, key: str,
-                  allow_missing: bool, allow_unexpected: bool) -> tuple[dict[str, Any], list[str]]:
-  """``target`` with every leaf the (flat) ``source`` has at the same path.
+                  allow_missing: bool, allow_unexpected: bool,
+                  selected: Callable[[str], bool] = lambda path: True
+                  ) -> tuple[dict[str, Any], list[str]]:
+  """``target`` with every selected leaf the (flat) ``source`` has at the same path.
 
   Args:
     target: flat {path: array} of the freshly initialised model.
     source: flat {path: array} to load.
     key: the config key named in errors.
+    selected: paths (of either side) to consider; the rest of ``target``
+      stays as it is and the rest of ``source`` is ignored.
 
   Returns:
-    The merged flat dict and the paths left at their fresh initialisation.
+    The merged flat dict and the selected paths left at their fresh
+    initialisation.
   """
   merged, fresh = dict(target), []
   missing, unexpected, misshaped = [], [], []
   for path, value in target.items():
+    if not selected(path):
+      continue
     if path not in source:
       (fresh if path.startswith(HEAD_PREFIX) else missing).append(path)
       continue
@@ -58,7 +83,8 @@ def merge_by_path(target: dict[str, Any], source: dict[str, Any], *, key: str,
       misshaped.append(f"{path} {loaded.shape} vs model {tuple(value.shape)}")
       continue
     merged[path] = loaded.astype(value.dtype)
-  unexpected = [p for p in source if p not in target and not p.startswith(HEAD_PREFIX)]
+  unexpected = [p for p in source
+                if selected(p) and p not in target and not p.startswith(HEAD_PREFIX)]
   problems = []
   if misshaped:
     problems.append(_listing("shape differs", misshaped))
@@ -123,22 +149,56 @@ def load_initial_weights(init_cfg: ml_collections.ConfigDict, params: Any, batch
     src_params, src_stats = imported.params, imported.batch_stats
   else:
     src_params, src_stats = read_source(source_path, key)
+  selected = selection(init_cfg)
   opts = dict(key=key, allow_missing=init_cfg.allow_missing,
               allow_unexpected=init_cfg.allow_unexpected)
-  new_params, fresh = merge_by_path(paths.flatten(params), src_params, **opts)
-  new_stats, fresh_stats = merge_by_path(paths.flatten(batch_stats), src_stats, **opts)
+  new_params, fresh = merge_by_path(paths.flatten(params), src_params, selected=selected,
+                                    **opts)
+  stats_selected = (lambda path: False) if init_cfg.batch_stats == "reset" else selected
+  new_stats, fresh_stats = merge_by_path(paths.flatten(batch_stats), src_stats,
+                                         selected=stats_selected, **opts)
   if fresh or fresh_stats:
     logging.warning("initialised afresh (not in %s or shaped differently): %s",
                     source_path, ", ".join(fresh + fresh_stats))
   return paths.unflatten(new_params), paths.unflatten(new_stats)
 
 
+def sources(init_cfg: ml_collections.ConfigDict, shapes: dict[str, tuple[int, ...]],
+            imported: pretrained.Imported | None) -> dict[str, str]:
+  """``{parameter path: FRESH | PRETRAINED | CHECKPOINT}``: where each starts.
+
+  For a pretrained file the answer is exact (its tensors are known); for a
+  checkpoint it is what the selection asks for (a checkpoint holds the
+  whole model, and a missing tensor is an error at load time).
+  """
+  selected = selection(init_cfg)
+
+  def source_of(path: str, shape: tuple[int, ...]) -> str:
+    if not selected(path):
+      return FRESH
+    if init_cfg.checkpoint:
+      return CHECKPOINT
+    if init_cfg.pretrained and imported is not None and path in imported.params and (
+        tuple(np.shape(imported.params[path])) == tuple(shape)):
+      return PRETRAINED
+    return FRESH
+
+  return {path: source_of(path, shape) for path, shape in shapes.items()}
+
+
 def describe(init_cfg: ml_collections.ConfigDict, imported: pretrained.Imported | None) -> str:
   """Where the starting weights come from, in a few words (the plan and the console)."""
   if init_cfg.checkpoint:
-    return f"the latest checkpoint of {init_cfg.checkpoint} (head re-initialised if it differs)"
-  if init_cfg.pretrained:
+    text = f"the latest checkpoint of {init_cfg.checkpoint} (head re-initialised if it differs)"
+  elif init_cfg.pretrained:
     tensors = len(imported.params) + len(imported.batch_stats) if imported else 0
     source = f"{imported.source}, {tensors} tensors, " if imported else ""
-    return f"{init_cfg.pretrained} ({source}backbone; the age head starts fresh)"
-  return "random init"
+    text = f"{init_cfg.pretrained} ({source}backbone; the age head starts fresh)"
+  else:
+    return "random init"
+  if init_cfg.include or init_cfg.exclude:
+    text += (f"; only paths matching {list(init_cfg.include) or 'anything'}"
+             f"{f' and not {list(init_cfg.exclude)}' if init_cfg.exclude else ''}")
+  if init_cfg.batch_stats == "reset":
+    text += "; BatchNorm running statistics reset"
+  return text

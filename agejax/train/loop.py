@@ -200,7 +200,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   if is_chief and cfg.train.profile:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
   console = train_console.TrainingConsole(workdir, length, step, enabled=is_chief)
-  rows = _plan_rows(statics, state)
+  rows = _plan_rows(cfg, statics, state, imported)
   console.start(_start_rows(cfg, rows, length, mesh, imported, workdir),
                 plan_lib.fine_tune_warning(cfg, rows), resumed_from=latest)
   train_eval_examples = min(cfg.train.train_eval_examples, num_train)
@@ -345,9 +345,12 @@ def _save_summary_if_possible(summary: dict[str, Any], workdir: str) -> None:
     logging.warning("could not write the run summary: %s", e)
 
 
-def _plan_rows(statics: steps.StepStatics, state: steps.TrainState) -> tuple:
+def _plan_rows(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,
+               state: steps.TrainState, imported: Any) -> tuple:
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(state.params).items()}
-  return plan_lib.plan_rows(statics.assignments, shapes)
+  return plan_lib.plan_rows(statics.assignments, shapes,
+                            initialization.sources(cfg.init, shapes, imported),
+                            bool(cfg.model.freeze_bn_stats))
 
 
 def _start_rows(cfg: ml_collections.ConfigDict, plan_rows: tuple, length: length_lib.RunLength,

@@ -46,7 +46,11 @@ WD_MODES = ("decoupled", "l2")
 DEFAULT_GROUP = "default"
 TRAINABLE = "trainable"
 FROZEN = "frozen"
-_GROUP_KEYS = ("lr_mult", "wd_mult", "freeze")
+_GROUP_KEYS = ("lr_mult", "wd_mult", "freeze", "bn")
+# BatchNorm in a group: "train" normalises with batch statistics and updates
+# the running ones; "frozen" normalises with the running statistics and never
+# changes them (the default of a frozen group).
+BN_MODES = ("train", "frozen")
 # How many real parameter paths an error message shows.
 _EXAMPLE_PATHS = 6
 
@@ -62,11 +66,14 @@ class Assignment:
       matches ``optim.wd_exclude``, when ``optim.weight_decay`` is 0 or when
       the parameter is frozen.
     frozen: the parameter never changes and has no optimizer state.
+    batch_norm: the group's BatchNorm mode, one of ``BN_MODES`` (it matters
+      for the scale/bias of a BatchNorm layer: the layer follows its scale).
   """
   group: str
   lr_mult: float
   wd_mult: float
   frozen: bool
+  batch_norm: str = "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,7 @@ class _Group:
   lr_mult: float
   wd_mult: float
   freeze: bool
+  batch_norm: str
 
   @property
   def key(self) -> str:
@@ -89,7 +97,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _parse_groups(optim_cfg: Any) -> list[_Group]:
-  """Reads ``optim.groups``: ordered (regex, dict(lr_mult, wd_mult, freeze))."""
+  """Reads ``optim.groups``: ordered (regex, dict(lr_mult, wd_mult, freeze, bn))."""
   raw = optim_cfg.groups
   if raw is None:
     return []
@@ -127,7 +135,11 @@ def _parse_groups(optim_cfg: Any) -> list[_Group]:
     if not isinstance(freeze, bool):
       raise ConfigError(key, f"pattern {pattern!r}: freeze must be True or "
                         f"False, got {freeze!r}")
-    groups.append(_Group(i, pattern, regex, freeze=freeze, **mults))
+    bn = options.get("bn", BN_MODES[1] if freeze else BN_MODES[0])
+    if bn not in BN_MODES:
+      raise ConfigError(key, f"pattern {pattern!r}: bn must be one of {list(BN_MODES)}, "
+                        f"got {bn!r}")
+    groups.append(_Group(i, pattern, regex, freeze=freeze, batch_norm=bn, **mults))
   return groups
 
 
@@ -164,16 +176,16 @@ def assign_groups(optim_cfg: Any, params: Any) -> dict[str, Assignment]:
   for path in all_paths:
     group = next((g for g in groups if g.regex.search(path)), None)
     if group is None:
-      name, lr_mult, wd_mult, frozen = DEFAULT_GROUP, 1.0, 1.0, False
+      name, lr_mult, wd_mult, frozen, bn = DEFAULT_GROUP, 1.0, 1.0, False, BN_MODES[0]
     else:
       used.add(group.index)
-      name, lr_mult, wd_mult, frozen = (group.pattern, group.lr_mult,
-                                        group.wd_mult, group.freeze)
+      name, lr_mult, wd_mult, frozen, bn = (group.pattern, group.lr_mult, group.wd_mult,
+                                            group.freeze, group.batch_norm)
     if frozen:
       lr_mult = 0.0
     if frozen or weight_decay == 0 or (exclude and exclude.search(path)):
       wd_mult = 0.0
-    assignments[path] = Assignment(name, lr_mult, wd_mult, frozen)
+    assignments[path] = Assignment(name, lr_mult, wd_mult, frozen, bn)
 
   for group in groups:
     if group.index in used:
@@ -190,6 +202,16 @@ def assign_groups(optim_cfg: Any, params: Any) -> dict[str, Assignment]:
     raise ConfigError("optim.groups", "every parameter is frozen; nothing "
                       "would train")
   return assignments
+
+
+def frozen_batch_norm(assignments: dict[str, Assignment]) -> set[str]:
+  """Module paths of the BatchNorm layers whose group keeps their statistics fixed.
+
+  A layer is addressed by its scale (``stage1/block0/bn1/scale`` ->
+  ``stage1/block0/bn1``), as its group's regex sees it.
+  """
+  return {path.rsplit("/", 1)[0] for path, a in assignments.items()
+          if a.batch_norm == "frozen" and path.endswith("/scale")}
 
 
 def _label(assignment: Assignment) -> str:

@@ -3,7 +3,8 @@
 ``python -m agejax.main --dry_run`` resolves the config, builds the model's
 parameter shapes (nothing is allocated) and the optimizer, and reports one row
 per parameter: its group, learning-rate and weight-decay multipliers and
-whether it is frozen, plus the learning rate each group gets over the run.
+whether it is frozen, its BatchNorm mode and where its starting value comes
+from, plus the learning rate each group gets over the run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from agejax import models
 from agejax import terminal
 from agejax.errors import ConfigError
 from agejax.models import paths
+from agejax.train import initial_weights
 from agejax.train import length as length_lib
 from agejax.train import optim
 from agejax.train import schedules
@@ -38,6 +40,8 @@ class PlanRow:
   lr_mult: float
   wd_mult: float
   frozen: bool
+  batch_norm: str = "train"  # the group's BN mode (optim.BN_MODES)
+  source: str = initial_weights.FRESH  # where the starting value comes from
 
   @property
   def size(self) -> int:
@@ -64,13 +68,49 @@ class Plan:
     return sum(r.size for r in self.rows if r.frozen)
 
 
-def plan_rows(assignments: dict[str, optim.Assignment],
-              shapes: dict[str, tuple[int, ...]]) -> tuple[PlanRow, ...]:
-  """One row per parameter, input to output."""
+def plan_rows(assignments: dict[str, optim.Assignment], shapes: dict[str, tuple[int, ...]],
+              sources: dict[str, str] | None = None, all_bn_frozen: bool = False
+              ) -> tuple[PlanRow, ...]:
+  """One row per parameter, input to output.
+
+  ``sources`` from ``initial_weights.sources`` (fresh when not given);
+  ``all_bn_frozen`` is ``model.freeze_bn_stats``.
+  """
+  sources = sources or {}
   return tuple(
       PlanRow(path=p, shape=tuple(shapes[p]), group=a.group, lr_mult=a.lr_mult,
-              wd_mult=a.wd_mult, frozen=a.frozen)
+              wd_mult=a.wd_mult, frozen=a.frozen,
+              batch_norm="frozen" if all_bn_frozen else a.batch_norm,
+              source=sources.get(p, initial_weights.FRESH))
       for p, a in sorted(assignments.items(), key=lambda kv: paths.network_order(kv[0])))
+
+
+def _is_batch_norm(path: str) -> bool:
+  """Whether the parameter belongs to a BatchNorm layer (its scale and bias)."""
+  return path.rsplit("/", 2)[-2].startswith("bn")
+
+
+def group_batch_norm(rows: Sequence[PlanRow]) -> dict[str, str]:
+  """The BN mode of each group that holds BatchNorm layers."""
+  modes: dict[str, set[str]] = {}
+  for r in rows:
+    if _is_batch_norm(r.path):
+      modes.setdefault(r.group, set()).add(r.batch_norm)
+  return {g: "/".join(sorted(m)) for g, m in modes.items()}
+
+
+def group_sources(rows: Sequence[PlanRow]) -> dict[str, str]:
+  """Where each group's weights come from: one source, or the share of each."""
+  counts: dict[str, dict[str, int]] = {}
+  for r in rows:
+    per = counts.setdefault(r.group, {})
+    per[r.source] = per.get(r.source, 0) + r.size
+  text = {}
+  for group, per in counts.items():
+    total = sum(per.values())
+    text[group] = (next(iter(per)) if len(per) == 1 else
+                   " + ".join(f"{s} {n / total:.0%}" for s, n in sorted(per.items())))
+  return text
 
 
 def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
@@ -149,14 +189,21 @@ def _weight_decay_text(cfg: ml_collections.ConfigDict) -> str:
 
 
 def _batch_norm_text(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) -> str:
-  """Whether BatchNorm statistics move, per group (they do even where weights are frozen)."""
+  """Which groups normalise with batch statistics and which keep their running ones."""
   if cfg.model.freeze_bn_stats:
-    return "running statistics frozen in every group (model.freeze_bn_stats)"
-  frozen_groups = sorted({r.group for r in rows if r.frozen})
-  text = f"running statistics update in every group (momentum {cfg.model.bn_momentum:g})"
-  if frozen_groups:
-    text += ("; they move even in frozen group(s) " + ", ".join(frozen_groups) +
-             " (model.freeze_bn_stats=True keeps them)")
+    return "running statistics used and never updated, in every group (model.freeze_bn_stats)"
+  modes = group_batch_norm(rows)
+  labels = group_labels(rows)
+  if not modes:
+    return "none in this model"
+  frozen = [labels[g] for g, m in modes.items() if m == "frozen"]
+  moving_frozen = sorted(labels[g] for g, m in modes.items()
+                         if m != "frozen" and all(r.frozen for r in rows if r.group == g))
+  text = (f"batch statistics, running ones updated (momentum {cfg.model.bn_momentum:g})" +
+          (f", except frozen (running statistics, never updated): {'; '.join(frozen)}"
+           if frozen else ""))
+  if moving_frozen:
+    text += ("; weights frozen but statistics moving (bn='train'): " + "; ".join(moving_frozen))
   return text
 
 
@@ -168,12 +215,14 @@ def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
   trainable = sum(r.size for r in rows if not r.frozen)
   frozen = sum(r.size for r in rows if r.frozen)
   groups = []
+  bn_modes, sources = group_batch_norm(rows), group_sources(rows)
   for group, label in labels.items():
     rs = [r for r in rows if r.group == group]
     frozen = all(r.frozen for r in rs)
     size = sum(r.size for r in rs)
-    groups.append(f"{label}: {'frozen' if frozen else f'lr x{rs[0].lr_mult:g}'}, "
-                  f"{size:,} params")
+    bn = f", BN {bn_modes[group]}" if group in bn_modes else ""
+    groups.append(f"{label}: {'frozen' if frozen else f'lr x{rs[0].lr_mult:g}'}{bn}, "
+                  f"{size:,} params, from {sources[group]}")
   augment = d.augment
   augmentation = ", ".join(filter(None, [
       "random resized crop" if augment.random_resized_crop else "",
@@ -220,8 +269,11 @@ def _milestones(total_steps: int, warmup_steps: int) -> list[int]:
   return sorted(s for s in steps if 0 <= s <= total_steps)
 
 
-def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
-  """Builds the plan; raises ConfigError on anything the run would trip on."""
+def make_plan(cfg: ml_collections.ConfigDict, imported: Any = None) -> Plan:
+  """Builds the plan; raises ConfigError on anything the run would trip on.
+
+  ``imported`` is what ``initial_weights.prepare_pretrained`` read.
+  """
   length = length_lib.run_length(cfg, num_train_examples(cfg))
   params = abstract_params(cfg)
   # The trainer's own set-up: the same optimizer and schedule, counted in
@@ -229,7 +281,8 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
   statics = setup.build_step_fns(cfg, length)
   assignments = statics.assignments
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
-  rows = plan_rows(assignments, shapes)
+  rows = plan_rows(assignments, shapes, initial_weights.sources(cfg.init, shapes, imported),
+                   bool(cfg.model.freeze_bn_stats))
 
   state = jax.eval_shape(statics.tx.init, params)
   state_floats = sum(
@@ -255,10 +308,10 @@ def make_plan(cfg: ml_collections.ConfigDict) -> Plan:
 
 
 def plan_records(plan: Plan) -> list[dict[str, Any]]:
-  """The rows of plan.json: path, shape, group, lr_mult, wd_mult, frozen."""
+  """The rows of plan.json: path, shape, group, lr_mult, wd_mult, frozen, batch_norm, source."""
   return [
       dict(path=r.path, shape=list(r.shape), group=r.group, lr_mult=r.lr_mult,
-           wd_mult=r.wd_mult, frozen=r.frozen)
+           wd_mult=r.wd_mult, frozen=r.frozen, batch_norm=r.batch_norm, source=r.source)
       for r in plan.rows
   ]
 
@@ -286,19 +339,21 @@ def _fmt_mult(x: float) -> str:
 def format_plan(plan: Plan) -> str:
   """A readable report: one row per parameter, totals, and the LR per group."""
   params = _table(
-      ("path", "shape", "group", "lr_mult", "wd_mult", "frozen"),
+      ("path", "shape", "group", "lr_mult", "wd_mult", "frozen", "source"),
       [(r.path, "x".join(map(str, r.shape)) or "scalar", r.group, _fmt_mult(r.lr_mult),
-        _fmt_mult(r.wd_mult), "yes" if r.frozen else "")
+        _fmt_mult(r.wd_mult), "yes" if r.frozen else "", r.source)
        for r in plan.rows])
   groups: dict[str, list[PlanRow]] = {}
   for r in plan.rows:
     groups.setdefault(r.group, []).append(r)
   labels = group_labels(plan.rows)
+  bn_modes, sources = group_batch_norm(plan.rows), group_sources(plan.rows)
   summary = _table(
-      ("group", "tensors", "params", "trainable", "frozen"),
+      ("group", "tensors", "params", "trainable", "frozen", "bn", "source"),
       [(labels[g], len(rs), f"{sum(r.size for r in rs):,}",
         f"{sum(r.size for r in rs if not r.frozen):,}",
-        f"{sum(r.size for r in rs if r.frozen):,}") for g, rs in groups.items()])
+        f"{sum(r.size for r in rs if r.frozen):,}", bn_modes.get(g, "-"), sources[g])
+       for g, rs in groups.items()])
   lr_groups = sorted({g for _, lrs in plan.lr_milestones for g in lrs})
   lrs = _table(
       ("step", "epoch") + tuple(f"lr[{g}]" for g in lr_groups),
@@ -319,12 +374,11 @@ def format_plan(plan: Plan) -> str:
 def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   """Validates ``cfg``, prints the plan and writes it; returns plan.json's path."""
   from agejax.config import validation  # pylint: disable=import-outside-toplevel
-  from agejax.train import initial_weights  # pylint: disable=import-outside-toplevel
   from agejax.train import plots  # pylint: disable=import-outside-toplevel
 
   validation.validate(cfg)
   imported = initial_weights.prepare_pretrained(cfg)  # they decide variant and preprocessing
-  plan = make_plan(cfg)
+  plan = make_plan(cfg, imported)
   print(format_plan(plan))
   print()
   print(terminal.block("run", describe(cfg, plan.rows, plan.length,

@@ -30,8 +30,13 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
   The optimizer and its schedule count updates, not micro-batches.
   ``schedule`` replaces the base learning rate ``optim.schedule`` describes.
   """
-  graphdef, abstract_params, _ = models.split_state(nnx.eval_shape(
-      lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0))))
+  abstract = nnx.eval_shape(
+      lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0)))
+  _, abstract_params, _ = models.split_state(abstract)
+  assignments = optim.assign_groups(cfg.optim, abstract_params)
+  # Groups with bn="frozen" (frozen groups by default) keep their statistics.
+  models.freeze_batch_norm(abstract, optim.frozen_batch_norm(assignments))
+  graphdef = models.split_state(abstract)[0]
   if schedule is None:
     schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
                                         length.updates_per_epoch, length.total_updates)
@@ -40,7 +45,7 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
       tx=optim.build_optimizer(cfg.optim, abstract_params, length.updates_per_epoch,
                                length.total_updates, schedule),
       schedule=schedule,
-      assignments=optim.assign_groups(cfg.optim, abstract_params),
+      assignments=assignments,
       ema_decay=float(cfg.optim.ema_decay),
       grad_accum_steps=length.grad_accum_steps)
 
