@@ -3,7 +3,7 @@
   python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]
 
 Runs the named sub-benchmarks (all when none is named), in the order
-step, peer, input, build, e2e, printing one table row per result and
+step, peer, resume, input, build, e2e, printing one table row per result and
 appending one JSON object per result to ``--output`` (JSON lines; stdout by
 default, with the table then on stderr). ``peer`` times agejax's compiled
 step alternately with the Keras peer, so asking for ``peer`` runs ``step``
@@ -23,7 +23,7 @@ from absl import flags
 from agejax import cli
 from agejax.errors import UsageError
 
-NAMES = ("step", "peer", "input", "build", "e2e")
+NAMES = ("step", "peer", "resume", "input", "build", "e2e")
 
 FLAGS = cli.new_flags()
 _f = dict(flag_values=FLAGS)
@@ -43,6 +43,7 @@ flags.DEFINE_integer("matmul_size", 2048, "step: side of the peak matmul.", **_f
 flags.DEFINE_string("freeze", "", "step: also time the step with the parameters matching "
                     "this regex frozen (e.g. '^(stem|stage1|stage2)/'), alternately with "
                     "full fine-tuning.", **_f)
+flags.DEFINE_integer("resume_steps", 20, "resume: steps of the run (checkpoint halfway).", **_f)
 flags.DEFINE_bool("peer_jit", False, "peer: Keras compile(jit_compile=True).", **_f)
 # input
 flags.DEFINE_integer("input_images", 512, "input: rows of the generated release.", **_f)
@@ -73,6 +74,7 @@ def _main(names: list[str]) -> None:
   from agejax.benchmark import e2e
   from agejax.benchmark import peer
   from agejax.benchmark import pipeline
+  from agejax.benchmark import resume
   from agejax.benchmark import step
 
   wanted = set(names or NAMES)
@@ -98,6 +100,9 @@ def _main(names: list[str]) -> None:
       same_network = peer.comparable(dataclasses.asdict(step_settings), peer_settings)
       out.write(peer.run(peer_settings, compiled.k_steps if same_network else None),
                 peer.COLUMNS)
+    if "resume" in wanted:
+      out.write(resume.run(resume.ResumeSettings(width=args.width, steps=args.resume_steps,
+                                                 **shape)), resume.COLUMNS)
     if "input" in wanted:
       out.write(pipeline.run(pipeline.InputSettings(
           images=args.input_images, image_size=args.input_image_size,

@@ -35,7 +35,7 @@ from agejax import mesh as mesh_lib
 from agejax.train import setup
 from agejax.benchmark import common
 
-COLUMNS = ("images_per_sec", "ms_per_step", "gflops_per_step", "gflops_per_sec",
+COLUMNS = ("batch_size", "images_per_sec", "ms_per_step", "gflops_per_step", "gflops_per_sec",
            "matmul_gflops_per_sec", "mfu", "peak_mib", "speedup")
 
 
@@ -86,7 +86,7 @@ def matmul_peak(size: int, dtype: str, repeats: int) -> float:
   return 2 * size**3 / statistics.median(seconds)
 
 
-def _synthetic_batch(s: StepSettings, sharding: NamedSharding) -> dict[str, jax.Array]:
+def synthetic_batch(s: StepSettings, sharding: NamedSharding) -> dict[str, jax.Array]:
   """A batch shaped like the input pipeline's, made on the device."""
   k1, k2 = jax.random.split(jax.random.key(1))
   batch = {
@@ -114,7 +114,7 @@ def _peak_bytes(compiled: Any) -> int:
           - m.alias_size_in_bytes)
 
 
-def _allocator_peak() -> int | None:
+def allocator_peak() -> int | None:
   """The device allocator's high-water mark, where the platform keeps one."""
   stats = jax.devices()[0].memory_stats()
   return stats.get("peak_bytes_in_use") if stats else None
@@ -128,7 +128,7 @@ def compile_step(s: StepSettings) -> CompiledStep:
   statics = setup.build_step_fns(cfg, length)
   mesh = mesh_lib.data_parallel_mesh()
   state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()), load_weights=False)
-  batch = _synthetic_batch(s, NamedSharding(mesh, P("data")))
+  batch = synthetic_batch(s, NamedSharding(mesh, P("data")))
   train_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
   # Calling the compiled object reuses this compilation (no second compile).
   compiled = train_fn.lower(state, batch).compile()
@@ -180,8 +180,9 @@ def _record(s: StepSettings, compiled: CompiledStep, seconds: list[float],
   summary = common.summarize(seconds, s.batch_size * s.steps, "images")
   ms_per_step = summary["ms_per_call"] / s.steps
   flops_per_sec = flops / (ms_per_step / 1000)
-  allocator_peak = _allocator_peak()
+  device_peak = allocator_peak()
   results = {
+      "batch_size": s.batch_size,
       "images_per_sec": summary["images_per_sec"],
       "ms_per_step": ms_per_step,
       "ms_per_step_min": summary["ms_per_call_min"] / s.steps,
@@ -192,7 +193,7 @@ def _record(s: StepSettings, compiled: CompiledStep, seconds: list[float],
       "matmul_gflops_per_sec": peak / 1e9,
       "mfu": flops_per_sec / peak,
       "peak_mib": compiled.peak_bytes / 2**20,
-      "allocator_peak_mib": allocator_peak / 2**20 if allocator_peak else None,
+      "allocator_peak_mib": device_peak / 2**20 if device_peak else None,
       "seconds": seconds,
   }
   return common.record("step", dataclasses.asdict(s), results)
