@@ -21,6 +21,7 @@ from agejax.benchmark import e2e
 from agejax.benchmark import peer
 from agejax.benchmark import pipeline
 from agejax.benchmark import step
+from agejax.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON_KEYS = ("name", "date", "platform", "device_kind", "device_count", "jax_version",
@@ -81,16 +82,19 @@ def test_time_alternating_takes_turns():
   assert [len(s) for s in seconds] == [2, 2]
 
 
-def test_peer_protocol(tmp_path):
-  settings = peer.PeerSettings(image_size=32, batch_size=2, steps=1, repeats=2, warmup=1,
-                               timeout=120)
+@pytest.mark.parametrize("framework", peer.FRAMEWORKS)
+def test_peer_protocol(framework, tmp_path):
+  if framework == "torch":
+    pytest.importorskip("torchvision")  # the bench extra; not in the test one
+  settings = peer.PeerSettings(framework=framework, image_size=32, batch_size=2, steps=1,
+                               repeats=2, warmup=1, timeout=120)
   # A stand-in for agejax's compiled step: timed alternately with the child.
   calls = []
   fake_k_steps = lambda: (calls.append(1), time.sleep(0.02))
   try:
     results = peer.run(settings, fake_k_steps)
   except subprocess.TimeoutExpired:
-    pytest.skip("the tf-keras child took over 120 s on this machine")
+    pytest.skip(f"the {framework} child took over 120 s on this machine")
   assert len(calls) == settings.warmup + settings.repeats
   (record,) = _round_trip(results, peer.COLUMNS, tmp_path)
   _check(record, "peer", ("images_per_sec", "ms_per_step", "ratio", "agejax_images_per_sec"))
@@ -99,7 +103,8 @@ def test_peer_protocol(tmp_path):
   assert 0 < record["agejax_images_per_sec"] <= 100.0
   assert record["ratio"] == pytest.approx(
       record["agejax_images_per_sec"] / record["images_per_sec"])
-  assert record["tf_version"]
+  assert record["variant"] == framework
+  assert record["tf_version" if framework == "keras" else "torch_version"]
 
 
 def test_peer_ratio_needs_the_same_settings():
@@ -111,16 +116,19 @@ def test_peer_ratio_needs_the_same_settings():
           "dtype": "float32"}
   assert peer.comparable(same, settings)
   assert not peer.comparable(None, settings)
-  with pytest.raises(ValueError, match="no 'resnet18'"):
+  with pytest.raises(UsageError, match="the keras peer has no 'resnet18'"):
     peer.run(peer.PeerSettings(arch="resnet18"))
+  with pytest.raises(UsageError, match="the torch peer has no 'vgg16'"):
+    peer.run(peer.PeerSettings(framework="torch", arch="vgg16"))
 
 
-def test_peer_without_tf_keras_names_the_extra(monkeypatch):
+@pytest.mark.parametrize("framework, module", [("keras", "tf_keras"), ("torch", "torchvision")])
+def test_a_missing_peer_names_what_to_install(framework, module, monkeypatch):
   real_find_spec = peer.importlib.util.find_spec
   monkeypatch.setattr(peer.importlib.util, "find_spec",
-                      lambda name: None if name == "tf_keras" else real_find_spec(name))
-  with pytest.raises(ModuleNotFoundError, match=r"\.\[bench\]"):
-    peer.run(peer.PeerSettings())
+                      lambda name: None if name == module else real_find_spec(name))
+  with pytest.raises(UsageError, match=rf"the {framework} baseline needs .*{module}.*\.\[bench\]"):
+    peer.run(peer.PeerSettings(framework=framework))
 
 
 def test_input(tmp_path):

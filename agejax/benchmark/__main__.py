@@ -44,6 +44,8 @@ flags.DEFINE_string("freeze", "", "step: also time the step with the parameters 
                     "this regex frozen (e.g. '^(stem|stage1|stage2)/'), alternately with "
                     "full fine-tuning.", **_f)
 flags.DEFINE_integer("resume_steps", 20, "resume: steps of the run (checkpoint halfway).", **_f)
+flags.DEFINE_enum("framework", "keras", ["keras", "torch", "all"],
+                  "peer: the framework(s) agejax's step is compared with.", **_f)
 flags.DEFINE_bool("peer_jit", False, "peer: Keras compile(jit_compile=True).", **_f)
 # input
 flags.DEFINE_integer("input_images", 512, "input: rows of the generated release.", **_f)
@@ -96,10 +98,15 @@ def _main(names: list[str]) -> None:
       else:
         out.write(step.run(step_settings, compiled), step.COLUMNS)
     if "peer" in wanted:
-      peer_settings = peer.PeerSettings(jit_compile=args.peer_jit, **shape, **protocol)
-      same_network = peer.comparable(dataclasses.asdict(step_settings), peer_settings)
-      out.write(peer.run(peer_settings, compiled.k_steps if same_network else None),
-                peer.COLUMNS)
+      frameworks = peer.FRAMEWORKS if args.framework == "all" else (args.framework,)
+      every = [peer.PeerSettings(framework=f, jit_compile=args.peer_jit, **shape, **protocol)
+               for f in frameworks]
+      for peer_settings in every:  # before any timing: a missing peer fails at once
+        peer.check_available(peer_settings)
+      for peer_settings in every:
+        same_network = peer.comparable(dataclasses.asdict(step_settings), peer_settings)
+        out.write(peer.run(peer_settings, compiled.k_steps if same_network else None),
+                  peer.COLUMNS)
     if "resume" in wanted:
       out.write(resume.run(resume.ResumeSettings(width=args.width, steps=args.resume_steps,
                                                  **shape)), resume.COLUMNS)

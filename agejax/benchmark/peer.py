@@ -1,21 +1,26 @@
-"""The same training step in tf-keras, timed in a child process.
+"""The same training step in tf-keras or PyTorch, timed in a child process.
 
-The peer is what a Keras user would write first: ``tf_keras.applications``'
-ResNet (``weights=None``, 101 classes), ``compile`` with SGD + momentum and
-sparse categorical cross-entropy, and ``train_on_batch`` on tensors already
-in memory (as the agejax step gets on-device data). ``compile``'s
-``jit_compile`` is off by default in tf-keras, so that is the default here;
-``jit_compile=True`` (XLA) is a setting. The Keras ResNet is v1 (stride on
-the first 1x1, conv biases) while agejax's default is v1.5, so the FLOPs are
-close but not equal.
+Each peer is what a user of that framework would write first, on tensors
+already in memory (as the agejax step gets on-device data):
+
+* ``keras``: ``tf_keras.applications``' ResNet (``weights=None``, 101
+  classes), ``compile`` with SGD + momentum and sparse categorical
+  cross-entropy, ``train_on_batch``. ``compile``'s ``jit_compile`` is off by
+  default in tf-keras, so that is the default here; ``jit_compile=True``
+  (XLA) is a setting. The Keras ResNet is v1 (stride on the first 1x1, conv
+  biases) while agejax's default is v1.5, so the FLOPs are close but not equal.
+* ``torch``: torchvision's ResNet (v1.5, agejax's default structure) in
+  ``channels_last``, SGD + momentum, cross-entropy over 101 classes, eager
+  mode, with as many intra-op threads as this process may use (XLA:CPU uses
+  them all too); bfloat16 runs under ``torch.autocast``.
 
 The child (``python -m agejax.benchmark.peer SETTINGS_JSON``) imports only
-TensorFlow, never JAX, so TF's thread pools do not share a process with
-XLA's. After building and warming up it prints one JSON line, then times one
-run of ``steps`` steps per line it reads on stdin and answers each with a
-JSON line. The parent alternates: one agejax run, one Keras run, and so on,
-so drift in the machine's load moves both sides alike and cancels out of
-``ratio``; while one side runs the other waits.
+its framework, never JAX, so thread pools do not share a process with XLA's.
+After building and warming up it prints one JSON line, then times one run of
+``steps`` steps per line it reads on stdin and answers each with a JSON line.
+The parent alternates: one agejax run, one peer run, and so on, so drift in
+the machine's load moves both sides alike and cancels out of ``ratio``; while
+one side runs the other waits.
 """
 
 from __future__ import annotations
@@ -33,14 +38,25 @@ import time
 from typing import Any, Callable, IO
 
 from agejax.benchmark import common
+from agejax.errors import UsageError
 
 COLUMNS = ("images_per_sec", "ms_per_step", "ratio")
+FRAMEWORKS = ("keras", "torch")
 KERAS_ARCHS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
+TORCH_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# What each framework needs, and how to get it.
+_REQUIREMENTS = {
+    "keras": (("tf_keras",), "pip install -e '.[bench]' (tf-keras)"),
+    "torch": (("torch", "torchvision"),
+              "pip install -e '.[bench]' (torch, torchvision; CPU-only wheels: "
+              "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class PeerSettings:
   """The peer's network and protocol (match the ``step`` benchmark's)."""
+  framework: str = "keras"  # one of FRAMEWORKS
   arch: str = "resnet50"
   image_size: int = 112
   batch_size: int = 16
@@ -52,8 +68,8 @@ class PeerSettings:
   timeout: float = 1800.0  # seconds before the child is abandoned
 
 
-def _child(s: PeerSettings) -> None:
-  """Builds the Keras model, then times it on request; runs in the child process."""
+def _keras_steps(s: PeerSettings) -> tuple[Callable[[], None], dict[str, Any]]:
+  """The Keras model's ``k_steps`` and what the child reports about it."""
   # Imported here: the parent process must not load TensorFlow for this.
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -78,11 +94,53 @@ def _child(s: PeerSettings) -> None:
     for _ in range(s.steps):
       model.train_on_batch(images, labels)
 
+  return k_steps, {
+      "tf_version": tf.__version__, "keras_version": tf_keras.__version__,
+      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
+
+
+def _torch_steps(s: PeerSettings) -> tuple[Callable[[], None], dict[str, Any]]:
+  """The torchvision model's ``k_steps`` and what the child reports about it."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torchvision  # pylint: disable=import-outside-toplevel
+
+  on_gpu = os.environ.get("JAX_PLATFORMS") == "gpu" and torch.cuda.is_available()
+  device = torch.device("cuda" if on_gpu else "cpu")
+  if not on_gpu:
+    torch.set_num_threads(common.cpu_count())
+  torch.manual_seed(0)
+  model = getattr(torchvision.models, s.arch)(num_classes=101)
+  model = model.to(device=device, memory_format=torch.channels_last).train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  images = torch.randn(s.batch_size, 3, s.image_size, s.image_size, device=device
+                       ).contiguous(memory_format=torch.channels_last)
+  labels = torch.randint(0, 101, (s.batch_size,), device=device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=s.dtype == "bfloat16")
+
+  def k_steps():
+    for _ in range(s.steps):
+      optimizer.zero_grad(set_to_none=True)
+      with autocast:
+        loss = loss_fn(model(images), labels)
+      loss.backward()
+      optimizer.step()
+    loss.item()  # waits for the device
+
+  return k_steps, {"torch_version": torch.__version__,
+                   "torchvision_version": torchvision.__version__,
+                   "torch_device": device.type,
+                   "intra_op_threads": torch.get_num_threads()}
+
+
+def _child(s: PeerSettings) -> None:
+  """Builds the peer's model, then times it on request; runs in the child process."""
+  k_steps, meta = {"keras": _keras_steps, "torch": _torch_steps}[s.framework](s)
   for _ in range(s.warmup):
     k_steps()
-  _say({"tf_version": tf.__version__, "keras_version": tf_keras.__version__,
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()})
+  _say(meta)
   for _ in sys.stdin:  # one timed run per line
     start = time.perf_counter()
     k_steps()
@@ -103,7 +161,7 @@ def comparable(step_settings: dict[str, Any] | None, s: PeerSettings) -> bool:
 
 
 class _Child:
-  """The Keras child process, driven line by line, killed after ``timeout``."""
+  """The peer's child process, driven line by line, killed after ``timeout``."""
 
   def __init__(self, s: PeerSettings):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -150,6 +208,21 @@ def _median_summary(seconds: list[float], s: PeerSettings) -> dict[str, float]:
           "ms_per_step_max": summary["ms_per_call_max"] / s.steps}
 
 
+def check_available(s: PeerSettings) -> None:
+  """Raises, saying what to install or choose, when the peer cannot run ``s``."""
+  if s.framework not in FRAMEWORKS:
+    raise UsageError(f"peer: unknown framework {s.framework!r}; use one of {FRAMEWORKS}")
+  archs = KERAS_ARCHS if s.framework == "keras" else TORCH_ARCHS
+  if s.arch not in archs:
+    raise UsageError(f"peer: the {s.framework} peer has no {s.arch!r}; "
+                     f"use one of {sorted(archs)}")
+  modules, install = _REQUIREMENTS[s.framework]
+  missing = [m for m in modules if importlib.util.find_spec(m) is None]
+  if missing:
+    raise UsageError(f"peer: the {s.framework} baseline needs "
+                              f"{', '.join(missing)}; {install}")
+
+
 def run(s: PeerSettings, agejax_k_steps: Callable[[], Any] | None = None
         ) -> list[dict[str, Any]]:
   """Times the peer in a child process; ``ratio`` = agejax images/s over the peer's.
@@ -161,12 +234,7 @@ def run(s: PeerSettings, agejax_k_steps: Callable[[], Any] | None = None
       ``step.compile_step``). Timed alternately with the peer; without it
       ``ratio`` is None.
   """
-  if s.arch not in KERAS_ARCHS:
-    raise ValueError(f"peer: tf_keras.applications has no {s.arch!r}; "
-                     f"use one of {sorted(KERAS_ARCHS)}")
-  if importlib.util.find_spec("tf_keras") is None:
-    raise ModuleNotFoundError("peer: the Keras baseline needs tf-keras; "
-                              "install the bench extra: pip install -e '.[bench]'")
+  check_available(s)
   child = _Child(s)
   try:
     meta = child.read()  # built and warmed up
@@ -189,7 +257,7 @@ def run(s: PeerSettings, agejax_k_steps: Callable[[], Any] | None = None
     agejax = s.batch_size * s.steps / statistics.median(agejax_seconds)
     results["agejax_images_per_sec"] = agejax
     results["ratio"] = agejax / results["images_per_sec"]
-  return [common.record("peer", dataclasses.asdict(s), results)]
+  return [{**common.record("peer", dataclasses.asdict(s), results), "variant": s.framework}]
 
 
 if __name__ == "__main__":
