@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from agejax.benchmark import build
@@ -147,6 +148,17 @@ def test_build(tmp_path):
   (record,) = _round_trip(build.run(build.BuildSettings(images=30)), build.COLUMNS, tmp_path)
   _check(record, "build", ("images_per_sec", "seconds", "release_images", "kept"))
   assert record["kept"] < record["release_images"]  # the hand-made bad rows are dropped
+  # 300-500 px photos are never decoded reduced for a 256 px crop: identical builds.
+  assert record["psnr_release_db"] is None
+  assert 40 <= record["psnr_photos_min_db"] < 60
+
+
+def test_psnr_closed_form():
+  a = np.zeros((4, 4), np.uint8)
+  b = a.copy()
+  assert build.psnr(a, b) is None
+  b[0, 0] = 16  # MSE 16**2 / 16 = 16
+  assert build.psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 16))
 
 
 def test_e2e(tmp_path):

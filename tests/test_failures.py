@@ -315,10 +315,12 @@ def test_a_huge_jpeg_is_decoded_only_as_large_as_its_crop_needs():
   data = out.getvalue()
   image, box, original = face_crop.decode_for_crop(data, None, size=256)
   assert original == (8000, 6000) and box is None
-  assert image.size == (1000, 750)  # 1/8 scale: the smallest side still >= 256
-  # With a face box, the widened box keeps at least 256 pixels a side.
+  assert image.size == (1000, 750)  # 1/8 scale: the smallest side still >= 2 x 256
+  # With a face box, the widened box (1,800 px) keeps at least 512 pixels a side: 1/2.
   image, box, _ = face_crop.decode_for_crop(data, (3000, 2000, 4000, 3000), 0.4, 256)
-  assert image.size == (2000, 1500) and box == (750.0, 500.0, 1000.0, 750.0)
+  assert image.size == (4000, 3000) and box == (1500.0, 1000.0, 2000.0, 1500.0)
+  full, _, _ = face_crop.decode_for_crop(data, None, size=256, reduced=False)
+  assert full.size == (8000, 6000)
   crop = face_crop.crop(image, box, 0.4, 256)
   assert crop.size == (256, 256)
   assert np.abs(np.asarray(crop, np.int16) - (90, 120, 150)).max() <= 3

@@ -4,7 +4,14 @@ The release comes from the test suite's generator (``tests/imdb_wiki_fixture``:
 ``.mat`` files in the release's layout and JPEG crops), imported by path since
 ``tests/`` is not a package. Writing the release is not timed; the build
 (``download_and_prepare``: reading, cleaning, cropping, re-encoding at 256 px,
-writing TFRecords) is.
+writing TFRecords) is, after TFDS and the builders are imported (a one-off
+cost that a 523k-image build does not feel).
+
+Reduced decoding (``reduced_decode``, on by default) changes pixels, so the
+benchmark measures by how much: the PSNR of every stored crop against a
+build with full decoding (by file name; ``None`` when identical, as on a
+release whose photos are too small to be reduced), and of crops at 64 and
+128 px of the scikit-image photos, where 1/2..1/8 decoding does happen.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import math
 import os
 import pathlib
 import shutil
@@ -20,9 +28,11 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
+
 from agejax.benchmark import common
 
-COLUMNS = ("images_per_sec", "seconds", "kept")
+COLUMNS = ("images_per_sec", "seconds", "kept", "psnr_release_db", "psnr_photos_min_db")
 # tests/imdb_wiki_fixture.py writes at least this many hand-made rows per part.
 _MIN_IMDB, _MIN_WIKI = 20, 5
 _FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "tests" / "imdb_wiki_fixture.py"
@@ -61,12 +71,23 @@ def write_release(manual_dir: str, s: BuildSettings) -> int:
   return n_imdb + n_wiki
 
 
-def build(manual_dir: str, data_dir: str, config: str) -> Any:
-  """Prepares ``imdb_wiki/<config>`` from ``manual_dir`` into ``data_dir``."""
+def _tfds() -> Any:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from agejax.data import catalog as datasets  # pylint: disable=import-outside-toplevel
   datasets.register_builders()
-  builder = tfds.builder(f"imdb_wiki/{config}", data_dir=data_dir)
+  return tfds
+
+
+def build(manual_dir: str, data_dir: str, config: str, reduced_decode: bool = True) -> Any:
+  """Prepares ``imdb_wiki/<config>`` from ``manual_dir`` into ``data_dir``."""
+  tfds = _tfds()
+  if reduced_decode:
+    builder = tfds.builder(f"imdb_wiki/{config}", data_dir=data_dir)
+  else:
+    from data_builders.imdb_wiki import imdb_wiki_dataset_builder as imdb_wiki  # pylint: disable=import-outside-toplevel
+    named = next(c for c in imdb_wiki.Builder.BUILDER_CONFIGS if c.name == config)
+    builder = tfds.builder("imdb_wiki", data_dir=data_dir, config=dataclasses.replace(
+        named, name=f"{config}_full_decode", reduced_decode=False))
   # The builder prints its cleaning report; stdout may be carrying JSON lines.
   with contextlib.redirect_stdout(sys.stderr):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -74,9 +95,51 @@ def build(manual_dir: str, data_dir: str, config: str) -> Any:
   return builder
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+  """Peak signal-to-noise ratio of two uint8 images in dB; None when identical."""
+  mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+  return None if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _stored_crops(builder: Any) -> dict[str, np.ndarray]:
+  """file_name -> decoded stored crop, over every split."""
+  tfds = _tfds()
+  crops = {}
+  for split in builder.info.splits:
+    for example in tfds.as_numpy(builder.as_dataset(split=split)):
+      crops[example["file_name"].decode()] = example["image"]
+  return crops
+
+
+def release_psnr(reduced: Any, full: Any) -> float | None:
+  """PSNR over all stored crops of two builds of one release (one MSE)."""
+  a, b = _stored_crops(reduced), _stored_crops(full)
+  if set(a) != set(b):
+    raise RuntimeError("the two builds kept different examples")
+  keys = sorted(a)
+  return psnr(np.stack([a[k] for k in keys]), np.stack([b[k] for k in keys]))
+
+
+def photos_psnr(sizes: tuple[int, ...] = (64, 128)) -> float | None:
+  """The lowest PSNR of reduced-decode crops of the scikit-image photos (quality 95)."""
+  from skimage import data as photos  # pylint: disable=import-outside-toplevel
+  from agejax.data import face_crop  # pylint: disable=import-outside-toplevel
+
+  values = []
+  for name in ("astronaut", "coffee", "chelsea", "rocket"):
+    data = face_crop.encode_jpeg(getattr(photos, name)(), quality=95)
+    for size in sizes:
+      full = face_crop.crop(face_crop.decode(data), None, size=size)
+      image, box, _ = face_crop.decode_for_crop(data, None, size=size)
+      values.append(psnr(np.asarray(face_crop.crop(image, box, size=size)), np.asarray(full)))
+  finite = [v for v in values if v is not None]
+  return min(finite) if finite else None
+
+
 def run(s: BuildSettings) -> list[dict[str, Any]]:
-  """Times one build of a fresh release; one result."""
+  """Times one build of a fresh release, then measures its PSNR; one result."""
   root = tempfile.mkdtemp(prefix="agejax_bench_build_")
+  _tfds()  # imported before the clock starts
   try:
     manual_dir, data_dir = os.path.join(root, "manual"), os.path.join(root, "data")
     rows = write_release(manual_dir, s)
@@ -84,8 +147,11 @@ def run(s: BuildSettings) -> list[dict[str, Any]]:
     builder = build(manual_dir, data_dir, s.config)
     seconds = time.perf_counter() - start
     kept = sum(split.num_examples for split in builder.info.splits.values())
+    full = build(manual_dir, os.path.join(root, "full"), s.config, reduced_decode=False)
+    psnr_release = release_psnr(builder, full)
   finally:
     shutil.rmtree(root, ignore_errors=True)
   results = {"images_per_sec": rows / seconds, "seconds": seconds, "release_images": rows,
-             "kept": kept, "workers": common.cpu_count()}
+             "kept": kept, "workers": common.cpu_count(), "psnr_release_db": psnr_release,
+             "psnr_photos_min_db": photos_psnr()}
   return [common.record("build", dataclasses.asdict(s), results)]

@@ -43,6 +43,8 @@ class AgeCsvConfig(tfds.core.BuilderConfig):
   Attributes:
     csv: the CSV's path, relative to the manual dir.
     image_size: side of the stored square image in pixels.
+    reduced_decode: decode large JPEGs at 1/2..1/8 scale (libjpeg's DCT scaling)
+      when the crop keeps at least twice the stored pixels a side (face_crop).
     margin: widening of a face box per side, as a fraction of its size.
     split_fractions: train, validation and test shares of the hash split.
     encoding: the CSV's text encoding (``utf-8-sig`` reads UTF-8 with or
@@ -52,6 +54,7 @@ class AgeCsvConfig(tfds.core.BuilderConfig):
   encoding: str = "utf-8-sig"
   image_size: int = face_crop.DEFAULT_SIZE
   margin: float = face_crop.DEFAULT_MARGIN
+  reduced_decode: bool = True
   split_fractions: Sequence[float] = common.DEFAULT_FRACTIONS
 
   def __post_init__(self):
@@ -203,7 +206,8 @@ class Builder(common.ReportingBuilder):
         continue
       try:
         image, box, _ = face_crop.decode_for_crop(file.read_bytes(), row.box,
-                                                  margin=config.margin, size=config.image_size)
+                                                  margin=config.margin, size=config.image_size,
+                                                  reduced=config.reduced_decode)
         image = face_crop.crop(image, box, margin=config.margin, size=config.image_size)
       except face_crop.UndecodableImage:
         self._report.drop("undecodable_image")

@@ -39,8 +39,11 @@ class AppaRealConfig(tfds.core.BuilderConfig):
 
   Attributes:
     image_size: side of the stored square image in pixels.
+    reduced_decode: decode large JPEGs at 1/2..1/8 scale (libjpeg's DCT scaling)
+      when the crop keeps at least twice the stored pixels a side (face_crop).
   """
   image_size: int = face_crop.DEFAULT_SIZE
+  reduced_decode: bool = True
 
 
 class _Release:
@@ -170,7 +173,8 @@ class Builder(common.ReportingBuilder):
       self._report.drop("missing_image")
       return None
     try:
-      image, _, _ = face_crop.decode_for_crop(data, None, size=self.builder_config.image_size)
+      image, _, _ = face_crop.decode_for_crop(data, None, size=self.builder_config.image_size,
+                                              reduced=self.builder_config.reduced_decode)
     except face_crop.UndecodableImage:
       self._report.drop("undecodable_image")
       return None

@@ -52,6 +52,7 @@ class Rules:
   min_image_side: int
   margin: float
   image_size: int
+  reduced_decode: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +185,8 @@ def process(task: Task, rules: Rules) -> tuple[str, dict] | str:
     if box_ok:
       # Only the pixels the crop needs: a huge photo decodes at 1/2..1/8 size.
       image, box, (width, height) = face_crop.decode_for_crop(
-          data, task.box, margin=rules.margin, size=rules.image_size)
+          data, task.box, margin=rules.margin, size=rules.image_size,
+          reduced=rules.reduced_decode)
     else:
       image = face_crop.decode(data)
       box, (width, height) = task.box, image.size

@@ -45,6 +45,8 @@ class ImdbWikiConfig(tfds.core.BuilderConfig):
     margin: the face box is widened by this fraction of its size on each side.
     image_size: stored images are image_size x image_size RGB JPEGs.
     split_fractions: train, validation and test fractions of the people.
+    reduced_decode: decode large JPEGs at 1/2..1/8 scale (libjpeg's DCT scaling)
+      when the crop keeps at least twice the stored pixels a side (face_crop).
   """
 
   min_face_score: float = 1.0
@@ -54,6 +56,7 @@ class ImdbWikiConfig(tfds.core.BuilderConfig):
   min_image_side: int = 2
   margin: float = 0.4
   image_size: int = 256
+  reduced_decode: bool = True
   split_fractions: tuple[float, float, float] = common.DEFAULT_FRACTIONS
 
   def rules(self) -> cleaning.Rules:
@@ -65,6 +68,7 @@ class ImdbWikiConfig(tfds.core.BuilderConfig):
         min_image_side=self.min_image_side,
         margin=self.margin,
         image_size=self.image_size,
+        reduced_decode=self.reduced_decode,
     )
 
 

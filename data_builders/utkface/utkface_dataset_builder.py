@@ -34,9 +34,12 @@ class UtkFaceConfig(tfds.core.BuilderConfig):
 
   Attributes:
     image_size: side of the stored square image in pixels.
+    reduced_decode: decode large JPEGs at 1/2..1/8 scale (libjpeg's DCT scaling)
+      when the crop keeps at least twice the stored pixels a side (face_crop).
     split_fractions: train, validation and test shares of the hash split.
   """
   image_size: int = face_crop.DEFAULT_SIZE
+  reduced_decode: bool = True
   split_fractions: Sequence[float] = common.DEFAULT_FRACTIONS
 
   def __post_init__(self):
@@ -138,7 +141,8 @@ class Builder(common.ReportingBuilder):
         continue
       try:
         image, _, _ = face_crop.decode_for_crop(f.read(), None,
-                                                size=self.builder_config.image_size)
+                                                size=self.builder_config.image_size,
+                                                reduced=self.builder_config.reduced_decode)
       except face_crop.UndecodableImage:
         self._report.drop("undecodable_image")
         continue
