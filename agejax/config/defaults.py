@@ -79,6 +79,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.label = "age"
   c.data.label_std = ""
   c.data.image_size = 224  # network input (random/center crop of the stored image)
+  # Progressive resizing: ((epoch, size), ...), the training input side from
+  # that epoch on (data.image_size before the first; evaluation always uses
+  # data.image_size).
+  c.data.image_size_schedule = ()
   c.data.shuffle_buffer = 16_384
   c.data.prefetch = 2  # batches prepared ahead on the devices
   # Train-time augmentation, each switchable.
@@ -102,6 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
   # --- training length -----------------------------------------------------------
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128  # global batch, summed over all devices and hosts
+  # ((epoch, global_batch), ...): the batch from that epoch on (train.batch_size
+  # before the first entry). Each change starts a phase (see the plan).
+  c.train.batch_size_schedule = ()
   c.train.num_epochs = 30.0
   c.train.num_train_steps = 0  # > 0 overrides num_epochs
   c.train.log_every_steps = 50  # train metrics (and the only host syncs)
@@ -122,6 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
   # sgd | momentum | nesterov | adam | adamw | lamb | lars
   c.optim.name = "momentum"
   c.optim.lr = 0.1  # base (peak) learning rate; groups scale it by lr_mult
+  # When train.batch_size_schedule changes the batch B: lr x (B / train.batch_size)
+  # (linear), x sqrt of that (sqrt), or unchanged (none).
+  c.optim.lr_scaling = "none"
   c.optim.momentum = 0.9
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -166,8 +176,8 @@ def default_config() -> ml_collections.ConfigDict:
 def from_json(text: str) -> ml_collections.ConfigDict:
   """A config saved with ``to_json_best_effort``, on top of the defaults.
 
-  JSON turns tuples into lists; the group and boundary sequences come back
-  as tuples so the config compares equal to the one that was saved.
+  JSON turns tuples into lists; the group, boundary and schedule sequences
+  come back as tuples so the config compares equal to the one that was saved.
   """
   def as_tuple(value: Any) -> Any:
     return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value

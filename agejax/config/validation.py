@@ -20,6 +20,7 @@ import ml_collections
 from agejax.config import defaults as config_lib
 from agejax import models
 from agejax.models import heads
+from agejax.train import length as length_lib
 from agejax.train import optim
 from agejax.errors import ConfigError
 
@@ -142,6 +143,7 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.clip_grad_norm": (_NON_NEGATIVE[0], ">= 0 (0: off)"),
     "optim.grad_accum_steps": ((lambda v: v >= 1), "an integer >= 1"),
     "optim.wd_mode": _one_of(optim.WD_MODES),
+    "optim.lr_scaling": _one_of(tuple(length_lib.LR_SCALINGS)),
     "optim.wd_exclude": (_is_regex, "a valid regex ('' decays everything)"),
     "init.include": (_regex_list, "a list of valid regexes (empty: everything)"),
     "init.exclude": (_regex_list, "a list of valid regexes"),
@@ -162,6 +164,11 @@ def check_values(cfg: ml_collections.ConfigDict) -> None:
            f"> model.min_age ({cfg.model.min_age})", cfg.model.max_age)
   _require("train.num_epochs", cfg.train.num_epochs > 0 or cfg.train.num_train_steps > 0,
            "> 0 unless train.num_train_steps is set", cfg.train.num_epochs)
+  # VGG's fc6 is sized by the input: one side for the whole run.
+  _require("data.image_size_schedule",
+           not (cfg.model.arch == "vgg16" and cfg.data.image_size_schedule),
+           "empty with model.arch=vgg16 (its fc6 layer fixes the input size)",
+           cfg.data.image_size_schedule)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

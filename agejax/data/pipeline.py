@@ -225,7 +225,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
                  train: bool, batch_size: int, seed: int = 0,
                  process_index: int | None = None,
                  process_count: int | None = None,
-                 start_step: int = 0, max_examples: int = 0) -> tf.data.Dataset:
+                 start_step: int = 0, start_example: int | None = None,
+                 max_examples: int = 0) -> tf.data.Dataset:
   """This process's batches of ``split``.
 
   Args:
@@ -240,6 +241,9 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     seed: the run's seed (train only).
     process_index, process_count: default to JAX's.
     start_step: train only: begin at this batch of the uninterrupted stream.
+    start_example: train only: begin after this many global examples of the
+      uninterrupted stream instead (a phase of a batch-size schedule starts
+      where the last one stopped).
     max_examples: eval only, > 0: about this many examples, the first
       ``ceil(max_examples / process_count)`` of every process's part (the
       same ones at every call: the train-eval subset).
@@ -278,7 +282,9 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     stream = _train_stream(
         records, data_cfg, n_local=counts[process_index],
         index_offset=sum(counts[:process_index]), seed=seed,
-        process_index=process_index, start_example=start_step * local_batch)
+        process_index=process_index,
+        start_example=(start_step * local_batch if start_example is None
+                       else start_example // process_count))
 
     stored_as_jpeg = getattr(builder.info.features["image"], "encoding_format", None) == "jpeg"
     fast = stored_as_jpeg and augment.crops_while_decoding(data_cfg.augment)
@@ -296,8 +302,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)
   else:
-    if start_step:
-      raise ValueError("start_step applies to training streams only")
+    if start_step or start_example:
+      raise ValueError("start_step and start_example apply to training streams only")
 
     def prepare(record):
       image = augment.center_crop(decode(record["image"]), size, resize_side)

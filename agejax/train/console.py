@@ -77,8 +77,9 @@ class TrainingConsole:
   def _epoch(self, step: int) -> str:
     """``epoch 3/20``: the epoch ``step`` belongs to (its last step included)."""
     n = self._length
-    return (f"epoch {math.ceil(step / n.steps_per_epoch)}/"
-            f"{math.ceil(n.total_steps / n.steps_per_epoch)}")
+    # Rounded first: a phase's epoch arithmetic may land a hair above a whole epoch.
+    return (f"epoch {math.ceil(round(n.epoch_of_step(step), 6))}/"
+            f"{math.ceil(round(n.total_epochs, 6))}")
 
   def interval(self, step: int, values: Mapping[str, float]) -> None:
     """``epoch 3/20  step 1,234/10,000 (12%)  1m23s, ETA 9m50s  loss 3.210 ...``."""
@@ -119,7 +120,7 @@ class TrainingConsole:
     n = self._length
     step = summary["step"]
     rows = [("stopped", f"{summary['stopped']} at step {step:,} "
-                        f"({step / n.steps_per_epoch:.2f} epochs)"),
+                        f"({n.epoch_of_step(step):.2f} epochs)"),
             ("wall time", terminal.duration(summary["wall_seconds"]))]
     if summary["best"] is not None:
       rows.append((f"best {metric}", f"{summary['best']:.3f} at step {summary['best_step']:,}"))

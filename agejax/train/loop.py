@@ -157,9 +157,6 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                         ) -> dict[str, Any]:
   imported = initialization.prepare_pretrained(cfg)
   mesh = mesh_lib.data_parallel_mesh()
-  if cfg.train.batch_size % mesh.size:
-    raise ConfigError("train.batch_size", f"{cfg.train.batch_size} does not divide "
-                      f"evenly over {mesh.size} devices")
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
   is_chief = jax.process_index() == 0
@@ -168,6 +165,11 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
       cfg.data, cfg.data.train_split)
   length = length_lib.run_length(cfg, num_train)
+  for phase in length.phases:
+    if phase.batch_size % mesh.size:
+      key = "train.batch_size" if phase.index == 0 else "train.batch_size_schedule"
+      raise ConfigError(key, f"{phase.batch_size} does not divide evenly over "
+                        f"{mesh.size} devices")
   statics = setup.build_step_fns(cfg, length)
 
   ckpt = restore.checkpointer(
@@ -205,11 +207,21 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 plan_lib.fine_tune_warning(cfg, rows), resumed_from=latest)
   train_eval_examples = min(cfg.train.train_eval_examples, num_train)
 
-  train_iter = input_pipeline.device_batches(
-      input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
-                                  batch_size=cfg.train.batch_size, seed=cfg.seed,
-                                  start_step=step),
-      data_sharding, cfg.data.prefetch, cfg.data, cfg.data.train_split)
+  def phase_batches(at_step):
+    """The training stream of the phase of ``at_step``, from that step on."""
+    phase = length.phase_at(at_step)
+    data_cfg = ml_collections.ConfigDict(cfg.data.to_dict())
+    data_cfg.image_size = phase.image_size
+    if len(length.phases) > 1:
+      logging.info("phase %d from step %d: batch %d, %d px, lr x%g", phase.index + 1,
+                   at_step, phase.batch_size, phase.image_size, phase.lr_factor)
+    return phase, input_pipeline.device_batches(
+        input_pipeline.create_split(data_cfg, cfg.model, cfg.data.train_split, train=True,
+                                    batch_size=phase.batch_size, seed=cfg.seed,
+                                    start_example=length.examples_before(at_step)),
+        data_sharding, cfg.data.prefetch, cfg.data, cfg.data.train_split)
+
+  phase, train_iter = phase_batches(step)
   preemption = _Preemption()
   accumulated = None
   wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
@@ -225,11 +237,15 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
 
   def save(at_step, metrics=None):
     check_loss(at_step)  # nothing of a diverged state is ever written
-    ckpt.save(at_step, state, extra={"step": at_step, "progress": progress_state},
+    ckpt.save(at_step, state, extra={"step": at_step, "progress": progress_state,
+                                     "phase": length.phase_at(max(at_step - 1, 0)).index},
               metrics=metrics)
 
   try:
     while step < total:
+      if step == phase.end_step:  # the next phase: its batch, its input side
+        train_iter.close()
+        phase, train_iter = phase_batches(step)
       t0 = time.perf_counter()
       batch = next(train_iter)
       wait_time += time.perf_counter() - t0
@@ -255,7 +271,8 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         if done:  # none when the interval held only the compiling first step
           values.update({
               "steps_per_sec": done / elapsed,
-              "images_per_sec": done * cfg.train.batch_size / elapsed,
+              "images_per_sec": (length.examples_before(step) -
+                                 length.examples_before(interval_step)) / elapsed,
               "data_wait_fraction": wait_time / elapsed,
           })
         # Written before the check: a diverged interval is on record for the report.

@@ -241,14 +241,27 @@ def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
                f"{d.eval_split}, {d.image_size}px, {m.preprocessing} preprocessing"),
       ("augmentation", augmentation),
       ("batch", f"{cfg.train.batch_size} global"),
-      ("length", f"{n.total_steps / n.steps_per_epoch:g} epochs = {n.total_steps:,} steps "
-                 f"of {n.steps_per_epoch:,} per epoch"),
+      ("length", f"{n.total_epochs:g} epochs = {n.total_steps:,} steps" + (
+          f" of {n.steps_per_epoch:,} per epoch" if len(n.phases) == 1 else
+          f" in {len(n.phases)} phases")),
+      *([("phases", phases_text(n, cfg.optim.lr))] if len(n.phases) > 1 else []),
       ("optimizer", _optimizer_text(cfg)),
       ("weight decay", _weight_decay_text(cfg)),
       ("schedule", f"{schedule.name}{warmup}"),
       ("groups", "\n".join(groups)),
       ("batchnorm", _batch_norm_text(cfg, rows)),
   ]
+
+
+def phases_text(length: length_lib.RunLength, lr: float) -> str:
+  """One line per phase: its epochs, steps, batch, input side and peak learning rate."""
+  lines = []
+  for p in length.phases:
+    end_epoch = length.epoch_of_step(p.end_step)
+    lines.append(f"{p.index + 1}: epochs {p.start_epoch:g}-{end_epoch:g}, steps "
+                 f"{p.start_step:,}-{p.end_step:,} ({p.steps:,}), batch {p.batch_size}, "
+                 f"{p.image_size}px, peak lr {lr * p.lr_factor:g} (x{p.lr_factor:g})")
+  return "\n".join(lines)
 
 
 def fine_tune_warning(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) -> str | None:
@@ -357,7 +370,7 @@ def format_plan(plan: Plan) -> str:
   lr_groups = sorted({g for _, lrs in plan.lr_milestones for g in lrs})
   lrs = _table(
       ("step", "epoch") + tuple(f"lr[{g}]" for g in lr_groups),
-      [(s, f"{s / plan.length.steps_per_epoch:.2f}") +
+      [(s, f"{plan.length.epoch_of_step(s):.2f}") +
        tuple(f"{lr.get(g, 0.0):.3g}" for g in lr_groups)
        for s, lr in plan.lr_milestones])
   n = plan.length
@@ -365,8 +378,9 @@ def format_plan(plan: Plan) -> str:
       params, summary,
       f"trainable parameters: {plan.trainable:,}   frozen: {plan.frozen:,}   "
       f"optimizer state: {plan.optimizer_state_floats:,} floats",
-      f"run: {n.total_steps:,} steps = {n.total_steps / n.steps_per_epoch:.2f} epochs "
-      f"of {n.steps_per_epoch:,} steps ({n.num_train_examples:,} examples)",
+      f"run: {n.total_steps:,} steps = {n.total_epochs:.2f} epochs " + (
+          f"of {n.steps_per_epoch:,} steps" if len(n.phases) == 1 else
+          f"in {len(n.phases)} phases") + f" ({n.num_train_examples:,} examples)",
       lrs,
   ])
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from agejax.errors import ConfigError
@@ -240,3 +241,23 @@ def build_schedule(schedule_cfg: Any, base_lr: float, steps_per_epoch: int,
                                end_value=base_lr, transition_steps=warmup)
   return optax.join_schedules([ramp, lambda step: main(step + offset)],
                               [warmup])
+
+
+def phase_scaled(schedule: optax.Schedule, length: Any) -> optax.Schedule:
+  """``schedule`` times each phase's ``lr_factor`` (``optim.lr_scaling``).
+
+  The phase of an update is the one its first micro-batch belongs to, so
+  with gradient accumulation a phase starts scaling at its first update.
+  Without a factor other than 1 the schedule is returned as it is.
+  """
+  factors = [p.lr_factor for p in length.phases]
+  if all(f == 1.0 for f in factors):
+    return schedule
+  starts = jnp.asarray([p.start_step // length.grad_accum_steps for p in length.phases])
+  table = jnp.asarray(factors, jnp.float32)
+
+  def scaled(count):
+    phase = jnp.searchsorted(starts, count, side="right") - 1
+    return schedule(count) * table[phase]
+
+  return scaled

@@ -40,6 +40,7 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
   if schedule is None:
     schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
                                         length.updates_per_epoch, length.total_updates)
+  schedule = schedules.phase_scaled(schedule, length)
   return steps.StepStatics(
       graphdef=graphdef,
       tx=optim.build_optimizer(cfg.optim, abstract_params, length.updates_per_epoch,
