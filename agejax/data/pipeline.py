@@ -44,7 +44,6 @@ from agejax.data import catalog as datasets
 from agejax.data import prefetch as device_prefetch
 from agejax.errors import ConfigError, DataCorrupt
 
-normalize = augment.normalize
 
 _NO_END = 2**62  # "forever" in epochs; tf.data ranges need a bound
 
@@ -291,12 +290,14 @@ def create_split(data_cfg: ml_collections.ConfigDict,
 
     def prepare(epoch, index, copy, record):
       key = _rng_key(_AUGMENT, seed, epoch, index, copy)
+      # Normalised inside the augmentation's compiled pixel stage.
       if fast:
-        image = augment.train_image_from_jpeg(record["image"], key, data_cfg.augment, size)
+        image = augment.train_image_from_jpeg(record["image"], key, data_cfg.augment, size,
+                                              preprocessing)
       else:
         image = augment.train_image(decode(record["image"]), key,
-                                    data_cfg.augment, size, resize_side)
-      return {"image": normalize(image, preprocessing),
+                                    data_cfg.augment, size, resize_side, preprocessing)
+      return {"image": image,
               "age": record["age"], "age_std": record["age_std"]}
 
     ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -306,8 +307,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
       raise ValueError("start_step and start_example apply to training streams only")
 
     def prepare(record):
-      image = augment.center_crop(decode(record["image"]), size, resize_side)
-      return {"image": normalize(image, preprocessing), "age": record["age"],
+      image = augment.eval_image(decode(record["image"]), size, resize_side, preprocessing)
+      return {"image": image, "age": record["age"],
               "age_std": record["age_std"], "mask": tf.constant(True)}
 
     ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
