@@ -226,31 +226,38 @@ def _reflect(coord: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value(coord, 0.0, size - 1.0)
 
 
-def warp(image: tf.Tensor, transform: tf.Tensor, image_size: int) -> tf.Tensor:
-  """Bilinear resampling of ``image`` ([H, W, 3]) through ``transform`` to S x S.
+def warp_batch(images: tf.Tensor, transforms: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Bilinear resampling of ``images`` ([B, H, W, 3]) through ``transforms`` ([B, 8]).
 
   The border is mirrored (REFLECT): a rotated window reaches past the face
   crop's edge, and a mirrored border looks more like a face than black corners.
   """
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
+  shape = tf.shape(images)
+  height, width = shape[1], shape[2]
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  pixels = tf.reshape(tf.cast(image, tf.float32), [-1, 3])
+  pixels = tf.reshape(tf.cast(images, tf.float32), [shape[0], -1, 3])
   steps = tf.range(image_size, dtype=tf.float32)
-  x = _reflect(transform[0] * steps[None, :] + transform[1] * steps[:, None] + transform[2], w)
-  y = _reflect(transform[3] * steps[None, :] + transform[4] * steps[:, None] + transform[5], h)
+  t = transforms[:, :, None, None]  # [B, 8, 1, 1] against [S, S] grids
+  cols, rows = steps[None, :], steps[:, None]
+  x = _reflect(t[:, 0] * cols + t[:, 1] * rows + t[:, 2], w)
+  y = _reflect(t[:, 3] * cols + t[:, 4] * rows + t[:, 5], h)
   x0, y0 = tf.floor(x), tf.floor(y)
   left, top = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
   # The far neighbour of the last row or column has weight 0: any index does.
   right, bottom = tf.minimum(left + 1, width - 1), tf.minimum(top + 1, height - 1)
 
   def at(row, col):
-    return tf.gather(pixels, row * width + col)
+    return tf.gather(pixels, row * width + col, batch_dims=1)
 
   wx0, wx1 = (x0 + 1.0 - x)[..., None], (x - x0)[..., None]
   upper = wx0 * at(top, left) + wx1 * at(top, right)
   lower = wx0 * at(bottom, left) + wx1 * at(bottom, right)
-  out = (y0 + 1.0 - y)[..., None] * upper + (y - y0)[..., None] * lower
+  return (y0 + 1.0 - y)[..., None] * upper + (y - y0)[..., None] * lower
+
+
+def warp(image: tf.Tensor, transform: tf.Tensor, image_size: int) -> tf.Tensor:
+  """:func:`warp_batch` of one image ([H, W, 3]) and its transform ([8])."""
+  out = warp_batch(image[None], transform[None], image_size)[0]
   return tf.ensure_shape(out, [image_size, image_size, 3])
 
 
@@ -272,51 +279,25 @@ def color_jitter(image: tf.Tensor, key: tf.Tensor, strength: float) -> tf.Tensor
 
 def apply_jitter(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   """:func:`color_jitter` with its factors drawn (``jitter_factors``)."""
-  image = tf.clip_by_value(image * factor[0], 0.0, 255.0)
-  mean_gray = tf.reduce_mean(tf.image.rgb_to_grayscale(image))
-  image = tf.clip_by_value((image - mean_gray) * factor[1] + mean_gray, 0.0, 255.0)
-  gray = tf.image.rgb_to_grayscale(image)
-  return tf.clip_by_value((image - gray) * factor[2] + gray, 0.0, 255.0)
+  return jitter_batch(image[None], factor[None])[0]
 
 
-def _compiled(stage: Callable[..., tf.Tensor], static_shape: bool) -> Callable[..., tf.Tensor]:
-  """``stage`` as one XLA computation, unless its input's shape varies per image.
+def jitter_batch(images: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
+  """:func:`apply_jitter` of [B, H, W, 3] images with [B, 3] factors, image by image."""
+  f = factors[:, None, None, None, :]  # [B, 1, 1, 1, 3]
+  images = tf.clip_by_value(images * f[..., 0], 0.0, 255.0)
+  mean_gray = tf.reduce_mean(tf.image.rgb_to_grayscale(images), axis=[1, 2, 3], keepdims=True)
+  images = tf.clip_by_value((images - mean_gray) * f[..., 1] + mean_gray, 0.0, 255.0)
+  gray = tf.image.rgb_to_grayscale(images)
+  return tf.clip_by_value((images - gray) * f[..., 2] + gray, 0.0, 255.0)
 
-  XLA compiles once per input shape: stored images of one size (every agejax
-  builder) compile once; a dataset of many sizes runs the same ops uncompiled.
-  """
-  return _jit(stage) if static_shape else stage
 
-
-@functools.lru_cache(maxsize=None)
 def _jit(stage: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
-  return tf.function(stage, jit_compile=True)
+  """``stage`` as one XLA computation (compiled once per input shape)."""
+  return _JITTED.setdefault(stage, tf.function(stage, jit_compile=True))
 
 
-@functools.lru_cache(maxsize=None)
-def _warp_stage(image_size: int, jitter: bool, preprocessing: str | None
-                ) -> Callable[..., tf.Tensor]:
-  """``(image, transform, jitter factors) -> [S, S, 3]``: warp, jitter, normalise."""
-  def stage(image, transform, factors):
-    out = warp(image, transform, image_size)
-    if jitter:
-      out = apply_jitter(out, factors)
-    return normalize(out, preprocessing) if preprocessing else out
-  return stage
-
-
-@functools.lru_cache(maxsize=None)
-def _resized_stage(flip: bool, jitter: bool, preprocessing: str | None
-                   ) -> Callable[..., tf.Tensor]:
-  """``(resized window, flip?, jitter factors) -> [S, S, 3]``: flip, jitter, normalise."""
-  def stage(image, flipped, factors):
-    out = image
-    if flip:
-      out = tf.where(flipped, tf.reverse(out, axis=[1]), out)
-    if jitter:
-      out = apply_jitter(out, factors)
-    return normalize(out, preprocessing) if preprocessing else out
-  return stage
+_JITTED: dict[Callable[..., tf.Tensor], Callable[..., tf.Tensor]] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -331,18 +312,33 @@ def eval_image(image: tf.Tensor, image_size: int, resize_side: int,
   return _jit(_normalize_stage(preprocessing))(center_crop(image, image_size, resize_side))
 
 
+@functools.lru_cache(maxsize=None)
+def _pixel_stage(warped: bool, image_size: int, flip: bool, jitter: bool,
+                 preprocessing: str | None) -> Callable[..., tf.Tensor]:
+  """The per-pixel work of a batch of :class:`Draws`, as one function."""
+  def stage(images, transforms, flips, factors):
+    if warped:  # the flip is inside the transform
+      out = warp_batch(images, transforms, image_size)
+    else:
+      out = images
+      if flip:
+        out = tf.where(flips[:, None, None, None], tf.reverse(out, axis=[2]), out)
+    if jitter:
+      out = jitter_batch(out, factors)
+    return normalize(out, preprocessing) if preprocessing else out
+  return stage
+
+
 def _factors(key: tf.Tensor, strength: float) -> tf.Tensor:
   return jitter_factors(key, strength) if strength > 0 else tf.ones([3], tf.float32)
 
 
-def train_image(image: tf.Tensor, key: tf.Tensor,
-                augment: ml_collections.ConfigDict, image_size: int,
-                resize_side: int, preprocessing: str | None = None) -> tf.Tensor:
-  """One training image: decoded RGB [H, W, 3] -> float32 [S, S, 3].
+def draws(image: tf.Tensor, key: tf.Tensor, augment: ml_collections.ConfigDict,
+          image_size: int, resize_side: int) -> dict[str, tf.Tensor]:
+  """One training image's random draws and the pixels they apply to.
 
-  In [0, 255], or normalised for the network when ``preprocessing`` is
-  given (in the same compiled computation as the warp). Every
-  ``data.augment`` switch off gives exactly the evaluation crop.
+  ``{"pixels": the decoded image, "transform": [8], "flip": bool, "factors": [3]}``;
+  :func:`finish` turns a batch of them into network inputs.
   """
   crop_key, flip_key, angle_key, color_key = tf.unstack(
       tf.random.experimental.stateless_split(key, num=4))
@@ -360,26 +356,18 @@ def train_image(image: tf.Tensor, key: tf.Tensor,
   if augment.rotation_degrees > 0:
     limit = math.radians(augment.rotation_degrees)
     angle = tf.random.stateless_uniform([], angle_key, -limit, limit)
-  stage = _compiled(_warp_stage(image_size, augment.color_jitter > 0, preprocessing),
-                    image.shape.is_fully_defined())
-  return stage(image, affine_transform(*window, flip, angle, image_size),
-               _factors(color_key, augment.color_jitter))
+  return {"pixels": image, "transform": affine_transform(*window, flip, angle, image_size),
+          "flip": flip, "factors": _factors(color_key, augment.color_jitter)}
 
 
-def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
-  """Random crop + flip without rotation: only the window need be decoded."""
-  return bool(augment.random_resized_crop) and augment.rotation_degrees == 0
-
-
-def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
-                          augment: ml_collections.ConfigDict, image_size: int,
-                          preprocessing: str | None = None) -> tf.Tensor:
-  """:func:`train_image` without rotation, straight from JPEG bytes.
+def jpeg_draws(encoded: tf.Tensor, key: tf.Tensor, augment: ml_collections.ConfigDict,
+               image_size: int) -> dict[str, tf.Tensor]:
+  """:func:`draws` without rotation, straight from JPEG bytes.
 
   The JPEG decoder skips everything outside the crop window, which is most of
-  the work of an input pipeline. The key is split as in :func:`train_image`,
-  so the window and the flip are the same draws; the window is rounded out
-  to whole pixels. ``preprocessing`` as in :func:`train_image`.
+  the work of an input pipeline. The key is split as in :func:`draws`, so
+  the window and the flip are the same draws; the window is rounded out to
+  whole pixels and resized here (``pixels`` is then [S, S, 3] float32).
   """
   crop_key, flip_key, _, color_key = tf.unstack(
       tf.random.experimental.stateless_split(key, num=4))
@@ -393,7 +381,49 @@ def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
   height = tf.clip_by_value(tf.cast(tf.math.ceil(crop_h), tf.int32), 1, shape[0] - top)
   window = tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, left, height, width]),
                                          channels=3)
-  out = tf.image.resize(window, [image_size, image_size], method="bilinear")
-  flip = tf.random.stateless_uniform([], flip_key) < 0.5
-  stage = _jit(_resized_stage(bool(augment.flip), augment.color_jitter > 0, preprocessing))
-  return stage(out, flip, _factors(color_key, augment.color_jitter))
+  pixels = tf.image.resize(window, [image_size, image_size], method="bilinear")
+  return {"pixels": pixels, "transform": tf.zeros([8], tf.float32),
+          "flip": tf.random.stateless_uniform([], flip_key) < 0.5,
+          "factors": _factors(color_key, augment.color_jitter)}
+
+
+def finish(batch: dict[str, tf.Tensor], augment: ml_collections.ConfigDict, image_size: int,
+           preprocessing: str | None, warped: bool) -> tf.Tensor:
+  """Network inputs [B, S, S, 3] from a batch of :func:`draws` (``warped``) or
+  :func:`jpeg_draws`: one XLA computation for the warp, flip, jitter and
+  normalisation of the whole batch. In [0, 255] when ``preprocessing`` is None.
+  """
+  stage = _pixel_stage(warped, image_size, bool(augment.flip), augment.color_jitter > 0,
+                       preprocessing)
+  # XLA compiles once per input shape: stored images of one size (every
+  # agejax builder) compile once; images of many sizes run the same ops
+  # uncompiled.
+  if batch["pixels"].shape[1:].is_fully_defined():
+    stage = _jit(stage)
+  return stage(batch["pixels"], batch["transform"], batch["flip"], batch["factors"])
+
+
+def train_image(image: tf.Tensor, key: tf.Tensor,
+                augment: ml_collections.ConfigDict, image_size: int,
+                resize_side: int, preprocessing: str | None = None) -> tf.Tensor:
+  """One training image: decoded RGB [H, W, 3] -> float32 [S, S, 3].
+
+  In [0, 255], or normalised for the network when ``preprocessing`` is
+  given. :func:`draws` then :func:`finish` on a batch of one: the pipeline's
+  own path. Every ``data.augment`` switch off gives exactly the evaluation crop.
+  """
+  one = {k: v[None] for k, v in draws(image, key, augment, image_size, resize_side).items()}
+  return finish(one, augment, image_size, preprocessing, warped=True)[0]
+
+
+def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
+  """Random crop + flip without rotation: only the window need be decoded."""
+  return bool(augment.random_resized_crop) and augment.rotation_degrees == 0
+
+
+def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
+                          augment: ml_collections.ConfigDict, image_size: int,
+                          preprocessing: str | None = None) -> tf.Tensor:
+  """:func:`train_image` without rotation, straight from JPEG bytes (:func:`jpeg_draws`)."""
+  one = {k: v[None] for k, v in jpeg_draws(encoded, key, augment, image_size).items()}
+  return finish(one, augment, image_size, preprocessing, warped=False)[0]
