@@ -139,7 +139,11 @@ def _records(builder: tfds.core.DatasetBuilder, split: Any,
 
 def _rng_key(*parts: Any) -> tf.Tensor:
   """A stateless RNG key folded from integers (Python or tensors)."""
-  key = tf.constant([0, 0], tf.int64)
+  return _fold(tf.constant([0, 0], tf.int64), *parts)
+
+
+def _fold(key: tf.Tensor, *parts: Any) -> tf.Tensor:
+  """``key`` with each of ``parts`` folded in, in order."""
   for part in parts:
     key = tf.random.experimental.stateless_fold_in(key, tf.cast(part, tf.int64))
   return key
@@ -299,8 +303,12 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     def finish(draws):
       return augment.finish(draws, data_cfg.augment, size, preprocessing, warped=not fast)
 
+    # The constant part of every example's key folded once, not per example
+    # (the same keys: folding is sequential).
+    augment_key = tf.constant(_rng_key(_AUGMENT, seed).numpy())
+
     def prepare(epoch, index, copy, record):
-      key = _rng_key(_AUGMENT, seed, epoch, index, copy)
+      key = _fold(augment_key, epoch, index, copy)
       if fast:
         draws = augment.jpeg_draws(record["image"], key, data_cfg.augment, size)
       else:
