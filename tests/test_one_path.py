@@ -144,7 +144,7 @@ def test_a_mistyped_override_is_one_config_line_and_exit_2(command, tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"agejax.{command}: config error: optim.lr_mults: unknown config key "
-      "(did you mean optim.lr, optim.groups, optim.schedule.cycle_mult?)"]
+      "(did you mean optim.lr, optim.groups, optim.lr_scaling?)"]
 
 
 def _imports() -> dict[str, set[str]]:

@@ -11,9 +11,10 @@ A face crop goes through exactly the evaluation path of
 the resize that built the dataset (``face_crop.crop_face``, PIL bilinear,
 uint8), then ``augment.center_crop``'s shorter-side resize (only when the
 stored side is below the network's input) and centre crop, then
-``augment.normalize``. Cropping and normalising run in numpy on the host:
-numpy's ``x / 255`` rounds as tf.data's does, XLA's division differs by an
-ulp, and a trained network turns an ulp of input into ~1e-4 years of output.
+``augment.normalize``. Cropping runs in numpy on the host; normalising is
+compiled by XLA, as the tf.data pipeline's is (``jit_compile``): XLA's
+division rounds differently from numpy's by an ulp, and a trained network
+turns an ulp of input into ~1e-4 years of output, so both sides use XLA's.
 ``tests/test_export.py`` checks the result against the tf.data pipeline's
 output for the same stored images (bit-exact without a resize).
 
@@ -74,6 +75,11 @@ def to_stored(image: np.ndarray, stored_size: int) -> np.ndarray:
   return face_crop.crop_face(image, None, size=stored_size)
 
 
+@functools.partial(jax.jit, static_argnames=("preprocessing",))
+def _normalize(crops: jax.Array, preprocessing: str) -> jax.Array:
+  return augment.normalize(crops, preprocessing)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "flip_tta"))
 def _predict_batch(params: Any, batch_stats: Any, x: jax.Array, *, graphdef: nnx.GraphDef,
                    flip_tta: bool) -> tuple[jax.Array, jax.Array]:
@@ -130,7 +136,7 @@ class Predictor:
   def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The float32 network input of uint8 RGB face crops (as :meth:`prepare` takes)."""
     crops = eval_crop(self.prepare(images), self.image_size, self.stored_size)
-    return augment.normalize(crops, self._preprocessing)
+    return np.asarray(_normalize(jnp.asarray(crops), self._preprocessing))
 
   def __call__(self, images: np.ndarray | Sequence[np.ndarray]
                ) -> tuple[np.ndarray, np.ndarray]:
