@@ -13,6 +13,7 @@ from agejax.models import forward
 import tensorflow as tf
 
 from agejax.data import augment
+from agejax.data import stages
 from agejax.config import defaults as config
 from agejax.errors import ConfigError
 
@@ -119,7 +120,7 @@ def test_train_without_augmentation_is_the_eval_crop():
   image = tf.constant(_gradient(48, 48))
   expected = augment.center_crop(image, 40, 48).numpy()
   for i in range(3):
-    out = augment.train_image(image, _key(i), _augment_cfg(), 40, 48).numpy()
+    out = stages.train_image(image, _key(i), _augment_cfg(), 40, 48).numpy()
     np.testing.assert_array_equal(out, expected)
 
 
@@ -128,7 +129,7 @@ def test_flip_is_exact_and_random():
   crop = augment.center_crop(image, 40, 48).numpy()
   flips = []
   for i in range(16):
-    out = augment.train_image(image, _key(i), _augment_cfg(flip=True), 40, 48).numpy()
+    out = stages.train_image(image, _key(i), _augment_cfg(flip=True), 40, 48).numpy()
     flipped = np.array_equal(out, crop[:, ::-1])
     assert flipped or np.array_equal(out, crop)
     flips.append(flipped)
@@ -149,7 +150,7 @@ def test_rotation_stays_within_its_range():
   image = tf.constant(_gradient(48, 48))
   crop = augment.center_crop(image, 40, 48).numpy()
   cfg = _augment_cfg(rotation_degrees=10.0)
-  outs = [augment.train_image(image, _key(i), cfg, 40, 48).numpy() for i in range(4)]
+  outs = [stages.train_image(image, _key(i), cfg, 40, 48).numpy() for i in range(4)]
   for out in outs:
     assert not np.array_equal(out, crop)
     # Rotating about the centre keeps the centre pixel (up to interpolation).
@@ -177,7 +178,7 @@ def test_fixed_scale_crop_is_a_quarter_upscaled():
   cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25,
                      crop_scale_max=0.25, crop_ratio_min=1.0, crop_ratio_max=1.0)
   image = tf.constant(_gradient(48, 48))
-  out = augment.train_image(image, _key(3), cfg, 48, 48).numpy()
+  out = stages.train_image(image, _key(3), cfg, 48, 48).numpy()
   # A 24 px window shown at 48 px: the red ramp (5 per stored pixel) now
   # rises 2.5 per output pixel, over a 24 px span.
   steps = np.diff(out[24, 1:-1, 0])
@@ -199,9 +200,9 @@ def test_color_jitter():
 def test_train_image_is_a_function_of_its_key():
   cfg = config.default_config().data.augment  # everything on
   image = tf.constant(_gradient(48, 48))
-  a = augment.train_image(image, _key(5), cfg, 40, 48).numpy()
-  b = augment.train_image(image, _key(5), cfg, 40, 48).numpy()
-  c = augment.train_image(image, _key(6), cfg, 40, 48).numpy()
+  a = stages.train_image(image, _key(5), cfg, 40, 48).numpy()
+  b = stages.train_image(image, _key(5), cfg, 40, 48).numpy()
+  c = stages.train_image(image, _key(6), cfg, 40, 48).numpy()
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert a.shape == (40, 40, 3) and a.dtype == np.float32
@@ -213,13 +214,13 @@ def test_jpeg_fast_path_decodes_only_the_window_and_flips_like_the_warp():
   decoded = tf.io.decode_jpeg(encoded).numpy().astype(np.float32)
   cfg = _augment_cfg(random_resized_crop=True, flip=True, crop_scale_min=1.0,
                      crop_scale_max=1.0, crop_ratio_min=1.0, crop_ratio_max=1.0)
-  assert augment.crops_while_decoding(cfg)
-  assert not augment.crops_while_decoding(_augment_cfg(random_resized_crop=True,
+  assert stages.crops_while_decoding(cfg)
+  assert not stages.crops_while_decoding(_augment_cfg(random_resized_crop=True,
                                                        rotation_degrees=5.0))
   flips = []
   for i in range(16):
-    fast = augment.train_image_from_jpeg(encoded, _key(i), cfg, 48).numpy()
-    slow = augment.train_image(tf.constant(decoded.astype(np.uint8)), _key(i), cfg, 48, 48).numpy()
+    fast = stages.train_image_from_jpeg(encoded, _key(i), cfg, 48).numpy()
+    slow = stages.train_image(tf.constant(decoded.astype(np.uint8)), _key(i), cfg, 48, 48).numpy()
     flipped = np.array_equal(fast, decoded[:, ::-1])
     assert flipped or np.array_equal(fast, decoded)
     # Same key, same draw: the warp path flips the same images.
@@ -232,7 +233,7 @@ def test_jpeg_fast_path_window_matches_the_sampled_crop():
   encoded = tf.io.encode_jpeg(tf.constant(_gradient(48, 48)), quality=100)
   cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25, crop_scale_max=0.25,
                      crop_ratio_min=1.0, crop_ratio_max=1.0)
-  out = augment.train_image_from_jpeg(encoded, _key(3), cfg, 24).numpy()
+  out = stages.train_image_from_jpeg(encoded, _key(3), cfg, 24).numpy()
   crop_key = tf.unstack(tf.random.experimental.stateless_split(_key(3), num=4))[0]
   cx, cy, w, h = (float(v) for v in augment.sample_crop(crop_key, 48, 48, (0.25, 0.25), (1, 1)))
   assert (w, h) == (24.0, 24.0)

@@ -40,6 +40,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import naming
 
 from agejax.data import augment
+from agejax.data import stages
 from agejax.data import catalog as datasets
 from agejax.data import prefetch as device_prefetch
 from agejax.errors import ConfigError, DataCorrupt
@@ -290,7 +291,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
                        else start_example // process_count))
 
     stored_as_jpeg = getattr(builder.info.features["image"], "encoding_format", None) == "jpeg"
-    fast = stored_as_jpeg and augment.crops_while_decoding(data_cfg.augment)
+    fast = stored_as_jpeg and stages.crops_while_decoding(data_cfg.augment)
 
     # Random draws per image; the pixel work (warp, flip, jitter,
     # normalisation) in one compiled computation: per batch for the warp
@@ -301,7 +302,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     one_by_one = fast or None in stored[:2]
 
     def finish(draws):
-      return augment.finish(draws, data_cfg.augment, size, preprocessing, warped=not fast)
+      return stages.finish(draws, data_cfg.augment, size, preprocessing, warped=not fast)
 
     # The constant part of every example's key folded once, not per example
     # (the same keys: folding is sequential).
@@ -310,9 +311,9 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     def prepare(epoch, index, copy, record):
       key = _fold(augment_key, epoch, index, copy)
       if fast:
-        draws = augment.jpeg_draws(record["image"], key, data_cfg.augment, size)
+        draws = stages.jpeg_draws(record["image"], key, data_cfg.augment, size)
       else:
-        draws = augment.draws(decode(record["image"]), key, data_cfg.augment, size,
+        draws = stages.draws(decode(record["image"]), key, data_cfg.augment, size,
                               resize_side)
       if one_by_one:
         draws = {"image": finish({k: v[None] for k, v in draws.items()})[0]}
@@ -330,7 +331,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
       raise ValueError("start_step and start_example apply to training streams only")
 
     def prepare(record):
-      image = augment.eval_image(decode(record["image"]), size, resize_side, preprocessing)
+      image = stages.eval_image(decode(record["image"]), size, resize_side, preprocessing)
       return {"image": image, "age": record["age"],
               "age_std": record["age_std"], "mask": tf.constant(True)}
 
