@@ -488,3 +488,12 @@ def test_vgg16_flattens_hwc_and_applies_its_dropout():
   assert models.split_state(model)[2] == {}  # no batch norm in VGG
   with pytest.raises(ValueError, match="dropout_rng"):
     model.features(x, train=True)
+
+
+def test_batch_norm_layer_names_the_layer_of_its_parameters():
+  assert paths.batch_norm_layer("stage1/block1/bn1/scale") == "stage1/block1/bn1"
+  assert paths.batch_norm_layer("stem/bn/mean") == "stem/bn"
+  assert paths.batch_norm_layer("stage2/block1/downsample/bn/bias") == "stage2/block1/downsample/bn"
+  assert paths.batch_norm_layer("stage1/block1/conv1/kernel") is None
+  assert paths.batch_norm_layer("head/fc/bias") is None
+  assert paths.batch_norm_layer("scale") is None

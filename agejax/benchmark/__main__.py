@@ -108,8 +108,8 @@ def _main(names: list[str]) -> None:
         out.write(peer.run(peer_settings, compiled.k_steps if same_network else None),
                   peer.COLUMNS)
     if "resume" in wanted:
-      out.write(resume.run(resume.ResumeSettings(width=args.width, steps=args.resume_steps,
-                                                 **shape)), resume.COLUMNS)
+      out.write(resume.run(resume.ResumeSettings(step_settings, steps=args.resume_steps)),
+                resume.COLUMNS)
     if "input" in wanted:
       out.write(pipeline.run(pipeline.InputSettings(
           images=args.input_images, image_size=args.input_image_size,

@@ -22,13 +22,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from agejax import mesh as mesh_lib
 from agejax.benchmark import common
 from agejax.benchmark import step as step_bench
-from agejax.train import length as length_lib
-from agejax.train import setup
 from agejax.train import steps
 from agejax.workdir import checkpoints
 
@@ -38,11 +34,9 @@ COLUMNS = ("steps_per_sec", "images_per_sec", "save_seconds", "restore_seconds",
 
 @dataclasses.dataclass(frozen=True)
 class ResumeSettings:
-  arch: str = "resnet50"
-  width: int = 64
-  image_size: int = 224
-  batch_size: int = 64
-  dtype: str = "float32"
+  # The network, batch and dtype (its timing fields are not used here).
+  network: step_bench.StepSettings = dataclasses.field(
+      default_factory=lambda: step_bench.StepSettings(image_size=224, batch_size=64))
   steps: int = 20  # the whole run; the checkpoint is taken halfway
 
 
@@ -50,13 +44,8 @@ def run(s: ResumeSettings, directory: str | None = None) -> list[dict[str, Any]]
   """Both runs; one result. ``directory`` holds the checkpoint (a temporary one if None)."""
   if s.steps < 2:
     raise ValueError(f"resume needs at least 2 steps, got {s.steps}")
-  step_settings = step_bench.StepSettings(arch=s.arch, width=s.width, image_size=s.image_size,
-                                          batch_size=s.batch_size, dtype=s.dtype)
-  cfg = step_bench.make_config(step_settings)
-  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, s.batch_size * 1000))
-  mesh = mesh_lib.data_parallel_mesh()
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  template = step_bench.synthetic_batch(step_settings, data)
+  built = step_bench.set_up(s.network)
+  statics, fresh, template = built.statics, built.fresh_state, built.batch
 
   def batch_of(step_number, batch):
     # A different batch every step, on the device: the images shifted by a
@@ -69,7 +58,6 @@ def run(s: ResumeSettings, directory: str | None = None) -> list[dict[str, Any]]
     return steps.train_step(statics, state, batch_of(state.step, template))
 
   train = jax.jit(train_from, donate_argnums=0)
-  fresh = lambda: setup.create_train_state(cfg, statics, replicated, load_weights=False)
 
   straight = fresh()
   jax.block_until_ready(train(fresh())[0])  # compiled once, outside the timing
@@ -102,7 +90,7 @@ def run(s: ResumeSettings, directory: str | None = None) -> list[dict[str, Any]]
   peak = step_bench.allocator_peak()
   results = {
       "steps_per_sec": s.steps / seconds,
-      "images_per_sec": s.steps * s.batch_size / seconds,
+      "images_per_sec": s.steps * s.network.batch_size / seconds,
       "save_seconds": save_seconds,
       "restore_seconds": restore_seconds,
       "bit_identical": bool(identical),

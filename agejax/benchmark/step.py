@@ -120,15 +120,31 @@ def allocator_peak() -> int | None:
   return stats.get("peak_bytes_in_use") if stats else None
 
 
-def compile_step(s: StepSettings) -> CompiledStep:
-  """Builds the state and batch and compiles the step once."""
+@dataclasses.dataclass(frozen=True)
+class StepSetUp:
+  """What the step is built from: ``fresh_state()`` gives a new first state."""
+  statics: steps.StepStatics
+  fresh_state: Callable[[], steps.TrainState]
+  batch: dict[str, jax.Array]  # the synthetic batch, sharded over the devices
+
+
+def set_up(s: StepSettings) -> StepSetUp:
+  """The trainer's own set-up of ``s``'s network and optimizer, on synthetic data."""
   cfg = make_config(s)
   # The schedule never ends inside the benchmark: a long nominal run.
-  length = length_lib.run_length(cfg, s.batch_size * 1000)
-  statics = setup.build_step_fns(cfg, length)
+  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, s.batch_size * 1000))
   mesh = mesh_lib.data_parallel_mesh()
-  state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()), load_weights=False)
-  batch = synthetic_batch(s, NamedSharding(mesh, P("data")))
+  return StepSetUp(
+      statics=statics,
+      fresh_state=lambda: setup.create_train_state(cfg, statics, NamedSharding(mesh, P()),
+                                                   load_weights=False),
+      batch=synthetic_batch(s, NamedSharding(mesh, P("data"))))
+
+
+def compile_step(s: StepSettings) -> CompiledStep:
+  """Builds the state and batch and compiles the step once."""
+  built = set_up(s)
+  statics, state, batch = built.statics, built.fresh_state(), built.batch
   train_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
   # Calling the compiled object reuses this compilation (no second compile).
   compiled = train_fn.lower(state, batch).compile()

@@ -301,8 +301,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     # images of many sizes, which cannot be batched before the warp.
     one_by_one = fast or None in stored[:2]
 
-    def finish(draws):
-      return stages.finish(draws, data_cfg.augment, size, preprocessing, warped=not fast)
+    finishing = dict(augment=data_cfg.augment, image_size=size, preprocessing=preprocessing,
+                     warped=not fast)
 
     # The constant part of every example's key folded once, not per example
     # (the same keys: folding is sequential).
@@ -316,11 +316,12 @@ def create_split(data_cfg: ml_collections.ConfigDict,
         draws = stages.draws(decode(record["image"]), key, data_cfg.augment, size,
                               resize_side)
       if one_by_one:
-        draws = {"image": finish({k: v[None] for k, v in draws.items()})[0]}
+        draws = {"image": stages.finish_one(draws, **finishing)}
       return {**draws, "age": record["age"], "age_std": record["age_std"]}
 
     def finish_batch(batch):
-      return {"image": finish(batch), "age": batch["age"], "age_std": batch["age_std"]}
+      return {"image": stages.finish(batch, **finishing), "age": batch["age"],
+              "age_std": batch["age_std"]}
 
     ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)

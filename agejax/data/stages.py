@@ -25,12 +25,10 @@ from agejax.data.augment import (affine_transform, center_crop, center_window, j
                                  jitter_factors, normalize, sample_crop, warp_batch)
 
 
+@functools.lru_cache(maxsize=None)
 def _jit(stage: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
   """``stage`` as one XLA computation (compiled once per input shape)."""
-  return _JITTED.setdefault(stage, tf.function(stage, jit_compile=True))
-
-
-_JITTED: dict[Callable[..., tf.Tensor], Callable[..., tf.Tensor]] = {}
+  return tf.function(stage, jit_compile=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,7 +46,7 @@ def eval_image(image: tf.Tensor, image_size: int, resize_side: int,
 @functools.lru_cache(maxsize=None)
 def _pixel_stage(warped: bool, image_size: int, flip: bool, jitter: bool,
                  preprocessing: str | None) -> Callable[..., tf.Tensor]:
-  """The per-pixel work of a batch of :class:`Draws`, as one function."""
+  """The per-pixel work of a batch of :func:`draws` or :func:`jpeg_draws`, as one function."""
   def stage(images, transforms, flips, factors):
     if warped:  # the flip is inside the transform
       out = warp_batch(images, transforms, image_size)
@@ -136,6 +134,13 @@ def finish(batch: dict[str, tf.Tensor], augment: ml_collections.ConfigDict, imag
   return stage(batch["pixels"], batch["transform"], batch["flip"], batch["factors"])
 
 
+def finish_one(draws_of_one: dict[str, tf.Tensor], augment: ml_collections.ConfigDict,
+               image_size: int, preprocessing: str | None, warped: bool) -> tf.Tensor:
+  """:func:`finish` of one image's draws: [S, S, 3]."""
+  batch = {k: v[None] for k, v in draws_of_one.items()}
+  return finish(batch, augment, image_size, preprocessing, warped)[0]
+
+
 def train_image(image: tf.Tensor, key: tf.Tensor,
                 augment: ml_collections.ConfigDict, image_size: int,
                 resize_side: int, preprocessing: str | None = None) -> tf.Tensor:
@@ -145,8 +150,8 @@ def train_image(image: tf.Tensor, key: tf.Tensor,
   given. :func:`draws` then :func:`finish` on a batch of one: the pipeline's
   own path. Every ``data.augment`` switch off gives exactly the evaluation crop.
   """
-  one = {k: v[None] for k, v in draws(image, key, augment, image_size, resize_side).items()}
-  return finish(one, augment, image_size, preprocessing, warped=True)[0]
+  return finish_one(draws(image, key, augment, image_size, resize_side), augment, image_size,
+                    preprocessing, warped=True)
 
 
 def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
@@ -158,5 +163,5 @@ def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
                           augment: ml_collections.ConfigDict, image_size: int,
                           preprocessing: str | None = None) -> tf.Tensor:
   """:func:`train_image` without rotation, straight from JPEG bytes (:func:`jpeg_draws`)."""
-  one = {k: v[None] for k, v in jpeg_draws(encoded, key, augment, image_size).items()}
-  return finish(one, augment, image_size, preprocessing, warped=False)[0]
+  return finish_one(jpeg_draws(encoded, key, augment, image_size), augment, image_size,
+                    preprocessing, warped=False)

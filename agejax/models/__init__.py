@@ -100,7 +100,7 @@ def freeze_batch_norm(model: nnx.Module, layer_paths: set[str]) -> None:
   """
   found = set()
   for path, node in nnx.iter_graph(model):
-    name = "/".join(str(p) for p in path)
+    name = paths.path_str(path)
     if isinstance(node, batch_norm.BatchNorm) and name in layer_paths:
       node.frozen_statistics = True
       found.add(name)

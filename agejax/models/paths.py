@@ -58,6 +58,16 @@ def block_of(path: str) -> str:
   return path.split("/", 1)[0]
 
 
+def batch_norm_layer(path: str) -> str | None:
+  """The BatchNorm layer a parameter or statistic belongs to, or None.
+
+  ``stage1/block1/bn1/scale`` -> ``stage1/block1/bn1``: agejax names its
+  BatchNorm layers ``bn``, ``bn1``, ``bn2``, ...
+  """
+  layer, _, _ = path.rpartition("/")
+  return layer if layer.rpartition("/")[2].startswith("bn") else None
+
+
 def network_order(path: str) -> tuple:
   """Sort key of a path or block: input to output (stem, stages, fc layers, head).
 

@@ -141,10 +141,6 @@ def run_length(cfg: ml_collections.ConfigDict, num_train_examples: int) -> RunLe
   accum = int(cfg.optim.grad_accum_steps)
   batches = _schedule(cfg.train.batch_size_schedule, "train.batch_size_schedule", 1)
   sizes = _schedule(cfg.data.image_size_schedule, "data.image_size_schedule", 32, 32)
-  if not batches and not sizes:
-    total = int(cfg.train.num_train_steps or math.ceil(cfg.train.num_epochs * steps_per_epoch))
-    return RunLength(num_train_examples, steps_per_epoch, total, accum, (
-        Phase(0, 0, total, 0.0, batch, cfg.data.image_size, 1.0, 0),))
   for i, (_, b) in enumerate(batches):
     _check_batch(b, num_train_examples, f"train.batch_size_schedule[{i}]")
   power = LR_SCALINGS[cfg.optim.lr_scaling]
@@ -154,8 +150,8 @@ def run_length(cfg: ml_collections.ConfigDict, num_train_examples: int) -> RunLe
   phases: list[Phase] = []
   step = example = 0
   for i, start in enumerate(starts):
-    if start >= end_epoch or step >= step_limit:
-      break
+    if phases and (start >= end_epoch or step >= step_limit):
+      break  # (the first phase always exists, if only of 0 steps)
     stop = min(starts[i + 1] if i + 1 < len(starts) else math.inf, end_epoch)
     b = _value_at(batches, start, batch)
     size = _value_at(sizes, start, cfg.data.image_size)

@@ -210,8 +210,10 @@ def frozen_batch_norm(assignments: dict[str, Assignment]) -> set[str]:
   A layer is addressed by its scale (``stage1/block0/bn1/scale`` ->
   ``stage1/block0/bn1``), as its group's regex sees it.
   """
-  return {path.rsplit("/", 1)[0] for path, a in assignments.items()
-          if a.batch_norm == "frozen" and path.endswith("/scale")}
+  layers = {paths.batch_norm_layer(path) for path, a in assignments.items()
+            if a.batch_norm == "frozen" and path.endswith("/scale")}
+  layers.discard(None)  # a scale outside a BatchNorm layer
+  return layers
 
 
 def _label(assignment: Assignment) -> str:

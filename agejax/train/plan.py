@@ -85,16 +85,11 @@ def plan_rows(assignments: dict[str, optim.Assignment], shapes: dict[str, tuple[
       for p, a in sorted(assignments.items(), key=lambda kv: paths.network_order(kv[0])))
 
 
-def _is_batch_norm(path: str) -> bool:
-  """Whether the parameter belongs to a BatchNorm layer (its scale and bias)."""
-  return path.rsplit("/", 2)[-2].startswith("bn")
-
-
 def group_batch_norm(rows: Sequence[PlanRow]) -> dict[str, str]:
   """The BN mode of each group that holds BatchNorm layers."""
   modes: dict[str, set[str]] = {}
   for r in rows:
-    if _is_batch_norm(r.path):
+    if paths.batch_norm_layer(r.path):
       modes.setdefault(r.group, set()).add(r.batch_norm)
   return {g: "/".join(sorted(m)) for g, m in modes.items()}
 
