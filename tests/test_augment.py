@@ -242,21 +242,3 @@ def test_jpeg_fast_path_window_matches_the_sampled_crop():
   left, top = math.floor(cx - 12), math.floor(cy - 12)
   np.testing.assert_allclose(out[0, 0, :2], [5 * left, 5 * top], atol=4)
   np.testing.assert_allclose(out[-1, -1, :2], [5 * (left + 23), 5 * (top + 23)], atol=4)
-
-
-def test_jpeg_fast_path_mirrors_before_resizing_like_after():
-  """The window is flipped before its resize: the mirror of the unflipped image."""
-  encoded = tf.io.encode_jpeg(tf.constant(_gradient(48, 48)), quality=95)
-  crop = dict(random_resized_crop=True, crop_scale_min=0.3, crop_scale_max=0.6)
-  mirrored = 0
-  for i in range(8):
-    plain = stages.train_image_from_jpeg(encoded, _key(i), _augment_cfg(**crop), 40).numpy()
-    out = stages.train_image_from_jpeg(encoded, _key(i), _augment_cfg(flip=True, **crop),
-                                       40).numpy()
-    if np.array_equal(out, plain):
-      continue
-    # A window of 26-38 px upscaled to 40: the same weights mirrored, so only
-    # float rounding of the sample positions differs.
-    np.testing.assert_allclose(out, plain[:, ::-1], atol=2e-3)
-    mirrored += 1
-  assert 0 < mirrored < 8

@@ -44,12 +44,16 @@ def eval_image(image: tf.Tensor, image_size: int, resize_side: int,
 
 
 @functools.lru_cache(maxsize=None)
-def _pixel_stage(warped: bool, image_size: int, jitter: bool,
+def _pixel_stage(warped: bool, image_size: int, flip: bool, jitter: bool,
                  preprocessing: str | None) -> Callable[..., tf.Tensor]:
   """The per-pixel work of a batch of :func:`draws` or :func:`jpeg_draws`, as one function."""
   def stage(images, transforms, flips, factors):
-    del flips  # inside the transform, or applied by jpeg_draws
-    out = warp_batch(images, transforms, image_size) if warped else images
+    if warped:  # the flip is inside the transform
+      out = warp_batch(images, transforms, image_size)
+    else:
+      out = images
+      if flip:
+        out = tf.where(flips[:, None, None, None], tf.reverse(out, axis=[2]), out)
     if jitter:
       out = jitter_batch(out, factors)
     return normalize(out, preprocessing) if preprocessing else out
@@ -108,15 +112,9 @@ def jpeg_draws(encoded: tf.Tensor, key: tf.Tensor, augment: ml_collections.Confi
   height = tf.clip_by_value(tf.cast(tf.math.ceil(crop_h), tf.int32), 1, shape[0] - top)
   window = tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, left, height, width]),
                                          channels=3)
-  flip = tf.constant(False)
-  if augment.flip:
-    flip = tf.random.stateless_uniform([], flip_key) < 0.5
-    # Mirrored before the resize, on the uint8 window (a quarter of the bytes
-    # of the float output) and only when drawn: half-pixel bilinear resizing
-    # commutes with the mirror, so these are the pixels of a flip after it.
-    window = tf.cond(flip, lambda: tf.reverse(window, axis=[1]), lambda: window)
   pixels = tf.image.resize(window, [image_size, image_size], method="bilinear")
-  return {"pixels": pixels, "transform": tf.zeros([8], tf.float32), "flip": flip,
+  return {"pixels": pixels, "transform": tf.zeros([8], tf.float32),
+          "flip": tf.random.stateless_uniform([], flip_key) < 0.5,
           "factors": _factors(color_key, augment.color_jitter)}
 
 
@@ -126,16 +124,8 @@ def finish(batch: dict[str, tf.Tensor], augment: ml_collections.ConfigDict, imag
   :func:`jpeg_draws`: one XLA computation for the warp, flip, jitter and
   normalisation of the whole batch. In [0, 255] when ``preprocessing`` is None.
   """
-  jitter = augment.color_jitter > 0
-  if not warped and not jitter:
-    # Only the normalisation is left: launching a compiled computation per
-    # image costs about as much as TF's own two element-wise passes (0.82
-    # -> 0.86 of the minimal crop + flip pipeline in one same-run
-    # comparison, inside the benchmark's run-to-run spread). XLA's division
-    # is an ulp away from TF's; no evaluation image takes this path.
-    pixels = batch["pixels"]
-    return normalize(pixels, preprocessing) if preprocessing else pixels
-  stage = _pixel_stage(warped, image_size, jitter, preprocessing)
+  stage = _pixel_stage(warped, image_size, bool(augment.flip), augment.color_jitter > 0,
+                       preprocessing)
   # XLA compiles once per input shape: stored images of one size (every
   # agejax builder) compile once; images of many sizes run the same ops
   # uncompiled.
