@@ -39,6 +39,10 @@ def _key(i: int) -> tf.Tensor:
   return tf.constant([7, i], tf.int64)
 
 
+def _uniforms(i: int, n: int) -> tf.Tensor:
+  return tf.random.stateless_uniform([n], _key(i))
+
+
 def test_constants_are_the_published_ones():
   assert augment.IMAGENET_MEAN_RGB == (0.485, 0.456, 0.406)
   assert augment.IMAGENET_STD_RGB == (0.229, 0.224, 0.225)
@@ -164,7 +168,7 @@ def test_sample_crop_area_ratio_and_bounds():
   areas, ratios = [], []
   for i in range(64):
     cx, cy, w, h = (float(v) for v in augment.sample_crop(
-        _key(i), tf.constant(48), tf.constant(64), (0.3, 0.5), (0.8, 1.25)))
+        _uniforms(i, 4), tf.constant(48), tf.constant(64), (0.3, 0.5), (0.8, 1.25)))
     assert 0 <= cx - w / 2 and cx + w / 2 <= 64 + 1e-4
     assert 0 <= cy - h / 2 and cy + h / 2 <= 48 + 1e-4
     areas.append(w * h / (48 * 64))
@@ -188,10 +192,10 @@ def test_fixed_scale_crop_is_a_quarter_upscaled():
 def test_color_jitter():
   image = tf.constant(_gradient(40, 40).astype(np.float32))
   np.testing.assert_array_equal(
-      augment.color_jitter(image, _key(0), 0.0).numpy(), image.numpy())
-  a = augment.color_jitter(image, _key(1), 0.4).numpy()
-  b = augment.color_jitter(image, _key(1), 0.4).numpy()
-  c = augment.color_jitter(image, _key(2), 0.4).numpy()
+      augment.color_jitter(image, _uniforms(0, 3), 0.0).numpy(), image.numpy())
+  a = augment.color_jitter(image, _uniforms(1, 3), 0.4).numpy()
+  b = augment.color_jitter(image, _uniforms(1, 3), 0.4).numpy()
+  c = augment.color_jitter(image, _uniforms(2, 3), 0.4).numpy()
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c) and not np.array_equal(a, image.numpy())
   assert a.min() >= 0.0 and a.max() <= 255.0
@@ -234,11 +238,60 @@ def test_jpeg_fast_path_window_matches_the_sampled_crop():
   cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25, crop_scale_max=0.25,
                      crop_ratio_min=1.0, crop_ratio_max=1.0)
   out = stages.train_image_from_jpeg(encoded, _key(3), cfg, 24).numpy()
-  crop_key = tf.unstack(tf.random.experimental.stateless_split(_key(3), num=4))[0]
-  cx, cy, w, h = (float(v) for v in augment.sample_crop(crop_key, 48, 48, (0.25, 0.25), (1, 1)))
+  crop = stages.uniforms(_key(3))[augment.CROP]
+  cx, cy, w, h = (float(v) for v in augment.sample_crop(crop, 48, 48, (0.25, 0.25), (1, 1)))
   assert (w, h) == (24.0, 24.0)
   # A 24 px window resized to 24 px: red = 5 * x and green = 5 * y of its
   # top-left pixel (JPEG at quality 100 keeps the gradient within a few levels).
   left, top = math.floor(cx - 12), math.floor(cy - 12)
   np.testing.assert_allclose(out[0, 0, :2], [5 * left, 5 * top], atol=4)
   np.testing.assert_allclose(out[-1, -1, :2], [5 * (left + 23), 5 * (top + 23)], atol=4)
+
+
+def test_jpeg_fast_path_mirrors_before_resizing_like_after():
+  """The window is flipped before its resize: the mirror of the unflipped image."""
+  encoded = tf.io.encode_jpeg(tf.constant(_gradient(48, 48)), quality=95)
+  crop = dict(random_resized_crop=True, crop_scale_min=0.3, crop_scale_max=0.6)
+  mirrored = 0
+  for i in range(8):
+    plain = stages.train_image_from_jpeg(encoded, _key(i), _augment_cfg(**crop), 40).numpy()
+    out = stages.train_image_from_jpeg(encoded, _key(i), _augment_cfg(flip=True, **crop),
+                                       40).numpy()
+    if np.array_equal(out, plain):
+      continue
+    # A window of 26-38 px upscaled to 40: the same weights mirrored, so only
+    # float rounding of the sample positions differs.
+    np.testing.assert_allclose(out, plain[:, ::-1], atol=2e-3)
+    mirrored += 1
+  assert 0 < mirrored < 8
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (300, 200)])
+def test_an_epoch_table_is_the_per_image_draws_row_by_row(shape):
+  """One vectorised pass over an epoch's uniforms gives each image's own draws."""
+  cfg = config.default_config().data.augment  # everything on
+  cfg.color_jitter = 0.3
+  key = _key(11)
+  table = stages.epoch_draws(key, 64, shape + (3,), cfg, 40, 48)
+  rows = tf.random.stateless_uniform([64, augment.NUM_UNIFORMS], key)
+  assert set(table) == {"window", "transform", "flip", "factors"}
+  for k in range(64):
+    one = stages.draws(rows[k], shape[0], shape[1], cfg, 40, 48)
+    for name in ("window", "flip"):
+      np.testing.assert_array_equal(table[name][k].numpy(), one[name].numpy(), err_msg=name)
+    # TF's vectorised sin, cos and exp may round an ulp apart from their scalar loops.
+    for name in ("transform", "factors"):
+      np.testing.assert_allclose(table[name][k].numpy(), one[name].numpy(), rtol=1e-6,
+                                 atol=1e-5, err_msg=name)
+  # Unknown stored sizes: the uniforms themselves, for per-image draws.
+  deferred = stages.epoch_draws(key, 64, (None, None, 3), cfg, 40, 48)
+  np.testing.assert_array_equal(deferred["uniforms"].numpy(), rows.numpy())
+  # The columns are what they say: flips are fair coins, angles within +-10 deg.
+  flips = table["flip"].numpy()
+  assert 16 < flips.sum() < 48
+  np.testing.assert_array_equal(flips, rows[:, augment.FLIP].numpy() < 0.5)
+  top, left, height, width = table["window"].numpy().T
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + height <= shape[0]).all() and (left + width <= shape[1]).all()
+  factors = table["factors"].numpy()
+  assert factors.min() >= 0.7 and factors.max() <= 1.3

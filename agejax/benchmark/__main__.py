@@ -48,7 +48,7 @@ flags.DEFINE_enum("framework", "keras", ["keras", "torch", "all"],
                   "peer: the framework(s) agejax's step is compared with.", **_f)
 flags.DEFINE_bool("peer_jit", False, "peer: Keras compile(jit_compile=True).", **_f)
 # input
-flags.DEFINE_integer("input_images", 512, "input: rows of the generated release.", **_f)
+flags.DEFINE_integer("input_images", 5000, "input: rows of the generated release.", **_f)
 flags.DEFINE_integer("input_image_size", 224, "input: crop side.", **_f)
 flags.DEFINE_integer("input_batch_size", 32, "input: batch.", **_f)
 flags.DEFINE_integer("input_batches", 30, "input: batches per timed run.", **_f)

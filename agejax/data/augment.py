@@ -1,9 +1,12 @@
 """Image operations of the input pipeline: normalisation, crops, augmentation.
 
-Everything random here is stateless: each function takes a ``key`` (an int64
-tensor of shape [2], see ``tf.random.experimental.stateless_split``) and gives
-the same output for the same key, wherever and whenever it runs. That is what
-lets ``agejax.data.pipeline`` restart a run bit for bit.
+Nothing here draws random numbers: the random choices of one image are
+:data:`NUM_UNIFORMS` uniforms in [0, 1) (see :data:`UNIFORM_COLUMNS`), and
+every function turns its columns into a crop window, a flip, an angle or
+colour factors, elementwise, so one call serves a single image or a whole
+epoch's table (``agejax.data.stages``). Who draws the uniforms decides the
+determinism: the pipeline draws them statelessly per epoch, which is what lets
+``agejax.data.pipeline`` restart a run bit for bit.
 
 Geometry is done in one resampling: the random resized crop, the horizontal
 flip and the rotation are composed into a single affine map from output pixels
@@ -35,6 +38,13 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 # Keras' preprocess_input(mode="caffe"): RGB -> BGR, minus the ImageNet mean in
 # [0, 255] units, no scaling (the Caffe ResNets and DEX's VGG-16 expect this).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# The columns of one image's uniforms: crop area, crop aspect (log), crop left
+# and top, flip, rotation angle, then brightness, contrast and saturation.
+UNIFORM_COLUMNS = ("area", "log_ratio", "left", "top", "flip", "angle",
+                   "brightness", "contrast", "saturation")
+NUM_UNIFORMS = len(UNIFORM_COLUMNS)
+CROP, FLIP, ANGLE, JITTER = slice(0, 4), 4, 5, slice(6, 9)
 
 # Stored images of unknown size are resized so that the centre crop keeps this
 # fraction of the shorter side (the usual 224-of-256 evaluation crop).
@@ -72,12 +82,19 @@ def normalize(images: Any, preprocessing: str) -> Any:
 def _shift_and_scale(x: Any, preprocessing: str, tiles: int) -> Any:
   """The per-channel arithmetic of :func:`normalize` on channels already in
   the network's order, its constants repeated ``tiles`` times along the
-  last axis."""
+  last axis.
+
+  ImageNet's ``(x / 255 - mean) / std`` is computed as ``(x - 255 mean) *
+  (1 / (255 std))``: two passes over the image instead of three, and a
+  multiply for a divide (within 2 float32 ulps of the textbook order). A
+  subtract then a multiply cannot be contracted into a fused multiply-add, so
+  TF, numpy and XLA round it alike and stay bit-identical.
+  """
   if preprocessing == "caffe":
     return x - np.tile(np.asarray(CAFFE_MEAN_BGR, np.float32), tiles)
-  mean = np.tile(np.asarray(IMAGENET_MEAN_RGB, np.float32), tiles)
-  std = np.tile(np.asarray(IMAGENET_STD_RGB, np.float32), tiles)
-  return (x / np.float32(255.0) - mean) / std
+  mean = np.asarray(IMAGENET_MEAN_RGB, np.float64) * 255.0
+  scale = 1.0 / (np.asarray(IMAGENET_STD_RGB, np.float64) * 255.0)
+  return (x - np.tile(mean.astype(np.float32), tiles)) * np.tile(scale.astype(np.float32), tiles)
 
 
 def _normalize_tf(x: tf.Tensor, preprocessing: str) -> tf.Tensor:
@@ -161,29 +178,44 @@ def center_window(height: tf.Tensor, width: tf.Tensor, image_size: int,
   return left + crop_w / 2.0, top + crop_h / 2.0, crop_w, crop_h
 
 
-def sample_crop(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+def sample_crop(uniforms: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
                 scale: tuple[float, float],
                 ratio: tuple[float, float]) -> tuple[tf.Tensor, ...]:
   """A random window: area fraction in ``scale``, aspect w/h log-uniform in ``ratio``.
 
-  One draw, no rejection loop: a window wider or taller than the image is
-  clipped to it (its area and ratio then sit at the edge of their ranges).
+  ``uniforms``: [..., 4] in [0, 1) (the ``CROP`` columns); ``height`` and
+  ``width`` broadcast against its leading dimensions. One draw, no rejection
+  loop: a window wider or taller than the image is clipped to it (its area
+  and ratio then sit at the edge of their ranges).
 
   Returns:
-    (centre x, centre y, width, height) in stored-image pixels.
+    (centre x, centre y, width, height) in stored-image pixels, each [...].
   """
-  keys = tf.random.experimental.stateless_split(key, num=4)
+  u = tf.unstack(uniforms, num=4, axis=-1)
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  area = tf.random.stateless_uniform([], keys[0], scale[0], scale[1]) * h * w
-  log_ratio = tf.random.stateless_uniform([], keys[1], math.log(ratio[0]),
-                                          math.log(ratio[1]))
-  aspect = tf.exp(log_ratio)
+  area = (scale[0] + (scale[1] - scale[0]) * u[0]) * h * w
+  low, high = math.log(ratio[0]), math.log(ratio[1])
+  aspect = tf.exp(low + (high - low) * u[1])
   crop_w = tf.minimum(tf.sqrt(area * aspect), w)
   crop_h = tf.minimum(tf.sqrt(area / aspect), h)
-  left = tf.random.stateless_uniform([], keys[2]) * (w - crop_w)
-  top = tf.random.stateless_uniform([], keys[3]) * (h - crop_h)
+  left = u[2] * (w - crop_w)
+  top = u[3] * (h - crop_h)
   return left + crop_w / 2.0, top + crop_h / 2.0, crop_w, crop_h
+
+
+def pixel_window(cx: tf.Tensor, cy: tf.Tensor, crop_w: tf.Tensor, crop_h: tf.Tensor,
+                 height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  """The whole-pixel window around a crop, rounded outward and clipped to the
+  image: int32 [..., 4] as (top, left, height, width), the JPEG decoder's
+  ``crop_window``."""
+  zeros = tf.zeros(tf.shape(cx), tf.int32)  # the bounds broadcast to the windows'
+  height, width = tf.cast(height, tf.int32) + zeros, tf.cast(width, tf.int32) + zeros
+  left = tf.clip_by_value(tf.cast(tf.floor(cx - crop_w / 2), tf.int32), 0, width - 1)
+  top = tf.clip_by_value(tf.cast(tf.floor(cy - crop_h / 2), tf.int32), 0, height - 1)
+  window_w = tf.clip_by_value(tf.cast(tf.math.ceil(crop_w), tf.int32), 1, width - left)
+  window_h = tf.clip_by_value(tf.cast(tf.math.ceil(crop_h), tf.int32), 1, height - top)
+  return tf.stack([top, left, window_h, window_w], axis=-1)
 
 
 def affine_transform(cx: tf.Tensor, cy: tf.Tensor, crop_w: tf.Tensor,
@@ -197,15 +229,15 @@ def affine_transform(cx: tf.Tensor, cy: tf.Tensor, crop_w: tf.Tensor,
   samples at integer indices, hence the -0.5 shifts.
   """
   cos, sin = tf.cos(angle), tf.sin(angle)
-  sx = tf.where(flip, -1.0, 1.0) * crop_w / image_size
+  sx = tf.where(flip, -1.0, 1.0) * crop_w / image_size  # elementwise: any leading shape
   sy = crop_h / image_size
   a0, a1 = cos * sx, -sin * sy
   b0, b1 = sin * sx, cos * sy
   half = 0.5 - image_size / 2.0  # output centre offset of output index 0
   a2 = cx - 0.5 + (a0 + a1) * half
   b2 = cy - 0.5 + (b0 + b1) * half
-  zero = tf.zeros([], tf.float32)
-  return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero])
+  zero = tf.zeros_like(a2)
+  return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=-1)
 
 
 def _reflect(coord: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
@@ -255,20 +287,20 @@ def warp(image: tf.Tensor, transform: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.ensure_shape(out, [image_size, image_size, 3])
 
 
-def jitter_factors(key: tf.Tensor, strength: float) -> tf.Tensor:
-  """The brightness, contrast and saturation factors of :func:`color_jitter`: [3]."""
-  keys = tf.random.experimental.stateless_split(key, num=3)
+def jitter_factors(uniforms: tf.Tensor, strength: float) -> tf.Tensor:
+  """The brightness, contrast and saturation factors of :func:`color_jitter`,
+  [..., 3], from the ``JITTER`` columns [..., 3]; all 1 at strength 0."""
   lo, hi = max(0.0, 1.0 - strength), 1.0 + strength
-  return tf.stack([tf.random.stateless_uniform([], k, lo, hi) for k in tf.unstack(keys)])
+  return lo + (hi - lo) * tf.cast(uniforms, tf.float32)
 
 
-def color_jitter(image: tf.Tensor, key: tf.Tensor, strength: float) -> tf.Tensor:
+def color_jitter(image: tf.Tensor, uniforms: tf.Tensor, strength: float) -> tf.Tensor:
   """Brightness, contrast and saturation, each a factor in [1 - s, 1 + s].
 
   Fixed order, clipped to [0, 255] after each step as torchvision does.
-  ``image`` is float32 RGB in [0, 255].
+  ``image`` is float32 RGB in [0, 255]; ``uniforms`` [3] in [0, 1).
   """
-  return apply_jitter(image, jitter_factors(key, strength))
+  return apply_jitter(image, jitter_factors(uniforms, strength))
 
 
 def apply_jitter(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:

@@ -9,7 +9,8 @@ and, in evaluation, ``mask`` (bool: False on padding rows).
 
 Determinism and exact restart. Nothing here uses stateful randomness:
 - each epoch's shuffle is seeded by (seed, process, epoch);
-- each example's augmentation by (seed, epoch, example index, copy);
+- each epoch's augmentation by (seed, process, epoch): one table of uniforms,
+  row k for the epoch's k-th example (``agejax.data.stages.epoch_draws``);
 - balanced sampling repeats examples by counts drawn from (seed, process,
   epoch).
 So the stream of a process is a pure function of the seed, and
@@ -187,17 +188,20 @@ def _start(examples: int, epoch_length: Callable[[int], int]) -> tuple[int, int]
 
 
 def _train_stream(records: tf.data.Dataset, data_cfg: ml_collections.ConfigDict,
-                  *, n_local: int, index_offset: int, seed: int, process_index: int,
-                  start_example: int) -> tf.data.Dataset:
+                  *, n_local: int, seed: int, process_index: int,
+                  start_example: int,
+                  epoch_draws: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+                  ) -> tf.data.Dataset:
   """Encoded records, shuffled per epoch, forever, from ``start_example`` on.
 
-  Elements are (epoch, global example index, copy, record).
+  Elements are (draws, record): ``epoch_draws(epoch, count)`` is the epoch's
+  table of random draws, its k-th row going with the epoch's k-th example.
   """
-  records = records.enumerate(start=index_offset)
   if data_cfg.balance_ages:
     ages = np.concatenate([b["age"] for b in records.map(
-        lambda i, r: {"age": r["age"]}).batch(8192).as_numpy_iterator()])
+        lambda r: {"age": r["age"]}).batch(8192).as_numpy_iterator()])
     factors = _repeat_factors(ages)
+    indexed = records.enumerate()
 
   def epoch_length(epoch: int) -> int:
     if data_cfg.balance_ages:
@@ -209,17 +213,18 @@ def _train_stream(records: tf.data.Dataset, data_cfg: ml_collections.ConfigDict,
   def one_epoch(epoch):
     if data_cfg.balance_ages:
       repeats = _epoch_repeats(factors, seed, process_index, epoch)
-      ds = records.flat_map(lambda i, r: tf.data.Dataset.range(
-          repeats[i - index_offset]).map(lambda j: (i, j, r)))
+      ds = indexed.flat_map(lambda i, r: tf.data.Dataset.from_tensors(r).repeat(repeats[i]))
+      count = tf.reduce_sum(repeats)
     else:
-      ds = records.map(lambda i, r: (i, tf.constant(0, tf.int64), r))
+      ds, count = records, tf.constant(n_local, tf.int64)
     shuffle_seed = _rng_key(_SHUFFLE, seed, process_index, epoch)[0]
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=shuffle_seed,
                     reshuffle_each_iteration=False)
+    ds = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices(epoch_draws(epoch, count)),
+                              ds))
     # Restart: drop what the interrupted run already consumed, still encoded.
-    ds = ds.skip(tf.where(epoch == first_epoch, tf.constant(first_skip, tf.int64),
-                           tf.constant(0, tf.int64)))
-    return ds.map(lambda i, j, r: (epoch, i, j, r))
+    return ds.skip(tf.where(epoch == first_epoch, tf.constant(first_skip, tf.int64),
+                            tf.constant(0, tf.int64)))
 
   return tf.data.Dataset.range(first_epoch, _NO_END).flat_map(one_epoch)
 
@@ -283,49 +288,46 @@ def create_split(data_cfg: ml_collections.ConfigDict,
   augment.normalize(np.zeros([3], np.uint8), preprocessing)  # fail early
 
   if train:
+    augment_cfg = data_cfg.augment
+    augment_key = tf.constant(_rng_key(_AUGMENT, seed, process_index).numpy())
     stream = _train_stream(
         records, data_cfg, n_local=counts[process_index],
-        index_offset=sum(counts[:process_index]), seed=seed,
+        seed=seed,
         process_index=process_index,
         start_example=(start_step * local_batch if start_example is None
-                       else start_example // process_count))
+                       else start_example // process_count),
+        epoch_draws=lambda epoch, count: stages.epoch_draws(
+            _fold(augment_key, epoch), count, stored, augment_cfg, size, resize_side))
 
     stored_as_jpeg = getattr(builder.info.features["image"], "encoding_format", None) == "jpeg"
-    fast = stored_as_jpeg and stages.crops_while_decoding(data_cfg.augment)
-
-    # Random draws per image; the pixel work (warp, flip, jitter,
-    # normalisation) in one compiled computation: per batch for the warp
-    # (0.61 -> 0.68-0.70 of the minimal pipeline with rotation), per image
-    # for windows the JPEG decoder already cropped and resized (per batch
-    # was slower: colour jitter 0.63 -> 0.46-0.49), and per image for stored
+    fast = stored_as_jpeg and stages.crops_while_decoding(augment_cfg)
+    # The warp path's pixel work runs per batch (one XLA computation: 0.61 ->
+    # 0.68-0.70 of the minimal pipeline with rotation), except for stored
     # images of many sizes, which cannot be batched before the warp.
-    one_by_one = fast or None in stored[:2]
+    one_by_one = None in stored[:2]
 
-    finishing = dict(augment=data_cfg.augment, image_size=size, preprocessing=preprocessing,
-                     warped=not fast)
-
-    # The constant part of every example's key folded once, not per example
-    # (the same keys: folding is sequential).
-    augment_key = tf.constant(_rng_key(_AUGMENT, seed).numpy())
-
-    def prepare(epoch, index, copy, record):
-      key = _fold(augment_key, epoch, index, copy)
+    def prepare(drawn, record):
+      labels = {"age": record["age"], "age_std": record["age_std"]}
       if fast:
-        draws = stages.jpeg_draws(record["image"], key, data_cfg.augment, size)
-      else:
-        draws = stages.draws(decode(record["image"]), key, data_cfg.augment, size,
-                              resize_side)
+        shape = tf.image.extract_jpeg_shape(record["image"])
+        drawn = stages.image_draws(drawn, shape[0], shape[1], augment_cfg, size, resize_side)
+        return {"image": stages.jpeg_pixels(record["image"], drawn, augment_cfg, size,
+                                            preprocessing), **labels}
+      image = decode(record["image"])
+      shape = tf.shape(image)
+      drawn = stages.image_draws(drawn, shape[0], shape[1], augment_cfg, size, resize_side)
+      drawn = {"pixels": image, "transform": drawn["transform"], "factors": drawn["factors"]}
       if one_by_one:
-        draws = {"image": stages.finish_one(draws, **finishing)}
-      return {**draws, "age": record["age"], "age_std": record["age_std"]}
+        return {"image": stages.finish_one(drawn, augment_cfg, size, preprocessing), **labels}
+      return {**drawn, **labels}
 
     def finish_batch(batch):
-      return {"image": stages.finish(batch, **finishing), "age": batch["age"],
-              "age_std": batch["age_std"]}
+      return {"image": stages.finish(batch, augment_cfg, size, preprocessing),
+              "age": batch["age"], "age_std": batch["age_std"]}
 
     ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)
-    if not one_by_one:
+    if not (fast or one_by_one):
       ds = ds.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
   else:
     if start_step or start_example:

@@ -1,15 +1,23 @@
-"""What the training input runs per image and per batch: random draws, then one
-compiled pixel stage.
+"""What the training input runs per image and per batch: random draws, then the pixel work.
 
-The per-pixel work after the random draws (the warp, colour jitter and the
-network's normalisation) is one XLA-compiled function (``jit_compile``), so
-TensorFlow does not make a pass over the image per operation: on a 2-core CPU
-this took rotation from 0.31 to about 0.7 of a minimal crop-and-flip
-pipeline's speed (``python -m agejax.benchmark input``). The random draws stay
-plain TF stateless ops (:mod:`agejax.data.augment`): XLA would draw other
-numbers from the same keys. Evaluation images are normalised by the same
+Draws. An image's random choices are :data:`augment.NUM_UNIFORMS` uniforms
+(``augment.UNIFORM_COLUMNS``). The pipeline draws a whole epoch's in one
+stateless op and turns them into crop windows, affine transforms, flips and
+colour factors in one vectorised pass (:func:`epoch_draws`) when the stored
+images share one size, as every agejax builder's do; for images of many sizes
+the same :func:`draws` runs per image on its row. Per-image key folding and
+drawing had been about 80 scalar TF ops per image, a third of a 2-core CPU's
+per-image budget.
+
+Pixels. Crop + flip without rotation decodes only the crop window from the
+JPEG (:func:`jpeg_pixels`), mirrors the uint8 window when the flip is drawn
+(bilinear resizing with half-pixel centres commutes with a mirror), resizes
+it and normalises it with plain TF ops. The warp path (rotation, or decoded
+images) runs the warp, colour jitter and normalisation of a batch as one
+XLA-compiled function (``jit_compile``), so TensorFlow does not make a pass
+over the image per operation. Evaluation images are normalised by the same
 compiled stage, so a training image without augmentation equals its
-evaluation image.
+evaluation image bit for bit.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from typing import Callable
 import ml_collections
 import tensorflow as tf
 
-from agejax.data.augment import (affine_transform, center_crop, center_window, jitter_batch,
-                                 jitter_factors, normalize, sample_crop, warp_batch)
+from agejax.data.augment import (ANGLE, CROP, FLIP, JITTER, NUM_UNIFORMS, affine_transform,
+                                 center_crop, center_window, jitter_batch, jitter_factors,
+                                 normalize, pixel_window, sample_crop, warp_batch)
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,102 +52,118 @@ def eval_image(image: tf.Tensor, image_size: int, resize_side: int,
   return _jit(_normalize_stage(preprocessing))(center_crop(image, image_size, resize_side))
 
 
+def uniforms(key: tf.Tensor) -> tf.Tensor:
+  """One image's uniforms [NUM_UNIFORMS] from a stateless key ([2] int64)."""
+  return tf.random.stateless_uniform([NUM_UNIFORMS], key)
+
+
+def draws(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+          augment: ml_collections.ConfigDict, image_size: int,
+          resize_side: int) -> dict[str, tf.Tensor]:
+  """The random choices of images of ``height`` x ``width`` from their uniforms.
+
+  Elementwise over the leading dimensions of ``u`` ([..., NUM_UNIFORMS]):
+  one image's row, or an epoch's table. Returns ``window`` int32 [..., 4]
+  (the whole-pixel crop window the JPEG decoder reads), ``transform``
+  [..., 8] (crop, flip and rotation as one affine map, for the warp),
+  ``flip`` bool [...] and ``factors`` [..., 3] (colour jitter; all 1 when off).
+  """
+  leading = tf.shape(u)[:-1]
+  if augment.random_resized_crop:
+    crop = sample_crop(u[..., CROP], height, width,
+                       (augment.crop_scale_min, augment.crop_scale_max),
+                       (augment.crop_ratio_min, augment.crop_ratio_max))
+  else:
+    crop = center_window(height, width, image_size, resize_side)
+    crop = tuple(c + tf.zeros(leading, tf.float32) for c in crop)
+  flip = u[..., FLIP] < 0.5 if augment.flip else tf.zeros(leading, tf.bool)
+  angle = tf.zeros(leading, tf.float32)
+  if augment.rotation_degrees > 0:
+    limit = math.radians(augment.rotation_degrees)
+    angle = -limit + 2.0 * limit * u[..., ANGLE]
+  return {"window": pixel_window(*crop, height, width),
+          "transform": affine_transform(*crop, flip, angle, image_size),
+          "flip": flip, "factors": jitter_factors(u[..., JITTER], augment.color_jitter)}
+
+
+def epoch_draws(key: tf.Tensor, count: tf.Tensor, stored_shape: tuple[int | None, ...],
+                augment: ml_collections.ConfigDict, image_size: int,
+                resize_side: int) -> dict[str, tf.Tensor]:
+  """``count`` images' draws from one stateless op: :func:`draws` of the whole
+  table when the stored images have one size, else ``{"uniforms": [count,
+  NUM_UNIFORMS]}`` for :func:`image_draws` to finish per image."""
+  u = tf.random.stateless_uniform(tf.stack([tf.cast(count, tf.int32), NUM_UNIFORMS]), key)
+  height, width = stored_shape[:2]
+  if height is None or width is None:
+    return {"uniforms": u}
+  return draws(u, height, width, augment, image_size, resize_side)
+
+
+def image_draws(drawn: dict[str, tf.Tensor], height: tf.Tensor, width: tf.Tensor,
+                augment: ml_collections.ConfigDict, image_size: int,
+                resize_side: int) -> dict[str, tf.Tensor]:
+  """One image's row of :func:`epoch_draws`, as :func:`draws` gives it."""
+  if "uniforms" not in drawn:
+    return drawn
+  return draws(drawn["uniforms"], height, width, augment, image_size, resize_side)
+
+
 @functools.lru_cache(maxsize=None)
-def _pixel_stage(warped: bool, image_size: int, flip: bool, jitter: bool,
+def _pixel_stage(warped: bool, image_size: int, jitter: bool,
                  preprocessing: str | None) -> Callable[..., tf.Tensor]:
-  """The per-pixel work of a batch of :func:`draws` or :func:`jpeg_draws`, as one function."""
-  def stage(images, transforms, flips, factors):
-    if warped:  # the flip is inside the transform
-      out = warp_batch(images, transforms, image_size)
-    else:
-      out = images
-      if flip:
-        out = tf.where(flips[:, None, None, None], tf.reverse(out, axis=[2]), out)
+  """The per-pixel work of a batch, as one function: warp (crop, flip and
+  rotation) when ``warped``, colour jitter, normalisation."""
+  def stage(images, transforms, factors):
+    out = warp_batch(images, transforms, image_size) if warped else images
     if jitter:
       out = jitter_batch(out, factors)
     return normalize(out, preprocessing) if preprocessing else out
   return stage
 
 
-def _factors(key: tf.Tensor, strength: float) -> tf.Tensor:
-  return jitter_factors(key, strength) if strength > 0 else tf.ones([3], tf.float32)
-
-
-def draws(image: tf.Tensor, key: tf.Tensor, augment: ml_collections.ConfigDict,
-          image_size: int, resize_side: int) -> dict[str, tf.Tensor]:
-  """One training image's random draws and the pixels they apply to.
-
-  ``{"pixels": the decoded image, "transform": [8], "flip": bool, "factors": [3]}``;
-  :func:`finish` turns a batch of them into network inputs.
-  """
-  crop_key, flip_key, angle_key, color_key = tf.unstack(
-      tf.random.experimental.stateless_split(key, num=4))
-  shape = tf.shape(image)
-  if augment.random_resized_crop:
-    window = sample_crop(crop_key, shape[0], shape[1],
-                         (augment.crop_scale_min, augment.crop_scale_max),
-                         (augment.crop_ratio_min, augment.crop_ratio_max))
-  else:
-    window = center_window(shape[0], shape[1], image_size, resize_side)
-  flip = tf.constant(False)
-  if augment.flip:
-    flip = tf.random.stateless_uniform([], flip_key) < 0.5
-  angle = tf.zeros([], tf.float32)
-  if augment.rotation_degrees > 0:
-    limit = math.radians(augment.rotation_degrees)
-    angle = tf.random.stateless_uniform([], angle_key, -limit, limit)
-  return {"pixels": image, "transform": affine_transform(*window, flip, angle, image_size),
-          "flip": flip, "factors": _factors(color_key, augment.color_jitter)}
-
-
-def jpeg_draws(encoded: tf.Tensor, key: tf.Tensor, augment: ml_collections.ConfigDict,
-               image_size: int) -> dict[str, tf.Tensor]:
-  """:func:`draws` without rotation, straight from JPEG bytes.
-
-  The JPEG decoder skips everything outside the crop window, which is most of
-  the work of an input pipeline. The key is split as in :func:`draws`, so
-  the window and the flip are the same draws; the window is rounded out to
-  whole pixels and resized here (``pixels`` is then [S, S, 3] float32).
-  """
-  crop_key, flip_key, _, color_key = tf.unstack(
-      tf.random.experimental.stateless_split(key, num=4))
-  shape = tf.image.extract_jpeg_shape(encoded)
-  cx, cy, crop_w, crop_h = sample_crop(
-      crop_key, shape[0], shape[1], (augment.crop_scale_min, augment.crop_scale_max),
-      (augment.crop_ratio_min, augment.crop_ratio_max))
-  left = tf.clip_by_value(tf.cast(tf.floor(cx - crop_w / 2), tf.int32), 0, shape[1] - 1)
-  top = tf.clip_by_value(tf.cast(tf.floor(cy - crop_h / 2), tf.int32), 0, shape[0] - 1)
-  width = tf.clip_by_value(tf.cast(tf.math.ceil(crop_w), tf.int32), 1, shape[1] - left)
-  height = tf.clip_by_value(tf.cast(tf.math.ceil(crop_h), tf.int32), 1, shape[0] - top)
-  window = tf.image.decode_and_crop_jpeg(encoded, tf.stack([top, left, height, width]),
-                                         channels=3)
-  pixels = tf.image.resize(window, [image_size, image_size], method="bilinear")
-  return {"pixels": pixels, "transform": tf.zeros([8], tf.float32),
-          "flip": tf.random.stateless_uniform([], flip_key) < 0.5,
-          "factors": _factors(color_key, augment.color_jitter)}
-
-
 def finish(batch: dict[str, tf.Tensor], augment: ml_collections.ConfigDict, image_size: int,
-           preprocessing: str | None, warped: bool) -> tf.Tensor:
-  """Network inputs [B, S, S, 3] from a batch of :func:`draws` (``warped``) or
-  :func:`jpeg_draws`: one XLA computation for the warp, flip, jitter and
-  normalisation of the whole batch. In [0, 255] when ``preprocessing`` is None.
+           preprocessing: str | None, warped: bool = True) -> tf.Tensor:
+  """Network inputs [B, S, S, 3] from a batch of stored ``pixels`` and their
+  ``transform`` and ``factors`` (``warped``), or of already cropped [S, S]
+  ``pixels`` and their ``factors``: one XLA computation for the warp, jitter
+  and normalisation of the whole batch. In [0, 255] when ``preprocessing`` is
+  None.
   """
-  stage = _pixel_stage(warped, image_size, bool(augment.flip), augment.color_jitter > 0,
-                       preprocessing)
+  stage = _pixel_stage(warped, image_size, augment.color_jitter > 0, preprocessing)
   # XLA compiles once per input shape: stored images of one size (every
   # agejax builder) compile once; images of many sizes run the same ops
   # uncompiled.
   if batch["pixels"].shape[1:].is_fully_defined():
     stage = _jit(stage)
-  return stage(batch["pixels"], batch["transform"], batch["flip"], batch["factors"])
+  return stage(batch["pixels"], batch["transform"], batch["factors"])
 
 
-def finish_one(draws_of_one: dict[str, tf.Tensor], augment: ml_collections.ConfigDict,
-               image_size: int, preprocessing: str | None, warped: bool) -> tf.Tensor:
-  """:func:`finish` of one image's draws: [S, S, 3]."""
-  batch = {k: v[None] for k, v in draws_of_one.items()}
+def finish_one(drawn: dict[str, tf.Tensor], augment: ml_collections.ConfigDict,
+               image_size: int, preprocessing: str | None, warped: bool = True) -> tf.Tensor:
+  """:func:`finish` of one image: [S, S, 3]."""
+  batch = {k: drawn[k][None] for k in ("pixels", "transform", "factors")}
   return finish(batch, augment, image_size, preprocessing, warped)[0]
+
+
+def jpeg_pixels(encoded: tf.Tensor, drawn: dict[str, tf.Tensor],
+                augment: ml_collections.ConfigDict, image_size: int,
+                preprocessing: str | None) -> tf.Tensor:
+  """One training image straight from its JPEG bytes, without rotation: [S, S, 3].
+
+  The decoder skips everything outside the crop window, which is most of the
+  work of an input pipeline. The uint8 window is mirrored before its resize,
+  and only when the flip is drawn; without colour jitter it is normalised
+  with TF ops (one XLA launch per image cost more than it saved).
+  """
+  window = tf.image.decode_and_crop_jpeg(encoded, drawn["window"], channels=3)
+  if augment.flip:
+    window = tf.cond(drawn["flip"], lambda: tf.reverse(window, axis=[1]), lambda: window)
+  pixels = tf.image.resize(window, [image_size, image_size], method="bilinear")
+  if augment.color_jitter > 0:
+    return finish_one({"pixels": pixels, "transform": drawn["transform"],
+                       "factors": drawn["factors"]}, augment, image_size, preprocessing,
+                      warped=False)
+  return normalize(pixels, preprocessing) if preprocessing else pixels
 
 
 def train_image(image: tf.Tensor, key: tf.Tensor,
@@ -147,11 +172,13 @@ def train_image(image: tf.Tensor, key: tf.Tensor,
   """One training image: decoded RGB [H, W, 3] -> float32 [S, S, 3].
 
   In [0, 255], or normalised for the network when ``preprocessing`` is
-  given. :func:`draws` then :func:`finish` on a batch of one: the pipeline's
-  own path. Every ``data.augment`` switch off gives exactly the evaluation crop.
+  given. The uniforms come from ``key``; :func:`draws` then :func:`finish`
+  on a batch of one, the pipeline's warp path. Every ``data.augment`` switch
+  off gives exactly the evaluation crop.
   """
-  return finish_one(draws(image, key, augment, image_size, resize_side), augment, image_size,
-                    preprocessing, warped=True)
+  shape = tf.shape(image)
+  drawn = draws(uniforms(key), shape[0], shape[1], augment, image_size, resize_side)
+  return finish_one({"pixels": image, **drawn}, augment, image_size, preprocessing)
 
 
 def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
@@ -162,6 +189,8 @@ def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
 def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
                           augment: ml_collections.ConfigDict, image_size: int,
                           preprocessing: str | None = None) -> tf.Tensor:
-  """:func:`train_image` without rotation, straight from JPEG bytes (:func:`jpeg_draws`)."""
-  return finish_one(jpeg_draws(encoded, key, augment, image_size), augment, image_size,
-                    preprocessing, warped=False)
+  """:func:`train_image` without rotation, straight from JPEG bytes (:func:`jpeg_pixels`);
+  the same key gives the same window and flip."""
+  shape = tf.image.extract_jpeg_shape(encoded)
+  drawn = draws(uniforms(key), shape[0], shape[1], augment, image_size, image_size)
+  return jpeg_pixels(encoded, drawn, augment, image_size, preprocessing)
