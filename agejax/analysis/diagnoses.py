@@ -58,7 +58,10 @@ class Thresholds:
   overfit_patience: int = 3
   overfit_min_gain: float = 0.01
   overfit_train_drop: float = 0.05
-  overfit_gap_fraction: float = 0.2
+  # Every fitted model ends with train-eval below validation: tiny healthy
+  # runs (ResNet-18 width 8, 256 faces) end 20-30% apart, so a gap is called
+  # overfitting only from 40% of the validation error on.
+  overfit_gap_fraction: float = 0.4
   overfit_gap_growth: float = 0.5
   plateau_change: float = 0.01
   plateau_lr_fraction: float = 0.1

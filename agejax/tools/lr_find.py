@@ -48,8 +48,14 @@ def smooth(losses: np.ndarray, beta: float = SMOOTHING) -> np.ndarray:
 
 
 def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: int = 5) -> float:
-  """The LR of the steepest descent of the smoothed loss over log(LR)."""
-  end = int(np.argmin(smoothed)) + 1  # the slope after the minimum is irrelevant
+  """The LR of the steepest descent of the smoothed loss over log(LR).
+
+  The first ``skip_start`` points are left out of the search for the minimum
+  too: the bias-corrected average starts at the first batch's loss alone, and
+  one lucky batch there would otherwise be "the minimum" of the whole sweep.
+  """
+  skip = min(skip_start, len(smoothed) - 1)
+  end = skip + int(np.argmin(smoothed[skip:])) + 1  # the slope after the minimum is irrelevant
   lo = min(skip_start, max(end - 3, 0))
   if end - lo < 3:
     return float(lrs[max(end - 1, 0)] / 10)  # too short a descent: a tenth of the minimum
