@@ -209,7 +209,7 @@ def pixel_window(cx: tf.Tensor, cy: tf.Tensor, crop_w: tf.Tensor, crop_h: tf.Ten
   """The whole-pixel window around a crop, rounded outward and clipped to the
   image: int32 [..., 4] as (top, left, height, width), the JPEG decoder's
   ``crop_window``."""
-  zeros = tf.zeros(tf.shape(cx), tf.int32)  # the bounds broadcast to the windows'
+  zeros = tf.zeros(tf.shape(cx), tf.int32)  # the bounds, broadcast to the windows' shape
   height, width = tf.cast(height, tf.int32) + zeros, tf.cast(width, tf.int32) + zeros
   left = tf.clip_by_value(tf.cast(tf.floor(cx - crop_w / 2), tf.int32), 0, width - 1)
   top = tf.clip_by_value(tf.cast(tf.floor(cy - crop_h / 2), tf.int32), 0, height - 1)

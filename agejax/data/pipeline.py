@@ -309,13 +309,12 @@ def create_split(data_cfg: ml_collections.ConfigDict,
     def prepare(drawn, record):
       labels = {"age": record["age"], "age_std": record["age_std"]}
       if fast:
-        shape = tf.image.extract_jpeg_shape(record["image"])
-        drawn = stages.image_draws(drawn, shape[0], shape[1], augment_cfg, size, resize_side)
+        drawn = stages.image_draws(drawn, lambda: tf.image.extract_jpeg_shape(record["image"]),
+                                   augment_cfg, size, resize_side)
         return {"image": stages.jpeg_pixels(record["image"], drawn, augment_cfg, size,
                                             preprocessing), **labels}
       image = decode(record["image"])
-      shape = tf.shape(image)
-      drawn = stages.image_draws(drawn, shape[0], shape[1], augment_cfg, size, resize_side)
+      drawn = stages.image_draws(drawn, lambda: tf.shape(image), augment_cfg, size, resize_side)
       drawn = {"pixels": image, "transform": drawn["transform"], "factors": drawn["factors"]}
       if one_by_one:
         return {"image": stages.finish_one(drawn, augment_cfg, size, preprocessing), **labels}

@@ -99,13 +99,18 @@ def epoch_draws(key: tf.Tensor, count: tf.Tensor, stored_shape: tuple[int | None
   return draws(u, height, width, augment, image_size, resize_side)
 
 
-def image_draws(drawn: dict[str, tf.Tensor], height: tf.Tensor, width: tf.Tensor,
+def image_draws(drawn: dict[str, tf.Tensor], shape_of: Callable[[], tf.Tensor],
                 augment: ml_collections.ConfigDict, image_size: int,
                 resize_side: int) -> dict[str, tf.Tensor]:
-  """One image's row of :func:`epoch_draws`, as :func:`draws` gives it."""
+  """One image's row of :func:`epoch_draws`, as :func:`draws` gives it.
+
+  ``shape_of()`` gives the image's [H, W, ...]; it is only called (traced)
+  for rows still to be drawn, so a table already drawn costs no shape read.
+  """
   if "uniforms" not in drawn:
     return drawn
-  return draws(drawn["uniforms"], height, width, augment, image_size, resize_side)
+  shape = shape_of()
+  return draws(drawn["uniforms"], shape[0], shape[1], augment, image_size, resize_side)
 
 
 @functools.lru_cache(maxsize=None)
