@@ -1,12 +1,19 @@
-r"""Write a trained run's model as a self-contained bundle for prediction.
+r"""Write a trained run's model for serving: an agejax bundle, a TF SavedModel, TFLite or ONNX.
 
-  python -m agejax.export --workdir=DIR --output=OUT [--checkpoint=best|latest|STEP] \
-      [--margin=M] [--stored_size=S] [--overwrite]
+  python -m agejax.export --workdir=DIR --output=OUT [--format=bundle|saved_model|tflite|onnx] \
+      [--checkpoint=best|latest|STEP] [--quantize=none|dynamic] [--batch=N|dynamic] \
+      [--no_verify] [--margin=M] [--stored_size=S] [--overwrite]
 
-``agejax.inference.load(OUT)`` and ``python -m agejax.predict --model=OUT``
-then need neither the training config nor the dataset (the format:
-agejax.serving.bundle). Exit codes: 0 written, 2 bad flags, workdir or an
-existing bundle without --overwrite.
+``bundle`` (the default) is agejax's own format: ``agejax.inference.load(OUT)``
+and ``python -m agejax.predict --model=OUT`` read it with JAX. The other
+formats hold the resize, centre crop and normalisation inside the graph and
+take uint8 RGB face crops (agejax.serving.formats says how each is made);
+``agejax.predict --model=OUT`` reads them too. Every format writes
+``OUT/model.json``. Runtime formats are run once in their runtime against
+the JAX model on generated crops (``--verify``, on by default): a float
+model more than 1e-4 years off fails the export. Exit codes: 0 written,
+2 bad flags, workdir, missing 'export' extra, failed verification or an
+existing model without --overwrite.
 """
 
 from __future__ import annotations
@@ -20,33 +27,83 @@ from agejax import cli
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("workdir", None, "Training run directory.", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "Bundle directory to write.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Directory to write.", flag_values=FLAGS)
+flags.DEFINE_enum("format", "bundle", ["bundle", "saved_model", "tflite", "onnx"],
+                  "What to write.", flag_values=FLAGS)
 flags.DEFINE_string("checkpoint", "best", "best (lowest validation metric), latest, or a step.",
                     flag_values=FLAGS)
+flags.DEFINE_enum("quantize", "none", ["none", "dynamic"],
+                  "tflite: dynamic = int8 weights (dynamic-range quantisation).",
+                  flag_values=FLAGS)
+flags.DEFINE_string("batch", "dynamic", "Runtime formats: a fixed batch size, or dynamic.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("verify", True, "Runtime formats: check the ages against JAX's.",
+                  flag_values=FLAGS)
 flags.DEFINE_float("margin", None, "Face box margin per side; default: the dataset's.",
                    flag_values=FLAGS)
 flags.DEFINE_integer("stored_size", None, "Side of the stored face crops; default: the "
                      "dataset's.", flag_values=FLAGS)
-flags.DEFINE_bool("overwrite", False, "Replace a bundle already in --output.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace a model already in --output.", flag_values=FLAGS)
+
+_HOW_TO_CALL = {
+    "saved_model": ("saved_model_cli show --dir {out} --tag_set serve --signature_def "
+                    "serving_default\n  python -c \"import tensorflow as tf; "
+                    "f = tf.saved_model.load('{out}').signatures['serving_default']; "
+                    "print(f(images=crops_uint8)['age'])\"\n  TF Serving: docker run -p 8501:8501 "
+                    "-v {out}:/models/age/1 -e MODEL_NAME=age tensorflow/serving"),
+    "tflite": ("python -c \"from ai_edge_litert.interpreter import Interpreter; "
+               "r = Interpreter('{out}/model.tflite').get_signature_runner(); "
+               "print(r(images=crops_uint8)['age'])\""),
+    "onnx": ("python -c \"import onnxruntime as ort; s = ort.InferenceSession("
+             "'{out}/model.onnx'); print(s.run(['age'], {{'images': crops_uint8}})[0])\""),
+}
+
+
+def _batch() -> int | None:
+  if FLAGS.batch == "dynamic":
+    return None
+  try:
+    return int(FLAGS.batch)
+  except ValueError:
+    from agejax.errors import UsageError  # pylint: disable=import-outside-toplevel
+    raise UsageError(f"--batch must be a number or dynamic, got {FLAGS.batch!r}") from None
 
 
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
   from agejax.serving import export  # pylint: disable=import-outside-toplevel
 
-  meta = export.export(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint, margin=FLAGS.margin,
-                       stored_size=FLAGS.stored_size, overwrite=FLAGS.overwrite)
+  out = os.path.abspath(FLAGS.output)
+  meta = export.export(FLAGS.workdir, out, FLAGS.checkpoint, margin=FLAGS.margin,
+                       stored_size=FLAGS.stored_size, overwrite=FLAGS.overwrite,
+                       fmt=FLAGS.format, quantize=FLAGS.quantize, batch=_batch(),
+                       verify=FLAGS.verify)
   crop = meta["crop"]
+  written = meta.get("export", {}).get("file", "bundle")
   print(f"exported {meta['model']['arch']} ({meta['head']} head) from step "
-        f"{meta['source']['step']} of {FLAGS.workdir} to {os.path.abspath(FLAGS.output)}")
+        f"{meta['source']['step']} of {FLAGS.workdir} to {out} ({FLAGS.format}: {written}"
+        f"{', int8 weights' if FLAGS.quantize == 'dynamic' else ''}) and model.json")
   print(f"input: face crops with margin {crop['margin']} stored at {crop['stored_size']} px "
         f"({crop['source']}), centre {meta['image_size']} px, {meta['preprocessing']} "
         f"preprocessing")
+  if "export" in meta:
+    io = meta["export"]
+    print(f"signature {io['signature']}: {io['input']['name']} uint8 {io['input']['shape']} "
+          f"-> {', '.join(io['outputs'])}")
+  if "verification" in meta:
+    v = meta["verification"]
+    verdict = (f"within {v['tolerance']}" if v["tolerance"] else "quantised, not asserted")
+    print(f"verified on {v['crops']} crops: |age - JAX age| max {v['max_abs_age']:.2g}, "
+          f"mean {v['mean_abs_age']:.2g} years ({verdict})")
+  if FLAGS.format in _HOW_TO_CALL:
+    print("call it:\n  " + _HOW_TO_CALL[FLAGS.format].format(out=out))
+  print(f"predict: python -m agejax.predict --model={out} PHOTO.jpg")
 
 
 def main(argv: list[str] | None = None) -> int:
+  from agejax.serving.runtimes import MissingExtra  # pylint: disable=import-outside-toplevel
   return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.export",
-                 required=("workdir", "output"), user_errors=(ValueError,))
+                 required=("workdir", "output"), user_errors=(ValueError, MissingExtra))
 
 
 if __name__ == "__main__":

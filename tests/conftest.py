@@ -27,3 +27,22 @@ def tiny_data_dir(tmp_path_factory) -> str:
   cfg.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
   datasets.ensure_prepared(cfg.data)
   return cfg.data.data_dir
+
+
+TINY_RUN_STEPS = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data_dir) -> str:
+  """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input), once per process."""
+  from agejax.train import loop as train
+  from configs import tiny
+
+  cfg = tiny.get_config()
+  cfg.data.data_dir = tiny_data_dir
+  cfg.train.num_train_steps = TINY_RUN_STEPS
+  cfg.train.eval_every_steps = 8
+  cfg.train.checkpoint_every_steps = 8
+  directory = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(cfg, directory)
+  return directory

@@ -201,3 +201,19 @@ def test_cli_rejects_unknown_names():
                         capture_output=True, text=True, check=False)
   assert proc.returncode == 2
   assert "unknown benchmark" in proc.stderr
+
+
+def test_inference(tmp_path):
+  """Every runtime timed on the same crops, each within reach of JAX's ages, and predict."""
+  from agejax.benchmark import inference
+  settings = inference.InferenceSettings(arch="resnet18", image_size=32, batch=4, repeats=1,
+                                         latency_calls=2, photos=1)
+  records = _round_trip(inference.run(settings), inference.COLUMNS, tmp_path)
+  assert [r["variant"] for r in records] == [*inference.RUNTIMES, "predict (bundle)"]
+  for record in records[:-1]:
+    _check(record, "inference", ("crops_per_sec", "latency_ms_p50", "latency_ms_p90"))
+    assert record["latency_ms_p50"] <= record["latency_ms_p90"]
+    # Float runtimes within 1e-4 years of the reference; int8 weights only reported.
+    if record["variant"] != "tflite_dynamic":
+      assert record["max_abs_age_vs_jax"] <= 1e-4
+  assert records[-1]["photos_per_sec"] > 0

@@ -22,23 +22,15 @@ from agejax import models
 from agejax.models import paths
 from agejax.serving import predict
 from agejax.workdir import restore
-from agejax.train import loop as train
 from configs import tiny
 
 STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_data_dir):
-  """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input)."""
-  cfg = tiny.get_config()
-  cfg.data.data_dir = tiny_data_dir
-  cfg.train.num_train_steps = STEPS
-  cfg.train.eval_every_steps = 8
-  cfg.train.checkpoint_every_steps = 8
-  directory = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(cfg, directory)
-  return directory
+def workdir(tiny_run):
+  """conftest's 16-step tiny run (32 px stored, 32 px input)."""
+  return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
   python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]
 
 Runs the named sub-benchmarks (all when none is named), in the order
-step, peer, resume, input, build, e2e, printing one table row per result and
+step, peer, resume, input, build, e2e, inference, printing one table row per result and
 appending one JSON object per result to ``--output`` (JSON lines; stdout by
 default, with the table then on stderr). ``peer`` times agejax's compiled
 step alternately with the Keras peer, so asking for ``peer`` runs ``step``
@@ -23,7 +23,7 @@ from absl import flags
 from agejax import cli
 from agejax.errors import UsageError
 
-NAMES = ("step", "peer", "resume", "input", "build", "e2e")
+NAMES = ("step", "peer", "resume", "input", "build", "e2e", "inference")
 
 FLAGS = cli.new_flags()
 _f = dict(flag_values=FLAGS)
@@ -58,6 +58,9 @@ flags.DEFINE_integer("build_images", 1000, "build: rows of the generated release
 flags.DEFINE_string("e2e_config", None, "e2e: config file (default: configs/demo.py).", **_f)
 flags.DEFINE_integer("e2e_steps", 100, "e2e: training steps.", **_f)
 flags.DEFINE_string("e2e_data_dir", "", "e2e: TFDS data_dir (default: the config's).", **_f)
+# inference
+flags.DEFINE_integer("inference_image_size", 112, "inference: crop side.", **_f)
+flags.DEFINE_integer("inference_batch", 32, "inference: crops per throughput call.", **_f)
 
 
 def _main(names: list[str]) -> None:
@@ -74,6 +77,7 @@ def _main(names: list[str]) -> None:
   from agejax.benchmark import build
   from agejax.benchmark import common
   from agejax.benchmark import e2e
+  from agejax.benchmark import inference
   from agejax.benchmark import peer
   from agejax.benchmark import pipeline
   from agejax.benchmark import resume
@@ -122,6 +126,10 @@ def _main(names: list[str]) -> None:
       if args.e2e_config:
         settings = dataclasses.replace(settings, config=args.e2e_config)
       out.write(e2e.run(settings), e2e.COLUMNS)
+    if "inference" in wanted:
+      out.write(inference.run(inference.InferenceSettings(
+          arch=args.arch, image_size=args.inference_image_size, batch=args.inference_batch,
+          repeats=args.repeats)), inference.COLUMNS)
   finally:
     out.close()
 

@@ -23,8 +23,10 @@ function of the same parameters; only the kernels XLA picks differ.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 from jax import lax
@@ -35,9 +37,28 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 
 
+_PORTABLE = contextvars.ContextVar("agejax_portable_lowering", default=False)
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+  """Trace with the plain lax ops whatever the backend.
+
+  For graphs that leave JAX (``agejax.serving.formats``): their runtimes
+  (TF, TFLite, ONNX Runtime) have their own convolution kernels, and a
+  strided slice of a symbolic batch lowers to a dynamic gather that TFLite
+  cannot express.
+  """
+  token = _PORTABLE.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE.reset(token)
+
+
 def on_cpu() -> bool:
   """Whether computations are being traced for XLA's CPU backend."""
-  return jax.default_backend() == "cpu"
+  return jax.default_backend() == "cpu" and not _PORTABLE.get()
 
 
 def _is_pointwise(kernel: jax.Array, padding: Any, lhs_dilation: Any,

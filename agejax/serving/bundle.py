@@ -104,6 +104,9 @@ def read(path: str) -> tuple[dict[str, Any], Any, Any]:
     meta = json.load(f)
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path}/{MODEL_FILE} is not an agejax model bundle")
+  if "export" in meta:
+    raise ValueError(f"{path} holds a {meta['export']['format']} export, not a bundle; "
+                     f"agejax.inference.load reads both")
   if meta.get("format_version", 0) > VERSION:
     raise ValueError(f"{path} is bundle format {meta['format_version']}; this "
                      f"agejax reads up to {VERSION}")

@@ -49,10 +49,19 @@ def crop_rule(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def export(workdir: str, output: str, checkpoint: str = "best", *,
            margin: float | None = None, stored_size: int | None = None,
-           overwrite: bool = False) -> dict[str, Any]:
-  """Exports ``workdir``'s checkpoint ``checkpoint`` to ``output``; returns model.json."""
+           overwrite: bool = False, fmt: str = "bundle", quantize: str = "none",
+           batch: int | None = None, verify: bool = True) -> dict[str, Any]:
+  """Exports ``workdir``'s checkpoint ``checkpoint`` to ``output`` as ``fmt``.
+
+  Returns the written model.json; for runtime formats with ``verify`` it
+  has ``verification`` (``formats.verify``'s result), and a float model
+  whose ages are further than ``formats.TOLERANCE`` from JAX's raises.
+  """
+  from agejax.serving import formats  # pylint: disable=g-import-not-at-top
   from agejax.workdir import restore  # pylint: disable=g-import-not-at-top
 
+  if fmt not in formats.FORMATS:
+    raise ValueError(f"unknown --format {fmt!r}; use one of {', '.join(formats.FORMATS)}")
   trained = restore.load_trained(workdir, checkpoint)
   crop = crop_rule(trained.config.data)
   if margin is not None:
@@ -63,7 +72,15 @@ def export(workdir: str, output: str, checkpoint: str = "best", *,
     crop["source"] += " + --stored_size"
   meta = bundle.metadata(trained.config, trained.step, workdir=workdir,
                          checkpoint=checkpoint, crop=crop)
-  bundle.write(output, meta, trained.params, trained.batch_stats, overwrite=overwrite)
+  if fmt == "bundle":
+    bundle.write(output, meta, trained.params, trained.batch_stats, overwrite=overwrite)
+    return meta
+  meta = formats.export(meta, trained.params, trained.batch_stats, output, fmt,
+                        quantize=quantize, batch=batch, overwrite=overwrite)
+  if verify:
+    meta["verification"] = formats.verify(output, trained.params, trained.batch_stats)
+    if not meta["verification"]["passed"]:
+      raise ValueError(f"{output}: {fmt} ages differ from JAX's by up to "
+                       f"{meta['verification']['max_abs_age']:.2g} years (tolerance "
+                       f"{formats.TOLERANCE}); the export is kept for inspection")
   return meta
-
-

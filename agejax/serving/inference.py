@@ -40,6 +40,7 @@ from agejax.data import augment
 from agejax.data import face_crop
 from agejax.models import forward
 from agejax.serving import bundle
+from agejax.serving import graph
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -52,16 +53,8 @@ def eval_crop(images: np.ndarray, image_size: int, stored_size: int) -> np.ndarr
     image_size: the network's input side.
     stored_size: the dataset's stored side.
   """
-  side = augment.eval_resize_side(image_size, stored_size)
-  x = np.asarray(images, np.float32)
-  if side != stored_size:
-    # tf.image.resize(bilinear, antialias=True) is a triangle-kernel
-    # scale-and-translate with half-pixel centres; jax.image.resize is the
-    # same algorithm. A square image stays square, so both sides go to side.
-    x = np.asarray(jax.image.resize(x, (x.shape[0], side, side, x.shape[3]), "linear",
-                                    antialias=True))
-  offset = (side - image_size) // 2  # the integer offsets center_crop uses
-  return x[:, offset:offset + image_size, offset:offset + image_size, :]
+  return np.asarray(graph.center_crop(jnp.asarray(images, jnp.float32), image_size,
+                                      stored_size))
 
 
 def to_stored(image: np.ndarray, stored_size: int) -> np.ndarray:
@@ -94,7 +87,65 @@ def _predict_batch(params: Any, batch_stats: Any, x: jax.Array, *, graphdef: nnx
   return age, spread
 
 
-class Predictor:
+class Crops:
+  """What every predictor shares: the crop rule and :meth:`prepare`.
+
+  Attributes:
+    meta: the model's model.json contents.
+    margin: face-box margin the training crops used (for ``crop_face``).
+    stored_size: side the training crops were stored at.
+    image_size: the network's input side.
+    batch_size: crops per call of the network.
+  """
+
+  def __init__(self, meta: dict[str, Any], batch_size: int):
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.meta = meta
+    self.margin = float(meta["crop"]["margin"])
+    self.stored_size = int(meta["crop"]["stored_size"])
+    self.image_size = int(meta["image_size"])
+    self.batch_size = int(batch_size)
+
+  def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 [N, stored, stored, 3]: each crop resized as the dataset was built."""
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+      raise ValueError(f"expected a batch [N, H, W, 3] or a list of [H, W, 3] crops, "
+                       f"got shape {images.shape}")
+    stored = [to_stored(image, self.stored_size) for image in images]
+    if not stored:
+      return np.zeros((0, self.stored_size, self.stored_size, 3), np.uint8)
+    return np.stack(stored)
+
+  def _predict_stored(self, stored: np.ndarray) -> tuple[Any, Any]:
+    """Ages and spreads of one full batch of uint8 stored-size crops."""
+    raise NotImplementedError
+
+  def __call__(self, images: np.ndarray | Sequence[np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Ages and spreads (float32 [N]) of uint8 RGB face crops.
+
+    Args:
+      images: uint8 [N, H, W, 3], or a list of [H, W, 3] crops of any sizes.
+    """
+    x = self.prepare(images)
+    ages, spreads = [], []
+    for start in range(0, len(x), self.batch_size):
+      chunk = x[start:start + self.batch_size]
+      rows = len(chunk)
+      if rows < self.batch_size:  # one batch shape, one compilation; eval rows are independent
+        chunk = np.concatenate([chunk, np.zeros((self.batch_size - rows, *chunk.shape[1:]),
+                                                np.uint8)])
+      age, spread = self._predict_stored(chunk)
+      ages.append(np.asarray(age)[:rows])
+      spreads.append(np.asarray(spread)[:rows])
+    if not ages:
+      return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return (np.concatenate(ages).astype(np.float32),
+            np.concatenate(spreads).astype(np.float32))
+
+
+class Predictor(Crops):
   """Age and spread of face crops, from a bundle's ``model.json`` and weights.
 
   Attributes:
@@ -107,13 +158,7 @@ class Predictor:
 
   def __init__(self, meta: dict[str, Any], params: Any, batch_stats: Any,
                batch_size: int = DEFAULT_BATCH_SIZE):
-    if batch_size <= 0:
-      raise ValueError(f"batch_size must be positive, got {batch_size}")
-    self.meta = meta
-    self.margin = float(meta["crop"]["margin"])
-    self.stored_size = int(meta["crop"]["stored_size"])
-    self.image_size = int(meta["image_size"])
-    self.batch_size = int(batch_size)
+    super().__init__(meta, batch_size)
     self._preprocessing = str(meta["preprocessing"])
     augment.normalize(np.zeros([3], np.uint8), self._preprocessing)  # fail early
     model_cfg = ml_collections.ConfigDict(meta["model"])
@@ -123,52 +168,42 @@ class Predictor:
     self._batch_stats = jax.tree.map(jnp.asarray, batch_stats or {})
     self._flip_tta = bool(meta.get("flip_tta", False))
 
-  def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """uint8 [N, stored, stored, 3]: each crop resized as the dataset was built."""
-    if isinstance(images, np.ndarray) and images.ndim != 4:
-      raise ValueError(f"expected a batch [N, H, W, 3] or a list of [H, W, 3] crops, "
-                       f"got shape {images.shape}")
-    stored = [to_stored(image, self.stored_size) for image in images]
-    if not stored:
-      return np.zeros((0, self.stored_size, self.stored_size, 3), np.uint8)
-    return np.stack(stored)
-
   def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The float32 network input of uint8 RGB face crops (as :meth:`prepare` takes)."""
     crops = eval_crop(self.prepare(images), self.image_size, self.stored_size)
     return np.asarray(_normalize(jnp.asarray(crops), self._preprocessing))
 
-  def __call__(self, images: np.ndarray | Sequence[np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Ages and spreads (float32 [N]) of uint8 RGB face crops.
+  def _predict_stored(self, stored: np.ndarray) -> tuple[Any, Any]:
+    x = eval_crop(stored, self.image_size, self.stored_size)
+    x = _normalize(jnp.asarray(x), self._preprocessing)
+    return _predict_batch(self._params, self._batch_stats, x, graphdef=self._graphdef,
+                          flip_tta=self._flip_tta)
 
-    Args:
-      images: uint8 [N, H, W, 3], or a list of [H, W, 3] crops of any sizes.
-    """
-    x = self.preprocess(images)
-    ages, spreads = [], []
-    for start in range(0, len(x), self.batch_size):
-      chunk = x[start:start + self.batch_size]
-      rows = len(chunk)
-      if rows < self.batch_size:  # one batch shape, one compilation; eval rows are independent
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - rows, *chunk.shape[1:]),
-                                                np.float32)])
-      age, spread = _predict_batch(self._params, self._batch_stats, chunk,
-                                   graphdef=self._graphdef, flip_tta=self._flip_tta)
-      ages.append(np.asarray(age)[:rows])
-      spreads.append(np.asarray(spread)[:rows])
-    if not ages:
-      return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return (np.concatenate(ages).astype(np.float32),
-            np.concatenate(spreads).astype(np.float32))
+
+class RuntimePredictor(Crops):
+  """:class:`Predictor`'s interface over a SavedModel, TFLite or ONNX export.
+
+  Crops go to the stored size exactly as for a bundle (``to_stored``); the
+  centre crop, normalisation and network run in the exported graph.
+  """
+
+  def __init__(self, meta: dict[str, Any], run: Any, batch_size: int = DEFAULT_BATCH_SIZE):
+    fixed = meta["export"]["input"]["shape"][0]  # a fixed-batch export takes only that
+    super().__init__(meta, fixed if isinstance(fixed, int) else batch_size)
+    self._run = run
+
+  def _predict_stored(self, stored: np.ndarray) -> tuple[Any, Any]:
+    out = self._run(stored)
+    return out["age"], out["spread"]
 
 
 def load(path: str, checkpoint: str = "best",
          batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
-  """A predictor from an exported bundle or a training workdir.
+  """A predictor from an exported model or a training workdir.
 
   Args:
-    path: a directory with ``model.json`` (``agejax.export``'s output) or a
+    path: a directory with ``model.json`` (``agejax.export``'s output, any
+      format: a bundle runs in JAX, the others in their own runtime) or a
       training workdir (its ``config.json`` and checkpoints).
     checkpoint: workdir only: ``best``, ``latest`` or a step number.
     batch_size: crops per compiled batch.
@@ -177,6 +212,9 @@ def load(path: str, checkpoint: str = "best",
     FileNotFoundError: ``path`` is neither.
   """
   if bundle.is_bundle(path):
+    from agejax.serving import runtimes  # pylint: disable=import-outside-toplevel
+    if runtimes.runtime_of(runtimes.read_meta(path)) != "bundle":
+      return RuntimePredictor(*runtimes.load(path), batch_size=batch_size)
     return Predictor(*bundle.read(path), batch_size=batch_size)
   # Imported here: a bundle needs neither the training code nor TFDS.
   from agejax.serving import export  # pylint: disable=import-outside-toplevel

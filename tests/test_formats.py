@@ -1,0 +1,205 @@
+"""SavedModel, TFLite and ONNX exports run in their own runtimes and give JAX's ages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+from skimage import data as skdata
+
+from agejax import export as export_cli
+from agejax import models
+from agejax import predict as predict_cli
+from agejax.data import face_crop
+from agejax.serving import bundle as bundle_format
+from agejax.serving import formats
+from agejax.serving import inference
+from agejax.serving import runtimes
+from agejax.workdir import restore
+from configs import tiny
+
+STEPS = 16
+# The astronaut's face in scikit-image's portrait (as in test_predict.py).
+FACE = (178, 72, 272, 182)
+
+# What a client writes: only the runtime, numpy and the model's files.
+CLIENT = r"""
+import importlib.abc, json, sys
+
+class NoJax(importlib.abc.MetaPathFinder):  # JAX and agejax cannot even be imported
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("jax", "jaxlib", "flax", "agejax"):
+      raise ImportError(f"{name} is blocked in this client", name=name)
+
+sys.meta_path.insert(0, NoJax())
+import numpy as np
+fmt, path, crops_file = sys.argv[1:4]
+crops = np.load(crops_file, allow_pickle=True)
+if fmt == "saved_model":
+  import tensorflow as tf
+  f = tf.saved_model.load(path).signatures["serving_default"]
+  run = lambda x: f(images=tf.constant(x))["age"].numpy()
+elif fmt == "tflite":
+  from ai_edge_litert.interpreter import Interpreter
+  runner = Interpreter(model_path=path + "/model.tflite").get_signature_runner()
+  run = lambda x: runner(images=x)["age"]
+else:
+  import onnxruntime as ort
+  s = ort.InferenceSession(path + "/model.onnx", providers=["CPUExecutionProvider"])
+  run = lambda x: s.run(["age"], {"images": x})[0]
+ages = [run(crop[None]).tolist()[0] for crop in crops]
+print(json.dumps({"ages": ages, "jax": "jax" in sys.modules,
+                  "agejax": any(m.split(".")[0] == "agejax" for m in sys.modules)}))
+"""
+
+
+def astronaut_crop(stored_size, margin):
+  return face_crop.crop_face(skdata.astronaut(), FACE, margin=margin, size=stored_size)
+
+
+def client_ages(fmt, path, crops, tmp_path):
+  """Ages from a fresh interpreter that imports neither JAX nor agejax."""
+  crops_file = str(tmp_path / f"crops-{fmt}.npy")
+  holder = np.empty(len(crops), object)
+  holder[:] = list(crops)
+  np.save(crops_file, holder, allow_pickle=True)
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  done = subprocess.run([sys.executable, "-c", CLIENT, fmt, path, crops_file],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert not result["jax"] and not result["agejax"]
+  return np.array(result["ages"], np.float32)
+
+
+def check_against_jax(meta, params, batch_stats, out, fmt, tmp_path, atol=formats.TOLERANCE):
+  stored = int(meta["crop"]["stored_size"])
+  crops = [astronaut_crop(stored, meta["crop"]["margin"])] + formats.verification_crops(
+      json.load(open(os.path.join(out, "model.json"))), seed=3)
+  got = client_ages(fmt, out, crops, tmp_path)
+  want = np.array([formats.jax_outputs(meta, params, batch_stats, c[None])["age"][0]
+                   for c in crops])
+  print(fmt, "max |age - JAX age|", float(np.abs(got - want).max()))
+  np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+  return crops, got
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_run):
+  """conftest's 16-step tiny run (32 px stored, 32 px input)."""
+  return tiny_run
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+  t = restore.load_trained(workdir, str(STEPS))
+  return t.params, t.batch_stats
+
+
+def export(workdir, out, *flags):
+  assert export_cli.main(["export", "--workdir", workdir, "--output", str(out),
+                          "--checkpoint", str(STEPS), *flags]) == 0
+  with open(os.path.join(out, "model.json")) as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite", "onnx"])
+def test_a_trained_run_exports_and_each_runtime_gives_jax_ages(fmt, workdir, trained,
+                                                               tmp_path, capsys):
+  out = tmp_path / fmt
+  meta = export(workdir, out, f"--format={fmt}")
+  printed = capsys.readouterr().out
+  assert f"({fmt}: " in printed and "verified on" in printed and "call it:" in printed
+  assert meta["export"]["format"] == fmt and meta["source"]["step"] == STEPS
+  assert meta["export"]["outputs"] == ["age", "spread", "probabilities"]  # dex head
+  assert meta["crop"]["stored_size"] == 32 and meta["image_size"] == 32
+  params, batch_stats = trained
+  crops, ages = check_against_jax(meta, params, batch_stats, str(out), fmt, tmp_path)
+  # The ONNX graph takes the stored size only; the others any size.
+  assert len(crops) == (2 if fmt == "onnx" else 4)
+  assert {c.shape[:2] for c in crops} >= {(32, 32)}
+  assert np.all((ages >= 0) & (ages <= 100))
+
+
+def test_dynamic_quantisation_is_reported_not_asserted(workdir, trained, tmp_path, capsys):
+  out = tmp_path / "q"
+  meta = export(workdir, out, "--format=tflite", "--quantize=dynamic")
+  assert meta["export"]["quantize"] == "dynamic"
+  assert "quantised, not asserted" in capsys.readouterr().out
+  v = formats.verify(str(out), *trained)
+  assert v["tolerance"] is None and v["passed"] and np.isfinite(v["max_abs_age"])
+  # int8 weights: a smaller file than the float model's.
+  float_out = tmp_path / "f"
+  export(workdir, float_out, "--format=tflite")
+  assert os.path.getsize(out / "model.tflite") < os.path.getsize(float_out / "model.tflite")
+
+
+def test_a_fixed_batch_export_takes_that_batch(workdir, trained, tmp_path):
+  out = tmp_path / "b4"
+  meta = export(workdir, out, "--format=saved_model", "--batch=4")
+  assert meta["export"]["input"]["shape"] == [4, "H", "W", 3]
+  predictor = inference.load(str(out), batch_size=16)
+  assert predictor.batch_size == 4
+  crop = astronaut_crop(32, 0.4)
+  ages, _ = predictor([crop] * 6)  # two calls of 4, the second padded
+  want = formats.jax_outputs(meta, *trained, crop[None])["age"][0]
+  np.testing.assert_allclose(ages, np.full(6, want), atol=formats.TOLERANCE)
+
+
+def test_predict_gives_the_same_ages_for_a_bundle_and_a_saved_model(workdir, tmp_path, capsys):
+  export(workdir, tmp_path / "bundle")
+  export(workdir, tmp_path / "sm", "--format=saved_model")
+  photo = tmp_path / "astronaut.jpg"
+  Image.fromarray(skdata.astronaut()).save(photo, quality=95)
+  capsys.readouterr()
+  results = {}
+  for name in ("bundle", "sm"):
+    assert predict_cli.main(["predict", "--model", str(tmp_path / name), "--json",
+                             str(photo)]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    results[name] = record["faces"]
+  assert len(results["bundle"]) >= 1
+  assert [f["box"] for f in results["bundle"]] == [f["box"] for f in results["sm"]]
+  np.testing.assert_allclose([f["age"] for f in results["sm"]],
+                             [f["age"] for f in results["bundle"]], atol=1e-4)
+  np.testing.assert_allclose([f["spread"] for f in results["sm"]],
+                             [f["spread"] for f in results["bundle"]], atol=1e-4)
+
+
+def test_resnet50_with_random_weights_in_every_runtime(tmp_path):
+  cfg = tiny.get_config()
+  cfg.model.arch = "resnet50"
+  cfg.model.width = 64
+  cfg.data.image_size = 64
+  model = models.build_model(cfg.model, 64, nnx.Rngs(7))
+  _, params, batch_stats = models.split_state(model)
+  meta = bundle_format.metadata(cfg, 0, crop={"margin": 0.4, "stored_size": 64,
+                                              "source": "test"})
+  for fmt in ("saved_model", "tflite", "onnx"):
+    out = tmp_path / fmt
+    formats.export(meta, params, batch_stats, str(out), fmt)
+    # Untrained, ResNet-50's ages swing by tens of years across crops and
+    # TF's XLA, TFLite's and ONNX Runtime's convolutions round differently
+    # from jaxlib's: up to 2.4e-4 years (3e-6 relative) measured here.
+    check_against_jax(meta, params, batch_stats, str(out), fmt, tmp_path, atol=5e-4)
+
+
+def test_a_missing_converter_names_the_extra(workdir, tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx raises ImportError
+  code = export_cli.main(["export", "--workdir", workdir, "--output", str(tmp_path / "o"),
+                          "--checkpoint", str(STEPS), "--format=onnx"])
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "tf2onnx" in err and "agejax[export]" in err
+
+
+def test_a_bundle_reader_refuses_an_export(workdir, tmp_path):
+  out = tmp_path / "sm"
+  export(workdir, out, "--format=saved_model")
+  assert runtimes.runtime_of(runtimes.read_meta(str(out))) == "saved_model"
+  with pytest.raises(ValueError, match="saved_model export, not a bundle"):
+    bundle_format.read(str(out))
