@@ -182,7 +182,10 @@ def test_four_devices_match_one_device(data_dir, tmp_path):
   # (4 examples each instead of 16) would change it far beyond 1e-5.
   np.testing.assert_allclose(losses[4][0], losses[1][0], rtol=1e-5)
   np.testing.assert_allclose(losses[4], losses[1], rtol=2e-4)
-  np.testing.assert_allclose(losses["val4"], losses["val1"], rtol=2e-4)
+  # Validation MAE after 8 updates: the 4-way gradient all-reduce sums in
+  # another order, and some x86 CPUs carry that to 7e-4 relative (24.058 vs
+  # 24.074 years on an AMD EPYC); per-device BatchNorm would be off by years.
+  np.testing.assert_allclose(losses["val4"], losses["val1"], rtol=2e-3)
 
 
 def test_init_checkpoint_loads_the_backbone_and_refreshes_a_resized_head(data_dir, uninterrupted):
