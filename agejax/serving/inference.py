@@ -170,12 +170,14 @@ class Predictor(Crops):
 
   def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The float32 network input of uint8 RGB face crops (as :meth:`prepare` takes)."""
-    crops = eval_crop(self.prepare(images), self.image_size, self.stored_size)
-    return np.asarray(_normalize(jnp.asarray(crops), self._preprocessing))
+    return np.asarray(self._network_input(self.prepare(images)))
+
+  def _network_input(self, stored: np.ndarray) -> jax.Array:
+    crops = eval_crop(stored, self.image_size, self.stored_size)
+    return _normalize(jnp.asarray(crops), self._preprocessing)
 
   def _predict_stored(self, stored: np.ndarray) -> tuple[Any, Any]:
-    x = eval_crop(stored, self.image_size, self.stored_size)
-    x = _normalize(jnp.asarray(x), self._preprocessing)
+    x = self._network_input(stored)
     return _predict_batch(self._params, self._batch_stats, x, graphdef=self._graphdef,
                           flip_tta=self._flip_tta)
 
