@@ -95,6 +95,12 @@ def _main(args: list[str]) -> None:
     verdict = (f"within {v['tolerance']}" if v["tolerance"] else "quantised, not asserted")
     print(f"verified on {v['crops']} crops: |age - JAX age| max {v['max_abs_age']:.2g}, "
           f"mean {v['mean_abs_age']:.2g} years ({verdict})")
+    held = v.get("heldout")
+    if held and "skipped" in held:
+      print(f"held-out MAE not measured ({held['split']}: {held['skipped']})")
+    elif held:
+      print(f"held-out MAE on {held['examples']} {held['split']} crops: {held['mae_exported']:.3f} "
+            f"years quantised vs {held['mae_jax']:.3f} float ({held['mae_difference']:+.3f})")
   if FLAGS.format in _HOW_TO_CALL:
     print("call it:\n  " + _HOW_TO_CALL[FLAGS.format].format(out=out))
   print(f"predict: python -m agejax.predict --model={out} PHOTO.jpg")

@@ -129,9 +129,20 @@ def test_dynamic_quantisation_is_reported_not_asserted(workdir, trained, tmp_pat
   out = tmp_path / "q"
   meta = export(workdir, out, "--format=tflite", "--quantize=dynamic")
   assert meta["export"]["quantize"] == "dynamic"
-  assert "quantised, not asserted" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "quantised, not asserted" in printed
+  assert "held-out MAE on 64 validation crops" in printed
   v = formats.verify(str(out), *trained)
   assert v["tolerance"] is None and v["passed"] and np.isfinite(v["max_abs_age"])
+  # The held-out comparison runs the float model on the validation split's
+  # stored crops: its MAE is the one training logged at the last step.
+  held = meta["verification"]["heldout"]
+  print("held-out", held)
+  logged, = [r for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
+             if r.get("split") == "validation" and r["step"] == STEPS]
+  assert held["split"] == "validation" and held["examples"] == logged["n"] == 64
+  assert held["mae_jax"] == pytest.approx(logged["mae"], abs=1e-4)
+  assert held["mae_difference"] == pytest.approx(held["mae_exported"] - held["mae_jax"])
   # int8 weights: a smaller file than the float model's.
   float_out = tmp_path / "f"
   export(workdir, float_out, "--format=tflite")
@@ -179,13 +190,22 @@ def test_resnet50_with_random_weights_in_every_runtime(tmp_path):
   _, params, batch_stats = models.split_state(model)
   meta = bundle_format.metadata(cfg, 0, crop={"margin": 0.4, "stored_size": 64,
                                               "source": "test"})
+  # Untrained, ResNet-50 amplifies float32 rounding: JAX itself gives ages
+  # up to ~2.4e-4 years apart for the same crops run one at a time and as one
+  # batch (the kernels sum in another order). A runtime and JAX each round
+  # about that much, so their ages may differ by twice JAX's own spread; a
+  # trained network (the test above) keeps within formats.TOLERANCE.
+  crops = np.stack([astronaut_crop(64, m) for m in (0.2, 0.3, 0.4, 0.5)])
+  one_by_one = [formats.jax_outputs(meta, params, batch_stats, c[None])["age"][0] for c in crops]
+  jax_spread = float(np.abs(np.array(one_by_one)
+                            - formats.jax_outputs(meta, params, batch_stats, crops)["age"]).max())
+  print("JAX batch-1 vs batch-4 max |age difference|", jax_spread)
+  assert jax_spread < 1e-3
   for fmt in ("saved_model", "tflite", "onnx"):
     out = tmp_path / fmt
     formats.export(meta, params, batch_stats, str(out), fmt)
-    # Untrained, ResNet-50's ages swing by tens of years across crops and
-    # TF's XLA, TFLite's and ONNX Runtime's convolutions round differently
-    # from jaxlib's: up to 2.4e-4 years (3e-6 relative) measured here.
-    check_against_jax(meta, params, batch_stats, str(out), fmt, tmp_path, atol=5e-4)
+    check_against_jax(meta, params, batch_stats, str(out), fmt, tmp_path,
+                      atol=max(formats.TOLERANCE, 2 * jax_spread))
 
 
 def test_a_missing_converter_names_the_extra(workdir, tmp_path, monkeypatch, capsys):

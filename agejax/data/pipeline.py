@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -349,6 +349,23 @@ def create_split(data_cfg: ml_collections.ConfigDict,
   options = tf.data.Options()
   options.deterministic = True
   return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def stored_crops(data_cfg: ml_collections.ConfigDict, split: str,
+                 limit: int = 0) -> Iterator[tuple[np.ndarray, float]]:
+  """``(uint8 crop [H, W, 3], age)`` of ``split`` as stored, in stored order.
+
+  What an exported model is given: the builder's crops before any resize,
+  crop or normalisation. ``limit`` > 0: the first ``limit`` only. One
+  process reads all of it (for export-time checks, not for training).
+  """
+  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
+  _check_features(builder, data_cfg)
+  _count(data_cfg, split, split)  # an unknown split names its config key
+  decode = builder.info.features["image"].decode_example
+  records = _records(builder, split, data_cfg, limit)
+  for example in records.map(lambda r: (decode(r["image"]), r["age"])).as_numpy_iterator():
+    yield example[0], float(example[1])
 
 
 # Kept here so the pipeline's users have one module to import.

@@ -54,8 +54,11 @@ def export(workdir: str, output: str, checkpoint: str = "best", *,
   """Exports ``workdir``'s checkpoint ``checkpoint`` to ``output`` as ``fmt``.
 
   Returns the written model.json; for runtime formats with ``verify`` it
-  has ``verification`` (``formats.verify``'s result), and a float model
-  whose ages are further than ``formats.TOLERANCE`` from JAX's raises.
+  has (and the file keeps) ``verification`` (``formats.verify``'s result), and a float model
+  whose ages are further than ``formats.TOLERANCE`` from JAX's raises. A
+  quantised model's ``verification`` also has ``heldout``: its MAE and the
+  float JAX model's on the run's validation split (``formats.heldout_mae``),
+  or ``{"skipped": why}`` where that split cannot be read here.
   """
   from agejax.serving import formats  # pylint: disable=g-import-not-at-top
   from agejax.workdir import restore  # pylint: disable=g-import-not-at-top
@@ -79,8 +82,23 @@ def export(workdir: str, output: str, checkpoint: str = "best", *,
                         quantize=quantize, batch=batch, overwrite=overwrite)
   if verify:
     meta["verification"] = formats.verify(output, trained.params, trained.batch_stats)
+    if quantize != "none":
+      meta["verification"]["heldout"] = _heldout(output, trained)
+    formats.write_meta(output, meta)  # what was checked travels with the model
     if not meta["verification"]["passed"]:
       raise ValueError(f"{output}: {fmt} ages differ from JAX's by up to "
                        f"{meta['verification']['max_abs_age']:.2g} years (tolerance "
                        f"{formats.TOLERANCE}); the export is kept for inspection")
   return meta
+
+
+def _heldout(output: str, trained: Any) -> dict[str, Any]:
+  from agejax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from agejax.serving import formats  # pylint: disable=g-import-not-at-top
+
+  data_cfg = trained.config.data
+  try:
+    return formats.heldout_mae(output, trained.params, trained.batch_stats, data_cfg,
+                               data_cfg.eval_split)
+  except ConfigError as e:  # the dataset is not on this machine: say so, keep the export
+    return {"split": data_cfg.eval_split, "skipped": str(e)}

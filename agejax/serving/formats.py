@@ -176,10 +176,17 @@ def export(meta: dict[str, Any], params: Any, batch_stats: Any, output: str, fmt
                            "margin); resized to the stored size inside unless given at it"},
       "outputs": outputs, "signature": runtimes.SIGNATURE,
       **({"opset": ONNX_OPSET} if fmt == "onnx" else {})}}
-  with open(meta_file, "w") as f:  # last: a directory with a model.json is complete
+  write_meta(output, meta)  # last: a directory with a model.json is complete
+  return meta
+
+
+def write_meta(output: str, meta: dict[str, Any]) -> None:
+  """Writes ``output/model.json`` (through a temporary file: never half a file)."""
+  meta_file = os.path.join(output, runtimes.MODEL_FILE)
+  with open(meta_file + ".tmp", "w") as f:
     json.dump(meta, f, indent=1, sort_keys=True)
     f.write("\n")
-  return meta
+  os.replace(meta_file + ".tmp", meta_file)
 
 
 def verification_crops(meta: dict[str, Any], seed: int = 0) -> list[np.ndarray]:
@@ -210,6 +217,21 @@ def jax_outputs(meta: dict[str, Any], params: Any, batch_stats: Any,
   return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _ages(meta: dict[str, Any], run: runtimes.Runner, params: Any, batch_stats: Any,
+          images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``(JAX ages, runtime ages)`` of same-size crops ``images`` [n, H, W, 3]."""
+  n = len(images)
+  batch = meta["export"]["input"]["shape"][0]
+  if not isinstance(batch, int):  # a dynamic batch: one call
+    return jax_outputs(meta, params, batch_stats, images)["age"], np.asarray(run(images)["age"])
+  # A fixed-batch model: whole batches, the last padded with zeros.
+  padded = np.concatenate([images, np.zeros(((-n) % batch, *images.shape[1:]), np.uint8)])
+  chunks = [padded[i:i + batch] for i in range(0, len(padded), batch)]
+  want = np.concatenate([jax_outputs(meta, params, batch_stats, c)["age"] for c in chunks])
+  got = np.concatenate([np.asarray(run(c)["age"]) for c in chunks])
+  return want[:n], got[:n]
+
+
 def verify(output: str, params: Any, batch_stats: Any,
            crops: list[np.ndarray] | None = None) -> dict[str, Any]:
   """Runs ``output`` in its runtime on ``crops`` (one batch per size) against JAX.
@@ -226,16 +248,52 @@ def verify(output: str, params: Any, batch_stats: Any,
     by_size.setdefault(crop.shape[:2], []).append(crop)
   diffs = []
   for same in by_size.values():
-    images = np.stack(same)
-    batch = meta["export"]["input"]["shape"][0]
-    if isinstance(batch, int):  # a fixed-batch model: pad, then drop the padding
-      images = np.concatenate([images, np.zeros((batch - len(images), *images.shape[1:]),
-                                                np.uint8)])[:batch]
-    want = jax_outputs(meta, params, batch_stats, images)["age"][:len(same)]
-    got = np.asarray(run(images)["age"])[:len(same)]
+    want, got = _ages(meta, run, params, batch_stats, np.stack(same))
     diffs.append(np.abs(got - want))
   diff = np.concatenate(diffs)
   quantized = meta["export"]["quantize"] != "none"
   return {"max_abs_age": float(diff.max()), "mean_abs_age": float(diff.mean()),
           "crops": len(diff), "tolerance": None if quantized else TOLERANCE,
           "passed": quantized or bool(diff.max() <= TOLERANCE)}
+
+
+# Examples of the held-out split a quantised export is measured on: enough
+# for the MAE difference to settle to a few hundredths of a year, few
+# enough to take seconds on a CPU.
+HELDOUT_EXAMPLES = 512
+_HELDOUT_BATCH = 32
+
+
+def heldout_mae(output: str, params: Any, batch_stats: Any, data_cfg: Any, split: str,
+                limit: int = HELDOUT_EXAMPLES) -> dict[str, Any]:
+  """MAE of ``output`` in its runtime and of the JAX float model on ``split``'s crops.
+
+  ``data_cfg`` is the training run's ``data`` section; the first ``limit``
+  stored crops of ``split`` are given to both as the dataset stored them.
+  Returns ``{"split", "examples", "mae_jax", "mae_exported",
+  "mae_difference"}`` (exported minus JAX, years).
+  """
+  from agejax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from agejax.evaluation import metrics  # pylint: disable=import-outside-toplevel
+
+  meta, run = runtimes.load(output)
+  pending: dict[tuple[int, ...], list[tuple[np.ndarray, float]]] = {}
+  want, got, true = [], [], []
+
+  def flush(shape):
+    crops, ages = zip(*pending.pop(shape))
+    w, g = _ages(meta, run, params, batch_stats, np.stack(crops))
+    want.append(w)
+    got.append(g)
+    true.append(np.asarray(ages, np.float32))
+
+  for crop, age in pipeline.stored_crops(data_cfg, split, limit):
+    pending.setdefault(crop.shape, []).append((crop, age))
+    if len(pending[crop.shape]) == _HELDOUT_BATCH:
+      flush(crop.shape)
+  for shape in list(pending):
+    flush(shape)
+  want, got, true = (np.concatenate(a) for a in (want, got, true))
+  mae_jax, mae_exported = metrics.mae(want, true), metrics.mae(got, true)
+  return {"split": split, "examples": int(len(true)), "mae_jax": mae_jax,
+          "mae_exported": mae_exported, "mae_difference": mae_exported - mae_jax}
