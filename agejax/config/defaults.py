@@ -74,6 +74,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # TFDS data_dir; "" uses TFDS's default
   c.data.train_split = "train"
   c.data.eval_split = "validation"
+  # The face age benchmark's split 0-4 (agejax.data.folders): for a dataset
+  # stored as folders (data_builders/facebase), sets train_split, eval_split
+  # and test_split to that split's folders when the run starts; -1: off.
+  c.data.protocol_split = -1
+  # Held out from training and model choice; agejax.protocol reports it.
+  c.data.test_split = "test"
   # Feature holding the training target (e.g. apparent_age on APPA-REAL) and,
   # optionally, its per-image std (for the ChaLearn epsilon-error).
   c.data.label = "age"

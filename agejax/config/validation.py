@@ -120,6 +120,7 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": ((lambda v: v >= 32 and v % 32 == 0),
                         "a multiple of 32 (the networks downsample by 32), >= 32"),
     "data.num_train_examples": _NON_NEGATIVE,
+    "data.protocol_split": ((lambda v: -1 <= v <= 4), "-1 (off) or a benchmark split 0-4"),
     "train.batch_size": _POSITIVE,
     "train.num_epochs": _NON_NEGATIVE,
     "train.num_train_steps": _NON_NEGATIVE,

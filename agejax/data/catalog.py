@@ -14,7 +14,7 @@ from tensorflow_datasets.core.utils import gcs_utils
 from agejax.errors import ConfigError
 
 # Builders shipped in data_builders/; importing one registers it with TFDS.
-BUILDERS = ("imdb_wiki", "appa_real", "utkface", "age_csv", "synthetic_faces")
+BUILDERS = ("imdb_wiki", "appa_real", "utkface", "age_csv", "facebase", "synthetic_faces")
 # Datasets generated on the spot: the trainer prepares them when absent.
 SELF_PREPARING = ("synthetic_faces",)
 

@@ -142,3 +142,31 @@ def crop_face(image: np.ndarray, box: Sequence[float] | None,
               margin: float = DEFAULT_MARGIN, size: int = DEFAULT_SIZE) -> np.ndarray:
   """:func:`crop` for a uint8 [H, W, 3] array; the same pixels."""
   return np.asarray(crop(Image.fromarray(np.ascontiguousarray(image)), box, margin, size))
+
+
+def warp_box(image: Image.Image, corners: Sequence[float], size: int = DEFAULT_SIZE) -> Image.Image:
+  """The rotated box ``corners`` of ``image`` warped to an upright ``size`` square.
+
+  ``corners`` are 8 numbers, the box's top-left, top-right, bottom-right and
+  bottom-left ``(x, y)`` in image pixels (the face benchmark's
+  ``aligned_bbox``): the top-left corner goes to the square's top-left, the
+  top edge to its top edge. Output pixel centre ``(u + .5, v + .5)`` samples
+  ``TL + (u + .5) / size * (TR - TL) + (v + .5) / size * (BL - TL)``
+  bilinearly; what falls outside the image is black. The box is a
+  parallelogram (an affine map); the bottom-right corner is implied.
+
+  Raises:
+    ValueError: not 8 finite numbers, or a box with no area.
+  """
+  box = np.asarray(corners, np.float64).reshape(-1)
+  if box.size != 8 or not np.all(np.isfinite(box)):
+    raise ValueError(f"a box is 8 finite numbers (four x, y corners), got {list(corners)}")
+  top_left, top_right, _, bottom_left = box.reshape(4, 2)
+  across, down = (top_right - top_left) / size, (bottom_left - top_left) / size
+  if abs(across[0] * down[1] - across[1] * down[0]) < 1e-12:
+    raise ValueError(f"the box {list(corners)} has no area")
+  # PIL's AFFINE maps each output point (x, y) to the input point
+  # (a x + b y + c, d x + e y + f), both in continuous pixel coordinates.
+  coefficients = (across[0], down[0], top_left[0], across[1], down[1], top_left[1])
+  return image.convert("RGB").transform((size, size), Image.Transform.AFFINE, coefficients,
+                                        resample=Image.Resampling.BILINEAR)

@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from agejax import mesh as mesh_lib
 from agejax.config import validation as config_check
 from agejax.data import catalog as datasets
+from agejax.data import folders
 from agejax.data import pipeline as input_pipeline
 from agejax.errors import ConfigError
 from agejax.errors import CheckpointSaveFailed
@@ -162,6 +163,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   is_chief = jax.process_index() == 0
 
   datasets.ensure_prepared(cfg.data)
+  folders.apply_protocol_split(cfg.data)  # before config.json: it records the folders
   num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
       cfg.data, cfg.data.train_split)
   length = length_lib.run_length(cfg, num_train)
