@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 import builder_testing
 
 from agejax.data import face_crop
+from agejax.data import folders
 from data_builders import age_csv
 from data_builders import common
 
@@ -181,6 +182,23 @@ def test_identity_splits_are_person_disjoint(dirs):
                                  (99,) * 3 if grey else color(int(float(age)) % 100), atol=3)
   assert people == {"alice smith": {"train"}, "bob jones": {"train"},
                     "grace hopper": {"validation"}, "lena berg": {"test"}}
+
+
+def test_identity_folders_split_people_for_the_protocol(dirs):
+  builder = build(age_csv.AgeCsvConfig(name="folders", image_size=32, identity_folders=10), dirs)
+  names = sorted(builder.info.splits)
+  assert all(n.startswith("folder") for n in names)
+  people = {}
+  for split in names:
+    for path, ex in examples(builder, split).items():
+      key = common.normalize_name(ex["identity"].decode()) or path
+      assert split == f"folder{folders.folder_of(key)}"
+      people.setdefault(key, set()).add(split)
+  assert all(len(s) == 1 for s in people.values())  # a person is in one folder
+  assert sum(len(examples(builder, s)) for s in names) == LABELS_REPORT["kept"]
+  # The protocol resolves its splits from these folders.
+  assert folders.available_folders(names) == [int(n[len("folder"):]) for n in
+                                              sorted(names, key=lambda n: int(n[6:]))]
 
 
 def test_path_split_without_identity(dirs):

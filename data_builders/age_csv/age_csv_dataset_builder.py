@@ -23,6 +23,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from agejax.data import face_crop
+from agejax.data import folders
 from data_builders import common
 
 
@@ -49,6 +50,11 @@ class AgeCsvConfig(tfds.core.BuilderConfig):
     split_fractions: train, validation and test shares of the hash split.
     encoding: the CSV's text encoding (``utf-8-sig`` reads UTF-8 with or
       without a byte-order mark; e.g. ``latin-1`` or ``cp1252`` for others).
+    identity_folders: > 0: instead of train/validation/test, that many
+      identity folders ``folder0``... by a hash of the same key
+      (``agejax.data.folders.folder_of``), so the face age benchmark's
+      protocol (``data.protocol_split``) runs on any CSV release; the
+      ``split`` column is then ignored.
   """
   csv: str = "labels.csv"
   encoding: str = "utf-8-sig"
@@ -56,6 +62,7 @@ class AgeCsvConfig(tfds.core.BuilderConfig):
   margin: float = face_crop.DEFAULT_MARGIN
   reduced_decode: bool = True
   split_fractions: Sequence[float] = common.DEFAULT_FRACTIONS
+  identity_folders: int = 0
 
   def __post_init__(self):
     # JSON configs (`tfds build --config='{...}'`) give lists.
@@ -94,9 +101,12 @@ def parse_box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
   return x1, y1, x2, y2
 
 
-def read_rows(text: str, fractions: Sequence[float],
-              report: common.CleaningReport) -> dict[str, list[Row]]:
-  """The CSV's usable rows by split; the others are counted in ``report``."""
+def read_rows(text: str, fractions: Sequence[float], report: common.CleaningReport,
+              identity_folders: int = 0) -> dict[str, list[Row]]:
+  """The CSV's usable rows by split; the others are counted in ``report``.
+
+  ``identity_folders`` > 0: the splits are that many identity folders.
+  """
   reader = csv.DictReader(io.StringIO(text))
   columns = set(reader.fieldnames or ())
   missing = {"path", "age"} - columns
@@ -104,7 +114,7 @@ def read_rows(text: str, fractions: Sequence[float],
     raise ValueError(f"the CSV lacks the columns {sorted(missing)}; its header is "
                      f"{reader.fieldnames}, expected path,age[,identity][,gender][,split]")
   has_box = set(BOX_COLUMNS) <= columns
-  by_split = {split: [] for split in common.SPLITS}
+  by_split = {split: [] for split in split_names(identity_folders)}
   seen = set()
   for record in reader:
     path = (record["path"] or "").strip()
@@ -128,17 +138,27 @@ def read_rows(text: str, fractions: Sequence[float],
       report.drop(reason)
       continue
     seen.add(path)
-    if "split" in columns:
+    # A person is keyed by name so that spelling variants stay together; a
+    # row without identity can only be split by its own path.
+    key = common.normalize_name(identity) if identity else path
+    if identity_folders:
+      split = folders.FOLDER_SPLIT.format(folders.folder_of(key, identity_folders))
+    elif "split" in columns:
       split = SPLIT_NAMES.get((record["split"] or "").strip().lower())
       if split is None:
         report.drop("bad_split")
         continue
     else:
-      # A person is keyed by name so that spelling variants stay together; a
-      # row without identity can only be split by its own path.
-      split = common.split_of(common.normalize_name(identity) if identity else path, fractions)
+      split = common.split_of(key, fractions)
     by_split[split].append(Row(path, age, identity, gender, box))
   return by_split
+
+
+def split_names(identity_folders: int = 0) -> tuple[str, ...]:
+  """train/validation/test, or ``folder0``... for identity folders."""
+  if identity_folders:
+    return tuple(folders.FOLDER_SPLIT.format(k) for k in range(identity_folders))
+  return common.SPLITS
 
 
 class Builder(common.ReportingBuilder):
@@ -184,14 +204,16 @@ class Builder(common.ReportingBuilder):
     except LookupError as e:
       raise common.ReleaseError(csv_path, f"unknown encoding {encoding!r} in the builder "
                                 "config") from e
-    rows = read_rows(text, self.builder_config.split_fractions, self._report)
-    empty = [split for split in common.SPLITS if not rows[split]]
+    rows = read_rows(text, self.builder_config.split_fractions, self._report,
+                     self.builder_config.identity_folders)
+    names = split_names(self.builder_config.identity_folders)
+    empty = [split for split in names if not rows[split]]
     if empty:
       # TFDS cannot write a split without examples (a small CSV may hash no
       # identity into validation or test): those splits are left out.
       logging.warning("age_csv: no rows for split(s) %s; left out.", ", ".join(empty))
     return {split: self._generate_examples(csv_path.parent, split, rows[split])
-            for split in common.SPLITS if rows[split]}
+            for split in names if rows[split]}
 
   def _generate_examples(self, root: epath.Path, split: str,
                          rows: list[Row]) -> Iterator[tuple[str, dict]]:
