@@ -3,6 +3,8 @@
 import collections
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,6 +76,24 @@ def test_every_kept_entry_is_stored_once_in_its_folder(built):
   for e in ENTRIES:
     want[e["folder"]].append(e["img_path"])
   assert {k: sorted(v) for k, v in by_folder.items()} == {k: sorted(v) for k, v in want.items()}
+
+
+def test_tfds_build_on_the_command_line(tmp_path):
+  manual, data = tmp_path / "manual", tmp_path / "data"
+  write_release(str(manual))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tfds_cli = os.path.join(os.path.dirname(sys.executable), "tfds")
+  done = subprocess.run([tfds_cli, "build", "data_builders/facebase", "--config=agedb",
+                         f"--manual_dir={manual}", f"--data_dir={data}"], cwd=repo,
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "PYTHONPATH": repo, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  version = data / "facebase" / "agedb" / "1.0.0"
+  assert json.load(open(version / "cleaning_report.json")) == REPORT
+  info = json.load(open(version / "dataset_info.json"))
+  counts = {s["name"]: sum(int(n) for n in s["shardLengths"]) for s in info["splits"]}
+  assert counts == SPLITS  # the JSON's kept entries, folder by folder
+  assert "kept in folder9: 4" in done.stdout
 
 
 def test_labels_follow_the_json(built):
