@@ -209,7 +209,7 @@ def test_config_entry_errors_are_one_line_naming_the_file(tiny_data_dir, tmp_pat
   assert code == 2 and len(err) == 1
   assert err[0].startswith("agejax.main: config error: data.dataset: 'no_such_faces' is not "
                            "a built or known TFDS dataset")
-  assert "agejax builds imdb_wiki, appa_real, utkface, age_csv, synthetic_faces" in err[0]
+  assert "agejax builds imdb_wiki, appa_real, utkface, age_csv, facebase, synthetic_faces" in err[0]
 
 
 # --- broken release files ----------------------------------------------------------------
