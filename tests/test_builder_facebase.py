@@ -201,3 +201,13 @@ def test_folder_of_is_stable_and_covers_ten_folders():
   assert folders.folder_of("brad pitt") == folders.folder_of("brad pitt")
   counts = collections.Counter(folders.folder_of(f"person {i}") for i in range(2000))
   assert sorted(counts) == list(range(10)) and min(counts.values()) > 150
+
+
+def test_an_unbuilt_database_names_the_build_command(tmp_path):
+  from agejax.data import catalog
+  from configs import protocol_resnet50
+  cfg = protocol_resnet50.get_config()
+  cfg.data.data_dir = str(tmp_path)
+  with pytest.raises(ConfigError, match=r"build it with `tfds build data_builders/facebase "
+                     r"--config=agedb --manual_dir=<release files> --data_dir="):
+    catalog.ensure_prepared(cfg.data)

@@ -67,7 +67,9 @@ def builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
 def not_built_error(dataset: str, builder_dir: str, data_dir: str) -> ConfigError:
   """The one "build it first" error, with the command that builds it."""
   name = base_name(dataset)
-  how = (f"`tfds build data_builders/{name} --manual_dir=<release files> "
+  parts = dataset.split(":")[0].split("/")
+  config = f" --config={parts[1]}" if len(parts) > 1 else ""
+  how = (f"`tfds build data_builders/{name}{config} --manual_dir=<release files> "
          f"--data_dir={data_dir or '<data_dir>'}` (see data_builders/{name}/README.md)"
          if name in BUILDERS else "`tfds build` with its builder on the import path")
   return ConfigError("data.dataset", f"{dataset} is not built under {builder_dir}; "
