@@ -127,3 +127,10 @@ def test_a_dataset_not_stored_as_folders_is_refused(tiny_data_dir, tmp_path):
   cfg.data.protocol_split = 0
   with pytest.raises(ConfigError, match="not stored as folders"):
     loop.train_and_evaluate(cfg, str(tmp_path))
+
+
+def test_a_run_that_stopped_early_by_its_rule_is_finished_a_preempted_one_is_not():
+  assert protocol._ended({"stopped": "completed"})
+  assert protocol._ended({"stopped": "early stopping: no improvement in 3 evaluations"})
+  for summary in ({"stopped": "preempted"}, {"stopped": "diverged: loss is nan"}, None):
+    assert not protocol._ended(summary)

@@ -7,8 +7,9 @@ checkpoint on the split's test folders of the training dataset and of every
 cross dataset, and writes ``ROOT/protocol.json`` and ``ROOT/protocol.md``:
 MAE and CS5 per split, mean +- std over the splits, one column per dataset.
 
-Nothing finished is redone: a split whose run completed is not retrained
-(an interrupted one resumes from its checkpoints), and its evaluation, kept
+Nothing finished is redone: a split whose run completed (or stopped early
+by its own rule) is not retrained (an interrupted one resumes from its
+checkpoints), and its evaluation, kept
 in ``split_<k>/protocol_eval.json`` with the checkpoint step it read, is
 reused while that step is the run's best. The table is assembled from every
 ``split_<k>`` under ``ROOT``, so splits trained on other machines into the
@@ -75,11 +76,16 @@ def _test_split(data_cfg: ml_collections.ConfigDict, dataset: str, split: int) -
   return folders.split_strings(split, folders.available_folders(names))["test"]
 
 
-def _finished(workdir: str) -> dict[str, Any] | None:
+def _ended(summary: dict[str, Any] | None) -> bool:
+  """A run that ran its length or stopped early by its own rule: its best checkpoint stands."""
+  stopped = (summary or {}).get("stopped", "")
+  return stopped == "completed" or stopped.startswith("early stopping")
+
+
+def _finished(workdir: str) -> bool:
   from agejax.workdir import run_config  # pylint: disable=import-outside-toplevel
 
-  summary = run_config.load_summary(workdir) if os.path.isdir(workdir) else None
-  return summary if summary and summary.get("stopped") == "completed" else None
+  return os.path.isdir(workdir) and _ended(run_config.load_summary(workdir))
 
 
 def _evaluate(workdir: str, split: int, datasets: Sequence[str]) -> dict[str, Any]:
@@ -183,7 +189,7 @@ def run_protocol(make_config: Callable[[], ml_collections.ConfigDict], benchmark
       cfg.data.protocol_split = k
       log(f"split {k}: training in {workdir}")
       summary = loop.train_and_evaluate(cfg, workdir)
-      if summary.get("stopped") != "completed":
+      if not _ended(summary):
         log(f"split {k}: stopped ({summary.get('stopped')}); rerun to resume it")
         continue
     saved = _evaluate(workdir, k, [benchmark, *cross])
