@@ -20,7 +20,8 @@ from agejax.workdir import restore
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("main", "evaluate", "predict", "export", "convert", "tune", "lr_find", "benchmark")
+COMMANDS = ("main", "evaluate", "predict", "export", "convert", "tune", "lr_find", "protocol",
+            "benchmark")
 
 
 def _config(data_dir, **train):
@@ -134,11 +135,12 @@ def test_help_exits_0_without_library_chatter(command):
   assert "cuda" not in (result.stdout + result.stderr).lower()
 
 
-@pytest.mark.parametrize("command", ["main", "tune", "lr_find"])
+@pytest.mark.parametrize("command", ["main", "tune", "lr_find", "protocol"])
 def test_a_mistyped_override_is_one_config_line_and_exit_2(command, tmp_path):
   args = [f"--config={REPO}/configs/tiny.py", "--config.optim.lr_mults=1"]
   args += {"main": [f"--workdir={tmp_path}"], "lr_find": [f"--workdir={tmp_path}"],
-           "tune": [f"--workdir_root={tmp_path}", "--study=s"]}[command]
+           "tune": [f"--workdir_root={tmp_path}", "--study=s"],
+           "protocol": [f"--workdir_root={tmp_path}", "--benchmark=AgeDB"]}[command]
   result = subprocess.run([sys.executable, "-m", f"agejax.{command}", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
