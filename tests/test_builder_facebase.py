@@ -16,6 +16,7 @@ import facebase_fixture
 
 from agejax.data import folders
 from agejax.errors import ConfigError
+from data_builders import common
 from data_builders import facebase
 
 # 20 people x 2 images, person p in folder p % 10: 4 images per folder; plus
@@ -197,10 +198,13 @@ def test_no_identity_is_in_two_parts_of_any_split(built):
                 or people["validation"] & people["test"])
 
 
-def test_folder_of_is_stable_and_covers_ten_folders():
-  assert folders.folder_of("brad pitt") == folders.folder_of("brad pitt")
-  counts = collections.Counter(folders.folder_of(f"person {i}") for i in range(2000))
-  assert sorted(counts) == list(range(10)) and min(counts.values()) > 150
+def test_identity_folders_are_stable_and_cover_ten_folders():
+  names = tuple(f"folder{k}" for k in range(10))
+  assert common.split_of("brad pitt", (0.1,) * 10, names) == common.split_of(
+      "brad pitt", (0.1,) * 10, names)
+  counts = collections.Counter(common.split_of(f"person {i}", (0.1,) * 10, names)
+                               for i in range(2000))
+  assert sorted(counts) == sorted(names) and min(counts.values()) > 150
 
 
 def test_an_unbuilt_database_names_the_build_command(tmp_path):

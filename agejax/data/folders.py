@@ -9,15 +9,13 @@ Datasets with their own train/validation/test (CLAP2016, CACD2000) have
 folders 0/1/2 only, and every protocol split is that one split.
 
 agejax's other builders split by a hash of the identity into
-train/validation/test. :func:`folder_of` gives the same kind of 10 identity
-folders from the same identity key (``common.normalize_name`` of the person,
-or the file name where a release has no person), so a builder that stores
-``folder`` can be run under the protocol the same way.
+train/validation/test (``data_builders.common.split_of``); ``age_csv`` with
+``identity_folders=10`` gives ten equal identity folders by the same hash
+and key, so any CSV release runs under the protocol the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Iterable
 
 from agejax.errors import ConfigError
@@ -84,14 +82,17 @@ def available_folders(split_names: Iterable[str]) -> list[int]:
                 if s.startswith(prefix) and s[len(prefix):].isdigit())
 
 
-def folder_of(identity_key: str, num_folders: int = NUM_FOLDERS) -> int:
-  """A stable folder 0..``num_folders``-1 of a person's key (same on every machine).
+def dataset_splits(dataset: str, data_dir: str, protocol_split: int) -> dict[str, str]:
+  """:func:`split_strings` of ``protocol_split`` for the folders ``dataset`` was built with."""
+  from agejax.data import catalog  # pylint: disable=import-outside-toplevel
 
-  The key is what agejax's builders split by: ``common.normalize_name`` of
-  the person, or the file name where a release has no person ids.
-  """
-  digest = hashlib.sha256(identity_key.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") % num_folders
+  names = catalog.builder(dataset, data_dir).info.splits.keys()
+  available = available_folders(names)
+  if not available:
+    raise ConfigError("data.protocol_split",
+                      f"{dataset} is not stored as folders (its splits are "
+                      f"{sorted(names)}); build it with data_builders/facebase")
+  return split_strings(protocol_split, available)
 
 
 def apply_protocol_split(data_cfg) -> None:
@@ -102,14 +103,6 @@ def apply_protocol_split(data_cfg) -> None:
   """
   if data_cfg.protocol_split < 0:
     return
-  from agejax.data import catalog  # pylint: disable=import-outside-toplevel
-
-  names = catalog.builder(data_cfg.dataset, data_cfg.data_dir).info.splits.keys()
-  available = available_folders(names)
-  if not available:
-    raise ConfigError("data.protocol_split",
-                      f"{data_cfg.dataset} is not stored as folders (its splits are "
-                      f"{sorted(names)}); build it with data_builders/facebase")
-  splits = split_strings(data_cfg.protocol_split, available)
+  splits = dataset_splits(data_cfg.dataset, data_cfg.data_dir, data_cfg.protocol_split)
   data_cfg.train_split, data_cfg.eval_split, data_cfg.test_split = (
       splits["train"], splits["validation"], splits["test"])

@@ -71,9 +71,8 @@ def _test_split(data_cfg: ml_collections.ConfigDict, dataset: str, split: int) -
 
   probe = data_cfg.copy_and_resolve_references()
   probe.dataset = dataset
-  catalog.ensure_prepared(probe)
-  names = catalog.builder(dataset, probe.data_dir).info.splits.keys()
-  return folders.split_strings(split, folders.available_folders(names))["test"]
+  catalog.ensure_prepared(probe)  # an unbuilt dataset: the error that says how to build it
+  return folders.dataset_splits(dataset, probe.data_dir, split)["test"]
 
 
 def _ended(summary: dict[str, Any] | None) -> bool:

@@ -51,8 +51,8 @@ class AgeCsvConfig(tfds.core.BuilderConfig):
     encoding: the CSV's text encoding (``utf-8-sig`` reads UTF-8 with or
       without a byte-order mark; e.g. ``latin-1`` or ``cp1252`` for others).
     identity_folders: > 0: instead of train/validation/test, that many
-      identity folders ``folder0``... by a hash of the same key
-      (``agejax.data.folders.folder_of``), so the face age benchmark's
+      equal identity folders ``folder0``... by the same hash of the same key
+      (``common.split_of``), so the face age benchmark's
       protocol (``data.protocol_split``) runs on any CSV release; the
       ``split`` column is then ignored.
   """
@@ -142,7 +142,8 @@ def read_rows(text: str, fractions: Sequence[float], report: common.CleaningRepo
     # row without identity can only be split by its own path.
     key = common.normalize_name(identity) if identity else path
     if identity_folders:
-      split = folders.FOLDER_SPLIT.format(folders.folder_of(key, identity_folders))
+      split = common.split_of(key, (1 / identity_folders,) * identity_folders,
+                              split_names(identity_folders))
     elif "split" in columns:
       split = SPLIT_NAMES.get((record["split"] or "").strip().lower())
       if split is None:

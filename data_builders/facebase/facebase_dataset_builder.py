@@ -31,13 +31,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from agejax.data import face_crop
+from agejax.data import folders
 from data_builders import common
 
 MAX_AGE = 120
 # The benchmark's gender letters, mapped to the common labels.
 GENDERS = {"M": "male", "F": "female"}
 REPORT_FILE = common.REPORT_FILE
-FOLDER_SPLIT = "folder{}"
 
 
 @dataclasses.dataclass(eq=False)
@@ -131,13 +131,13 @@ class Builder(common.ReportingBuilder):
         raise common.ReleaseError(path, f"entry {i}: folder {entry['folder']!r} is not a "
                                   "number") from None
       by_folder[folder].append((i, entry))
-    return {FOLDER_SPLIT.format(f): self._generate_examples(manual_dir, rows)
+    return {folders.FOLDER_SPLIT.format(f): self._generate_examples(manual_dir, rows)
             for f, rows in sorted(by_folder.items())}
 
   def _generate_examples(self, manual_dir: epath.Path, rows) -> Iterator[tuple[str, dict]]:
     size = self.builder_config.image_size
     for i, entry in rows:
-      split = FOLDER_SPLIT.format(int(entry["folder"]))
+      split = folders.FOLDER_SPLIT.format(int(entry["folder"]))
       age = entry["age"]
       if not isinstance(age, (int, float)) or not 0 <= age <= MAX_AGE:
         self._report.drop("unknown_age" if age == -1 else "age_out_of_range")
