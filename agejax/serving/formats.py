@@ -29,6 +29,7 @@ its runtime against the JAX function.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -212,9 +213,17 @@ def jax_outputs(meta: dict[str, Any], params: Any, batch_stats: Any,
   # (cpu_lowering) round differently, and a trained network turns that into
   # ~1e-4 years.
   with cpu_lowering.portable():
-    serve = jax.jit(graph.serving_function(meta))
-    out = serve(params, batch_stats, jnp.asarray(images))
+    out = _compiled_serving(json.dumps(meta, sort_keys=True))(params, batch_stats,
+                                                              jnp.asarray(images))
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_serving(meta_json: str) -> Any:
+  # One jitted serving function per model.json: verify and heldout_mae call
+  # jax_outputs once per batch, and each new jax.jit would trace and compile
+  # the network again. Only jax_outputs calls it, always inside portable().
+  return jax.jit(graph.serving_function(json.loads(meta_json)))
 
 
 def _ages(meta: dict[str, Any], run: runtimes.Runner, params: Any, batch_stats: Any,
