@@ -83,7 +83,6 @@ def run(s: InferenceSettings) -> list[dict[str, Any]]:
   import jax
   import jax.numpy as jnp
 
-  from agejax.models import cpu_lowering
   from agejax.serving import formats
   from agejax.serving import graph
   from agejax.serving import inference
@@ -96,9 +95,8 @@ def run(s: InferenceSettings) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (s.batch, s.image_size, s.image_size, 3), dtype=np.uint8)
     serve = jax.jit(graph.serving_function(meta))  # agejax's own CPU lowering
-    with cpu_lowering.portable():  # the graph the exports hold: the ages' reference
-      reference = np.asarray(jax.jit(graph.serving_function(meta))(
-          params, batch_stats, jnp.asarray(crops))["age"])
+    # The graph the exports hold (plain lax ops): the ages' reference.
+    reference = formats.jax_outputs(meta, params, batch_stats, crops)["age"]
     runners = {"jax": lambda x: {k: np.asarray(v)
                                  for k, v in serve(params, batch_stats, jnp.asarray(x)).items()}}
     for name in RUNTIMES[1:]:
