@@ -95,12 +95,12 @@ def help_text(doc: str, fv: flags.FlagValues) -> str:
 
 def _config_override_error(argv: Sequence[str]) -> errors.ConfigError | None:
   """The ConfigError of the first ``--config.<key>`` override agejax does not declare."""
-  from agejax.config import validation  # pylint: disable=import-outside-toplevel
+  from agejax.config import config_check  # pylint: disable=import-outside-toplevel
 
   for arg in argv:
     if arg.startswith("--config."):
       key = arg[len("--config."):].split("=", 1)[0]
-      problem = validation.unknown_key_error(key)
+      problem = config_check.unknown_key_error(key)
       if problem is not None:
         return problem
   return None

@@ -6,7 +6,7 @@ r"""Evaluate a trained run's checkpoint on one or more dataset splits.
 
 Prints MAE, RMSE, bias, CS@5 (and the epsilon-error where the labels carry a
 std) per split, and writes JSON, predictions, figures and TensorBoard
-summaries under DIR/eval. See agejax.evaluation.run for the labels, the
+summaries under DIR/eval. See agejax.evaluation.evaluate_run for the labels, the
 file names and what each file holds. Exit codes: 0 done, 2 bad flags, config
 or checkpoint.
 """
@@ -41,15 +41,15 @@ def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
   import jax  # pylint: disable=import-outside-toplevel
 
-  from agejax.evaluation import run  # pylint: disable=import-outside-toplevel
+  from agejax.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
 
   tta = None if FLAGS.tta is None else FLAGS.tta == "flip"
-  results = run.evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dataset, tta,
+  results = evaluate_run.evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dataset, tta,
                              data_dir=FLAGS.data_dir, label=FLAGS.label,
                              label_std=FLAGS.label_std, batch_size=FLAGS.batch_size)
   if jax.process_index() == 0:
-    print(run.format_table(results))
-    print(f"\nwritten to {os.path.join(FLAGS.workdir, run.EVAL_DIR)}")
+    print(evaluate_run.format_table(results))
+    print(f"\nwritten to {os.path.join(FLAGS.workdir, evaluate_run.EVAL_DIR)}")
 
 
 def main(argv: list[str] | None = None) -> int:

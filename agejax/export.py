@@ -71,10 +71,10 @@ def _batch() -> int | None:
 
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
-  from agejax.serving import export  # pylint: disable=import-outside-toplevel
+  from agejax.serving import exporters  # pylint: disable=import-outside-toplevel
 
   out = os.path.abspath(FLAGS.output)
-  meta = export.export(FLAGS.workdir, out, FLAGS.checkpoint, margin=FLAGS.margin,
+  meta = exporters.export(FLAGS.workdir, out, FLAGS.checkpoint, margin=FLAGS.margin,
                        stored_size=FLAGS.stored_size, overwrite=FLAGS.overwrite,
                        fmt=FLAGS.format, quantize=FLAGS.quantize, batch=_batch(),
                        verify=FLAGS.verify)

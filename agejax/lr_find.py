@@ -29,9 +29,9 @@ flags.DEFINE_float("max_lr", 10.0, "Base learning rate at the last step.", flag_
 
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
-  from agejax.tools import lr_find  # pylint: disable=import-outside-toplevel
+  from agejax.tools import lr_range_test  # pylint: disable=import-outside-toplevel
 
-  result, figure = lr_find.run(_CONFIG.value, FLAGS.workdir, FLAGS.steps, FLAGS.min_lr,
+  result, figure = lr_range_test.run(_CONFIG.value, FLAGS.workdir, FLAGS.steps, FLAGS.min_lr,
                                FLAGS.max_lr)
   lr = result["suggested_lr"]
   print(f"{len(result['lrs'])} steps from lr {result['lrs'][0]:.2e} to "

@@ -98,9 +98,9 @@ def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
   cfg = _CONFIG.value
   if _DRY_RUN.value:
-    from agejax.train import plan  # pylint: disable=import-outside-toplevel
+    from agejax.train import planning  # pylint: disable=import-outside-toplevel
 
-    plan.dry_run(cfg, _WORKDIR.value)
+    planning.dry_run(cfg, _WORKDIR.value)
     return
   initialize_distributed()
   from agejax.train import loop  # pylint: disable=import-outside-toplevel

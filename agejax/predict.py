@@ -6,7 +6,7 @@ r"""Ages of the faces in photos.
 PATHs are image files or folders (searched recursively). Each face found is
 cropped exactly as the training crops were and its age and spread printed,
 one line per face (``photos/a.jpg, 182 64 265 171, 34.2, 5.1``), or one JSON
-object per file with --json. See agejax.serving.predict for the details.
+object per file with --json. See agejax.serving.photos for the details.
 Exit codes: 0 done, 1 no file could be read, 2 bad flags or model.
 """
 
@@ -49,7 +49,7 @@ def _main(paths: list[str]) -> None:
   # pylint: disable=import-outside-toplevel
   from agejax.serving import face_detect
   from agejax.serving import inference
-  from agejax.serving import predict
+  from agejax.serving import photos
 
   try:
     predictor = inference.load(FLAGS.model or FLAGS.workdir, checkpoint=FLAGS.checkpoint,
@@ -60,7 +60,7 @@ def _main(paths: list[str]) -> None:
                                         min_face_size=FLAGS.min_face_size,
                                         min_score=FLAGS.min_score)
   files = readable = faces = 0
-  for record in predict.iter_predictions(predictor, paths, detect=not FLAGS.no_detect,
+  for record in photos.iter_predictions(predictor, paths, detect=not FLAGS.no_detect,
                                          annotate_dir=FLAGS.annotate, options=options):
     files += 1
     readable += record["error"] is None
@@ -68,7 +68,7 @@ def _main(paths: list[str]) -> None:
     if FLAGS.json:
       print(json.dumps(record), flush=True)
     else:
-      print("\n".join(predict.format_lines(record)), flush=True)
+      print("\n".join(photos.format_lines(record)), flush=True)
   if not readable:
     raise RunFailed("no image could be read")
   # The summary goes to stderr with --json: stdout stays one JSON object per line.

@@ -9,7 +9,7 @@ AFAD, CACD2000, CLAP2016, FG-NET, IMDB-CLEAN-FP-AGE, IMDB-EM-CNN, MORPH,
 UTKFace: the ``facebase/<name>`` datasets of data_builders/facebase) or any
 TFDS name stored as folders. Each split trains in WORKDIR_ROOT/split_<k>, an
 ordinary run (resumable; a finished split is not retrained); the table goes
-to WORKDIR_ROOT/protocol.md and protocol.json. See agejax.tools.protocol.
+to WORKDIR_ROOT/protocol.md and protocol.json. See agejax.tools.protocol_runs.
 Exit codes: 0 done, 2 bad flags or config.
 """
 
@@ -36,12 +36,12 @@ flags.DEFINE_string("workdir_root", None, "Each split trains in WORKDIR_ROOT/spl
 
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
-  from agejax.tools import protocol  # pylint: disable=import-outside-toplevel
+  from agejax.tools import protocol_runs  # pylint: disable=import-outside-toplevel
 
-  doc = protocol.run_protocol(_CONFIG.value.copy_and_resolve_references, FLAGS.benchmark,
-                              FLAGS.workdir_root, protocol.parse_splits(FLAGS.splits),
+  doc = protocol_runs.run_protocol(_CONFIG.value.copy_and_resolve_references, FLAGS.benchmark,
+                              FLAGS.workdir_root, protocol_runs.parse_splits(FLAGS.splits),
                               FLAGS.cross)
-  print(protocol.markdown(doc), end="")
+  print(protocol_runs.markdown(doc), end="")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,9 +32,9 @@ flags.DEFINE_multi_string("threshold", [], "NAME=VALUE: change one diagnosis thr
 
 def _main(args: list[str]) -> None:
   del args
-  from agejax.analysis import report  # pylint: disable=import-outside-toplevel
+  from agejax.analysis import run_report  # pylint: disable=import-outside-toplevel
 
-  report.write_report(FLAGS["workdir"].value, FLAGS["output"].value, FLAGS["threshold"].value)
+  run_report.write_report(FLAGS["workdir"].value, FLAGS["output"].value, FLAGS["threshold"].value)
 
 
 def main(argv: list[str] | None = None) -> int:

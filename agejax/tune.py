@@ -6,7 +6,7 @@ r"""Hyperparameter search with Optuna: every trial is a normal agejax run.
 
 The space file defines ``space(trial) -> {config key: value}``. Each trial
 trains in WORKDIR_ROOT/trial_<n>; diverging trials are pruned, trials with a
-config error are recorded with the reason. See agejax.tools.tune. Exit codes:
+config error are recorded with the reason. See agejax.tools.optuna_search. Exit codes:
 0 done, 1 every trial failed, 2 bad flags or config.
 """
 
@@ -36,10 +36,10 @@ flags.DEFINE_bool("report", False, "Only print and save the ranked report.", fla
 
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
-  from agejax.tools import tune  # pylint: disable=import-outside-toplevel
+  from agejax.tools import optuna_search  # pylint: disable=import-outside-toplevel
 
   base = _CONFIG.value
-  tune.run_study(base.copy_and_resolve_references, FLAGS.study, FLAGS.workdir_root,
+  optuna_search.run_study(base.copy_and_resolve_references, FLAGS.study, FLAGS.workdir_root,
                  space_file=FLAGS.space, trials=FLAGS.trials, storage=FLAGS.storage,
                  report_only=FLAGS.report)
 

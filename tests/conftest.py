@@ -20,12 +20,12 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
   """A TFDS data_dir holding synthetic_faces/tiny, built once per test process."""
-  from agejax.data import catalog as datasets
+  from agejax.data import catalog
   from configs import tiny
 
   cfg = tiny.get_config()
   cfg.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
-  datasets.ensure_prepared(cfg.data)
+  catalog.ensure_prepared(cfg.data)
   return cfg.data.data_dir
 
 
@@ -35,7 +35,7 @@ TINY_RUN_STEPS = 16
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data_dir) -> str:
   """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input), once per process."""
-  from agejax.train import loop as train
+  from agejax.train import loop
   from configs import tiny
 
   cfg = tiny.get_config()
@@ -44,5 +44,5 @@ def tiny_run(tmp_path_factory, tiny_data_dir) -> str:
   cfg.train.eval_every_steps = 8
   cfg.train.checkpoint_every_steps = 8
   directory = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(cfg, directory)
+  loop.train_and_evaluate(cfg, directory)
   return directory

@@ -1,11 +1,11 @@
-"""Tests for agejax.evaluation.metrics on values small enough to work out by hand."""
+"""Tests for agejax.evaluation.age_metrics on values small enough to work out by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from agejax.evaluation import metrics as age_metrics
+from agejax.evaluation import age_metrics
 
 # Errors pred - true: -2, 0, +5.
 PRED = [20.0, 30.0, 45.0]

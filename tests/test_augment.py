@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from agejax.data import augment
 from agejax.data import stages
-from agejax.config import defaults as config
+from agejax.config import defaults
 from agejax.errors import ConfigError
 
 
@@ -25,7 +25,7 @@ def _gradient(height: int, width: int) -> np.ndarray:
 
 
 def _augment_cfg(**on):
-  cfg = config.default_config().data.augment
+  cfg = defaults.default_config().data.augment
   cfg.random_resized_crop = False
   cfg.flip = False
   cfg.rotation_degrees = 0.0
@@ -202,7 +202,7 @@ def test_color_jitter():
 
 
 def test_train_image_is_a_function_of_its_key():
-  cfg = config.default_config().data.augment  # everything on
+  cfg = defaults.default_config().data.augment  # everything on
   image = tf.constant(_gradient(48, 48))
   a = stages.train_image(image, _key(5), cfg, 40, 48).numpy()
   b = stages.train_image(image, _key(5), cfg, 40, 48).numpy()
@@ -269,7 +269,7 @@ def test_jpeg_fast_path_mirrors_before_resizing_like_after():
 @pytest.mark.parametrize("shape", [(48, 64), (300, 200)])
 def test_an_epoch_table_is_the_per_image_draws_row_by_row(shape):
   """One vectorised pass over an epoch's uniforms gives each image's own draws."""
-  cfg = config.default_config().data.augment  # everything on
+  cfg = defaults.default_config().data.augment  # everything on
   cfg.color_jitter = 0.3
   key = _key(11)
   table = stages.epoch_draws(key, 64, shape + (3,), cfg, 40, 48)

@@ -17,18 +17,18 @@ import time
 import numpy as np
 import pytest
 
-from agejax.benchmark import build
+from agejax.benchmark import build_bench
 from agejax.benchmark import common
 from agejax.benchmark import e2e
 from agejax.benchmark import peer
-from agejax.benchmark import pipeline
-from agejax.benchmark import step
+from agejax.benchmark import input_bench
+from agejax.benchmark import step_bench
 from agejax.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON_KEYS = ("name", "date", "platform", "device_kind", "device_count", "jax_version",
                "cpu_count", "load", "settings")
-TINY_STEP = step.StepSettings(arch="resnet18", width=8, image_size=32, batch_size=4,
+TINY_STEP = step_bench.StepSettings(arch="resnet18", width=8, image_size=32, batch_size=4,
                               steps=2, repeats=2, warmup=1, matmul_size=256)
 
 
@@ -53,7 +53,7 @@ def _check(record, name, positive):
 
 
 def test_step(tmp_path):
-  (record,) = _round_trip(step.run(TINY_STEP), step.COLUMNS, tmp_path)
+  (record,) = _round_trip(step_bench.run(TINY_STEP), step_bench.COLUMNS, tmp_path)
   _check(record, "step", ("images_per_sec", "ms_per_step", "ms_per_step_min",
                           "ms_per_step_max", "flops_per_step", "gflops_per_sec",
                           "matmul_gflops_per_sec", "mfu"))
@@ -66,7 +66,7 @@ def test_step(tmp_path):
 def test_step_frozen_variant_does_less_work(tmp_path):
   """Freezing the stem and stage 1 removes their backward pass: fewer FLOPs, less memory."""
   settings = dataclasses.replace(TINY_STEP, freeze="^(stem|stage1)/")
-  full, frozen = _round_trip(step.run_frozen(settings), step.COLUMNS, tmp_path)
+  full, frozen = _round_trip(step_bench.run_frozen(settings), step_bench.COLUMNS, tmp_path)
   _check(frozen, "step", ("images_per_sec", "speedup", "peak_mib"))
   assert (full["variant"], frozen["variant"]) == ("full", "frozen")
   assert full["settings"]["freeze"] == "" and frozen["settings"]["freeze"] == "^(stem|stage1)/"
@@ -137,8 +137,8 @@ def test_a_missing_peer_names_what_to_install(framework, module, monkeypatch):
 
 
 def test_input(tmp_path):
-  settings = pipeline.InputSettings(images=64, batch_size=8, batches=2, repeats=1, warmup=1)
-  records = _round_trip(pipeline.run(settings), pipeline.COLUMNS, tmp_path)
+  settings = input_bench.InputSettings(images=64, batch_size=8, batches=2, repeats=1, warmup=1)
+  records = _round_trip(input_bench.run(settings), input_bench.COLUMNS, tmp_path)
   assert [r["variant"] for r in records] == ["minimal", "crop_flip", "rotation", "color_jitter"]
   for record in records:
     _check(record, "input", ("images_per_sec", "images_per_sec_per_core", "ms_per_batch"))
@@ -149,7 +149,7 @@ def test_input(tmp_path):
 
 
 def test_build(tmp_path):
-  (record,) = _round_trip(build.run(build.BuildSettings(images=30)), build.COLUMNS, tmp_path)
+  (record,) = _round_trip(build_bench.run(build_bench.BuildSettings(images=30)), build_bench.COLUMNS, tmp_path)
   _check(record, "build", ("images_per_sec", "seconds", "release_images", "kept"))
   assert record["kept"] < record["release_images"]  # the hand-made bad rows are dropped
   # 300-500 px photos are never decoded reduced for a 256 px crop: identical builds.
@@ -160,9 +160,9 @@ def test_build(tmp_path):
 def test_psnr_closed_form():
   a = np.zeros((4, 4), np.uint8)
   b = a.copy()
-  assert build.psnr(a, b) is None
+  assert build_bench.psnr(a, b) is None
   b[0, 0] = 16  # MSE 16**2 / 16 = 16
-  assert build.psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 16))
+  assert build_bench.psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 16))
 
 
 def test_e2e(tmp_path):
@@ -205,11 +205,11 @@ def test_cli_rejects_unknown_names():
 
 def test_inference(tmp_path):
   """Every runtime timed on the same crops, each within reach of JAX's ages, and predict."""
-  from agejax.benchmark import inference
-  settings = inference.InferenceSettings(arch="resnet18", image_size=32, batch=4, repeats=1,
+  from agejax.benchmark import inference_bench
+  settings = inference_bench.InferenceSettings(arch="resnet18", image_size=32, batch=4, repeats=1,
                                          latency_calls=2, photos=1)
-  records = _round_trip(inference.run(settings), inference.COLUMNS, tmp_path)
-  assert [r["variant"] for r in records] == [*inference.RUNTIMES, "predict (bundle)"]
+  records = _round_trip(inference_bench.run(settings), inference_bench.COLUMNS, tmp_path)
+  assert [r["variant"] for r in records] == [*inference_bench.RUNTIMES, "predict (bundle)"]
   for record in records[:-1]:
     _check(record, "inference", ("crops_per_sec", "latency_ms_p50", "latency_ms_p90"))
     assert record["latency_ms_p50"] <= record["latency_ms_p90"]

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax.workdir import checkpoints as checkpointing
-from agejax.workdir.checkpoints import Checkpointer
+from agejax.workdir import checkpointing
+from agejax.workdir.checkpointing import Checkpointer
 from agejax.errors import TrainingDiverged
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,7 +231,7 @@ def test_invalid_saves_are_rejected(ckpt_dir):
 KILL_DURING_ASYNC_SAVE = """
 import os, signal, sys, time
 import jax.numpy as jnp
-from agejax.workdir.checkpoints import Checkpointer
+from agejax.workdir.checkpointing import Checkpointer
 
 ckpt = Checkpointer(sys.argv[1], async_save=True)
 ckpt.save(1, {"w": jnp.arange(8.0)}, extra={"pos": 1})
@@ -274,7 +274,7 @@ RESTORE_ON_FOUR_DEVICES = """
 import sys
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from agejax.workdir import checkpoints as checkpointing
+from agejax.workdir import checkpointing
 sys.path.insert(0, sys.argv[2])
 from test_checkpointing import make_state, assert_bit_identical
 

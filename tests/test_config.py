@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agejax.config import defaults as config
+from agejax.config import defaults
 
 SHIPPED = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
 
@@ -17,6 +17,6 @@ def test_shipped_config_round_trips_through_json(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config()
-  restored = config.from_json(cfg.to_json_best_effort())
+  restored = defaults.from_json(cfg.to_json_best_effort())
   assert restored == cfg
   assert restored.optim.groups == tuple(cfg.optim.groups)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agejax.config import validation as config_check
+from agejax.config import config_check
 from agejax.errors import ConfigError
 from configs import tiny
 

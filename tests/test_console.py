@@ -8,14 +8,14 @@ import sys
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from agejax import main as main_cli
+from agejax import main
 from agejax import terminal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(tiny_data_dir, workdir, capfd, *overrides):
-  code = main_cli.main(["agejax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+  code = main.main(["agejax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
                         f"--config.data.data_dir={tiny_data_dir}",
                         "--config.train.num_epochs=1", *overrides])
   out, err = capfd.readouterr()

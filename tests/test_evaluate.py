@@ -15,12 +15,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from agejax.evaluation import metrics as age_metrics
-from agejax.evaluation import run as evaluate
-from agejax.data import pipeline as input_pipeline
-from agejax.workdir import metrics as metric_io
+from agejax.evaluation import age_metrics
+from agejax.evaluation import evaluate_run
+from agejax.data import input_pipeline
+from agejax.workdir import metric_io
 from agejax.workdir import restore
-from agejax.train import loop as train
+from agejax.train import loop
 from agejax.errors import ConfigError
 from configs import tiny
 
@@ -47,14 +47,14 @@ def workdir(data_dir, tmp_path_factory):
   # then gets the same age, and flipping could not change a prediction.
   cfg.optim.lr = 0.005
   directory = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(cfg, directory)
+  loop.train_and_evaluate(cfg, directory)
   return directory
 
 
 @pytest.fixture(scope="module")
 def plain(workdir):
   """The latest checkpoint on the run's validation split, no TTA."""
-  return evaluate.evaluate_run(workdir, "latest", batch_size=BATCH)
+  return evaluate_run.evaluate_run(workdir, "latest", batch_size=BATCH)
 
 
 def _stem(workdir, tag):
@@ -151,7 +151,7 @@ def test_flip_tta_averages_image_and_mirror_and_is_recorded(workdir, plain, dire
   del plain
   # label_std="age" is not an apparent-age std; it only sends a std column
   # through the pipeline so the epsilon-error path runs end to end.
-  record = evaluate.evaluate_run(workdir, "latest", tta=True, batch_size=BATCH,
+  record = evaluate_run.evaluate_run(workdir, "latest", tta=True, batch_size=BATCH,
                                  label_std="age")["synthetic_faces/tiny:validation"]
   assert record["tta"] == "flip" and record["label_std"] == "age"
   with open(_stem(workdir, "synthetic_faces_tiny_validation_flip_16.json")) as f:
@@ -171,15 +171,15 @@ def test_flip_tta_averages_image_and_mirror_and_is_recorded(workdir, plain, dire
 
 
 def test_dataset_specs_and_file_tags():
-  assert evaluate.parse_dataset("appa_real:test", "validation") == ("appa_real", "test")
-  assert evaluate.parse_dataset("imdb_wiki/clean:test", "x") == ("imdb_wiki/clean", "test")
-  assert evaluate.parse_dataset("imdb_wiki/clean:1.0.0:test", "x") == (
+  assert evaluate_run.parse_dataset("appa_real:test", "validation") == ("appa_real", "test")
+  assert evaluate_run.parse_dataset("imdb_wiki/clean:test", "x") == ("imdb_wiki/clean", "test")
+  assert evaluate_run.parse_dataset("imdb_wiki/clean:1.0.0:test", "x") == (
       "imdb_wiki/clean:1.0.0", "test")
-  assert evaluate.parse_dataset("appa_real:test[:50%]", "x") == ("appa_real", "test[:50%]")
-  assert evaluate.parse_dataset("appa_real", "validation") == ("appa_real", "validation")
+  assert evaluate_run.parse_dataset("appa_real:test[:50%]", "x") == ("appa_real", "test[:50%]")
+  assert evaluate_run.parse_dataset("appa_real", "validation") == ("appa_real", "validation")
   with pytest.raises(ConfigError, match="--dataset: ':test' is not NAME"):
-    evaluate.parse_dataset(":test", "x")
-  assert evaluate.file_tag("imdb_wiki/clean", "test[:50%]", True) == (
+    evaluate_run.parse_dataset(":test", "x")
+  assert evaluate_run.file_tag("imdb_wiki/clean", "test[:50%]", True) == (
       "imdb_wiki_clean_test__50___flip")
 
 
@@ -187,7 +187,7 @@ def test_labels_follow_the_run_on_its_dataset_and_the_dataset_elsewhere():
   run = tiny.get_config().data
   run.dataset, run.label, run.label_std = "imdb_wiki/clean", "age", ""
   appa = ["image", "apparent_age", "apparent_age_std", "real_age", "age", "file_name"]
-  resolve = evaluate.resolve_labels
+  resolve = evaluate_run.resolve_labels
   assert resolve(run, "appa_real", appa, "apparent_age") == ("apparent_age", "apparent_age_std")
   assert resolve(run, "appa_real", appa, "apparent_age", label="age") == ("age", "")
   assert resolve(run, "appa_real", appa, "apparent_age", label_std="") == ("apparent_age", "")
@@ -201,9 +201,9 @@ def test_labels_follow_the_run_on_its_dataset_and_the_dataset_elsewhere():
 
 def test_unknown_checkpoint_or_split_is_a_one_line_error(workdir):
   with pytest.raises(ConfigError, match=r"--checkpoint: checkpoint '7': use best, latest"):
-    evaluate.evaluate_run(workdir, "7")
+    evaluate_run.evaluate_run(workdir, "7")
   with pytest.raises(ConfigError, match=r"'nope' is not a split of synthetic_faces/tiny"):
-    evaluate.evaluate_run(workdir, "latest", ["synthetic_faces/tiny:nope"])
+    evaluate_run.evaluate_run(workdir, "latest", ["synthetic_faces/tiny:nope"])
 
 
 def test_command_line(workdir):

@@ -10,17 +10,17 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from agejax.data import augment
-from agejax import export as export_cli
-from agejax import predict as predict_cli
-from agejax.serving import bundle as bundle_format
-from agejax.serving import export
+from agejax import export
+from agejax import predict
+from agejax.serving import bundle
+from agejax.serving import exporters
 from agejax.data import face_crop
 from agejax.serving import inference
-from agejax.data import pipeline as input_pipeline
-from agejax.workdir import metrics as metric_io
+from agejax.data import input_pipeline
+from agejax.workdir import metric_io
 from agejax import models
 from agejax.models import paths
-from agejax.serving import predict
+from agejax.serving import photos
 from agejax.workdir import restore
 from configs import tiny
 
@@ -34,9 +34,9 @@ def workdir(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def bundle(workdir, tmp_path_factory):
+def bundle_dir(workdir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export") / "model")
-  assert export_cli.main(["export", "--workdir", workdir, "--output", out, "--checkpoint", str(STEPS)]) == 0
+  assert export.main(["export", "--workdir", workdir, "--output", out, "--checkpoint", str(STEPS)]) == 0
   return out
 
 
@@ -54,8 +54,8 @@ def validation(workdir):
   return stored, ages, batches
 
 
-def test_model_json_describes_the_run(bundle):
-  with open(os.path.join(bundle, bundle_format.MODEL_FILE)) as f:
+def test_model_json_describes_the_run(bundle_dir):
+  with open(os.path.join(bundle_dir, bundle.MODEL_FILE)) as f:
     meta = json.load(f)
   assert meta["format"] == "agejax-model" and meta["format_version"] == 1
   assert meta["source"]["step"] == STEPS and meta["source"]["dataset"] == "synthetic_faces/tiny"
@@ -66,13 +66,13 @@ def test_model_json_describes_the_run(bundle):
   assert meta["crop"]["stored_size"] == 32 and meta["crop"]["margin"] == 0.4
   assert "defaults for margin" in meta["crop"]["source"]
   assert meta["agejax_version"] == "0.1.0"
-  assert os.path.isdir(os.path.join(bundle, bundle_format.PARAMS_DIR))
+  assert os.path.isdir(os.path.join(bundle_dir, bundle.PARAMS_DIR))
 
 
-def test_preprocessing_matches_the_tf_pipeline(bundle, validation):
+def test_preprocessing_matches_the_tf_pipeline(bundle_dir, validation):
   stored, _, batches = validation
   pipeline = np.concatenate([b["image"][b["mask"]] for b in batches])
-  ours = inference.load(bundle).preprocess(stored)
+  ours = inference.load(bundle_dir).preprocess(stored)
   assert ours.shape == pipeline.shape == (64, 32, 32, 3)
   np.testing.assert_array_equal(ours, pipeline)  # stored 32 = input 32: no resampling
 
@@ -92,7 +92,7 @@ def test_eval_crop_matches_augment_center_crop(image_size):
                                augment.normalize(expected, "imagenet"), atol=1e-5, rtol=0)
 
 
-def test_bundle_predicts_what_the_trained_network_evaluates(workdir, bundle, validation):
+def test_bundle_predicts_what_the_trained_network_evaluates(workdir, bundle_dir, validation):
   stored, labels, batches = validation
   module = restore.load_trained(workdir, str(STEPS)).module()
 
@@ -104,7 +104,7 @@ def test_bundle_predicts_what_the_trained_network_evaluates(workdir, bundle, val
 
   reference = np.concatenate([np.asarray(evaluate(module, b["image"]))[b["mask"]]
                               for b in batches])
-  ages, spreads = inference.load(bundle)(stored)
+  ages, spreads = inference.load(bundle_dir)(stored)
   assert ages.dtype == spreads.dtype == np.float32 and ages.shape == (64,)
   assert np.std(reference) > 5  # the network tells the faces apart: no trivial match
   np.testing.assert_allclose(ages, reference, atol=1e-5, rtol=0)
@@ -115,21 +115,21 @@ def test_bundle_predicts_what_the_trained_network_evaluates(workdir, bundle, val
   assert np.mean(np.abs(ages - labels)) == pytest.approx(logged[-1], abs=1e-4)
 
 
-def test_workdir_and_bundle_give_the_same_ages(workdir, bundle, validation):
+def test_workdir_and_bundle_give_the_same_ages(workdir, bundle_dir, validation):
   stored = validation[0][:20]
-  from_bundle = inference.load(bundle)(stored)
+  from_bundle = inference.load(bundle_dir)(stored)
   from_workdir = inference.load(workdir, checkpoint="latest")(stored)
   np.testing.assert_array_equal(from_bundle[0], from_workdir[0])
   np.testing.assert_array_equal(from_bundle[1], from_workdir[1])
 
 
-def test_batches_are_padded_and_crops_resized(bundle, validation):
+def test_batches_are_padded_and_crops_resized(bundle_dir, validation):
   stored = validation[0]
-  predictor = inference.load(bundle, batch_size=8)
+  predictor = inference.load(bundle_dir, batch_size=8)
   compiled = inference._predict_batch._cache_size()
   all_ages, _ = predictor(stored[:20])  # 3 batches, the last one padded by 4
   few_ages, _ = predictor(list(stored[:3]))
-  again, _ = inference.load(bundle, batch_size=8)(stored[:3])
+  again, _ = inference.load(bundle_dir, batch_size=8)(stored[:3])
   np.testing.assert_allclose(few_ages, all_ages[:3], atol=1e-5, rtol=0)
   np.testing.assert_array_equal(again, few_ages)
   # One batch shape, one compilation, shared by the second predictor.
@@ -143,26 +143,26 @@ def test_batches_are_padded_and_crops_resized(bundle, validation):
     predictor([stored[0].astype(np.float32)])
 
 
-def test_predict_cli_reads_the_bundle_and_the_workdir(workdir, bundle, validation, tmp_path,
+def test_predict_cli_reads_the_bundle_and_the_workdir(workdir, bundle_dir, validation, tmp_path,
                                                       capsys):
   from PIL import Image
   path = str(tmp_path / "crop.png")
   Image.fromarray(validation[0][0]).save(path)
-  expected = inference.load(bundle)(validation[0][:1])[0][0]
-  for source in (["--model", bundle], ["--workdir", workdir, "--checkpoint", "latest"]):
-    assert predict_cli.main(["predict", *source, "--no_detect", "--json", path]) == 0
+  expected = inference.load(bundle_dir)(validation[0][:1])[0][0]
+  for source in (["--model", bundle_dir], ["--workdir", workdir, "--checkpoint", "latest"]):
+    assert predict.main(["predict", *source, "--no_detect", "--json", path]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["faces"][0]["box"] == [0, 0, 32, 32]
     assert record["faces"][0]["age"] == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_export_keeps_an_existing_bundle_unless_told(workdir, bundle, capsys):
-  assert export_cli.main(["export", "--workdir", workdir, "--output", bundle]) == 2
+def test_export_keeps_an_existing_bundle_unless_told(workdir, bundle_dir, capsys):
+  assert export.main(["export", "--workdir", workdir, "--output", bundle_dir]) == 2
   assert "already holds an exported model" in capsys.readouterr().err
-  assert export_cli.main(["export", "--workdir", workdir, "--output", bundle, "--overwrite",
+  assert export.main(["export", "--workdir", workdir, "--output", bundle_dir, "--overwrite",
                       "--checkpoint", str(STEPS), "--margin", "0.25"]) == 0
-  assert inference.load(bundle).margin == 0.25
-  assert export_cli.main(["export", "--workdir", workdir, "--output", bundle + "-x",
+  assert inference.load(bundle_dir).margin == 0.25
+  assert export.main(["export", "--workdir", workdir, "--output", bundle_dir + "-x",
                       "--checkpoint", "7"]) == 2  # a usage error
   assert "use best, latest or one of [8, 16]" in capsys.readouterr().err
 
@@ -176,8 +176,8 @@ def test_a_network_without_batch_norm_round_trips(tmp_path):
       models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(3)))
   assert batch_stats == {}
   crop = {"margin": 0.3, "stored_size": 40, "source": "test"}
-  bundle_format.write(str(tmp_path), bundle_format.metadata(cfg, 0, crop=crop), params, batch_stats)
-  meta, read_params, read_stats = bundle_format.read(str(tmp_path))
+  bundle.write(str(tmp_path), bundle.metadata(cfg, 0, crop=crop), params, batch_stats)
+  meta, read_params, read_stats = bundle.read(str(tmp_path))
   assert read_stats == {} and meta["model"]["arch"] == "vgg16"
   flat, read_flat = paths.flatten(params), paths.flatten(read_params)
   assert flat.keys() == read_flat.keys() and len(flat) == 32  # 13 convs + 3 fc, kernel and bias

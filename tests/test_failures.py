@@ -21,8 +21,8 @@ import tensorflow_datasets as tfds
 
 from agejax.data import face_crop
 from agejax.errors import WorkdirInUse
-from agejax.workdir import checkpoints as checkpointing
-from agejax.workdir import lock as workdir_lock
+from agejax.workdir import checkpointing
+from agejax.workdir import run_lock
 from data_builders import age_csv  # noqa: F401  (registers the builders with TFDS)
 from data_builders import common
 from data_builders import imdb_wiki  # noqa: F401
@@ -60,7 +60,7 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tiny_data_dir,
       [sys.executable, "-m", "agejax.main", *_tiny(tiny_data_dir, workdir,
                                                    "--config.train.num_epochs=4")],
       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  lock_path = os.path.join(workdir, workdir_lock.LOCK_FILE)
+  lock_path = os.path.join(workdir, run_lock.LOCK_FILE)
   deadline = time.time() + 300
   while not os.path.exists(lock_path) and first.poll() is None and time.time() < deadline:
     time.sleep(0.2)
@@ -81,12 +81,12 @@ def test_a_second_run_on_a_busy_workdir_refuses_naming_the_holder(tiny_data_dir,
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_live_one_is_not(tmp_path):
-  lock_path = tmp_path / workdir_lock.LOCK_FILE
+  lock_path = tmp_path / run_lock.LOCK_FILE
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
                                    "since": time.time(), "heartbeat": time.time()}))
-  with workdir_lock.WorkdirLock(str(tmp_path)):
+  with run_lock.WorkdirLock(str(tmp_path)):
     assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   assert not lock_path.exists()
   # A live process on this host (our parent), or a fresh lock of another host: refused.
@@ -94,12 +94,12 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_live_one_is_not(tmp_p
                  {"host": "elsewhere", "pid": 1, "heartbeat": time.time()}):
     lock_path.write_text(json.dumps({**holder, "since": time.time()}))
     with pytest.raises(WorkdirInUse, match=f"PID {holder['pid']} on host {holder['host']}"):
-      workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+      run_lock.WorkdirLock(str(tmp_path)).acquire()
   # Another host's lock whose heartbeat stopped long ago: its run is gone.
-  old = time.time() - workdir_lock.STALE_AFTER_S - 60
+  old = time.time() - run_lock.STALE_AFTER_S - 60
   lock_path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": old,
                                    "heartbeat": old}))
-  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+  run_lock.WorkdirLock(str(tmp_path)).acquire().release()
 
 
 # --- a full disk -------------------------------------------------------------------

@@ -11,11 +11,11 @@ from flax import nnx
 from PIL import Image
 from skimage import data as skdata
 
-from agejax import export as export_cli
+from agejax import export
 from agejax import models
-from agejax import predict as predict_cli
+from agejax import predict
 from agejax.data import face_crop
-from agejax.serving import bundle as bundle_format
+from agejax.serving import bundle
 from agejax.serving import formats
 from agejax.serving import inference
 from agejax.serving import runtimes
@@ -100,8 +100,8 @@ def trained(workdir):
   return t.params, t.batch_stats
 
 
-def export(workdir, out, *flags):
-  assert export_cli.main(["export", "--workdir", workdir, "--output", str(out),
+def run_export(workdir, out, *flags):
+  assert export.main(["export", "--workdir", workdir, "--output", str(out),
                           "--checkpoint", str(STEPS), *flags]) == 0
   with open(os.path.join(out, "model.json")) as f:
     return json.load(f)
@@ -111,7 +111,7 @@ def export(workdir, out, *flags):
 def test_a_trained_run_exports_and_each_runtime_gives_jax_ages(fmt, workdir, trained,
                                                                tmp_path, capsys):
   out = tmp_path / fmt
-  meta = export(workdir, out, f"--format={fmt}")
+  meta = run_export(workdir, out, f"--format={fmt}")
   printed = capsys.readouterr().out
   assert f"({fmt}: " in printed and "verified on" in printed and "call it:" in printed
   assert meta["export"]["format"] == fmt and meta["source"]["step"] == STEPS
@@ -127,7 +127,7 @@ def test_a_trained_run_exports_and_each_runtime_gives_jax_ages(fmt, workdir, tra
 
 def test_dynamic_quantisation_is_reported_not_asserted(workdir, trained, tmp_path, capsys):
   out = tmp_path / "q"
-  meta = export(workdir, out, "--format=tflite", "--quantize=dynamic")
+  meta = run_export(workdir, out, "--format=tflite", "--quantize=dynamic")
   assert meta["export"]["quantize"] == "dynamic"
   printed = capsys.readouterr().out
   assert "quantised, not asserted" in printed
@@ -145,13 +145,13 @@ def test_dynamic_quantisation_is_reported_not_asserted(workdir, trained, tmp_pat
   assert held["mae_difference"] == pytest.approx(held["mae_exported"] - held["mae_jax"])
   # int8 weights: a smaller file than the float model's.
   float_out = tmp_path / "f"
-  export(workdir, float_out, "--format=tflite")
+  run_export(workdir, float_out, "--format=tflite")
   assert os.path.getsize(out / "model.tflite") < os.path.getsize(float_out / "model.tflite")
 
 
 def test_a_fixed_batch_export_takes_that_batch(workdir, trained, tmp_path):
   out = tmp_path / "b4"
-  meta = export(workdir, out, "--format=saved_model", "--batch=4")
+  meta = run_export(workdir, out, "--format=saved_model", "--batch=4")
   assert meta["export"]["input"]["shape"] == [4, "H", "W", 3]
   predictor = inference.load(str(out), batch_size=16)
   assert predictor.batch_size == 4
@@ -162,14 +162,14 @@ def test_a_fixed_batch_export_takes_that_batch(workdir, trained, tmp_path):
 
 
 def test_predict_gives_the_same_ages_for_a_bundle_and_a_saved_model(workdir, tmp_path, capsys):
-  export(workdir, tmp_path / "bundle")
-  export(workdir, tmp_path / "sm", "--format=saved_model")
+  run_export(workdir, tmp_path / "bundle")
+  run_export(workdir, tmp_path / "sm", "--format=saved_model")
   photo = tmp_path / "astronaut.jpg"
   Image.fromarray(skdata.astronaut()).save(photo, quality=95)
   capsys.readouterr()
   results = {}
   for name in ("bundle", "sm"):
-    assert predict_cli.main(["predict", "--model", str(tmp_path / name), "--json",
+    assert predict.main(["predict", "--model", str(tmp_path / name), "--json",
                              str(photo)]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     results[name] = record["faces"]
@@ -188,7 +188,7 @@ def test_resnet50_with_random_weights_in_every_runtime(tmp_path):
   cfg.data.image_size = 64
   model = models.build_model(cfg.model, 64, nnx.Rngs(7))
   _, params, batch_stats = models.split_state(model)
-  meta = bundle_format.metadata(cfg, 0, crop={"margin": 0.4, "stored_size": 64,
+  meta = bundle.metadata(cfg, 0, crop={"margin": 0.4, "stored_size": 64,
                                               "source": "test"})
   # Untrained, ResNet-50 amplifies float32 rounding: JAX itself gives ages
   # up to ~2.4e-4 years apart for the same crops run one at a time and as one
@@ -210,7 +210,7 @@ def test_resnet50_with_random_weights_in_every_runtime(tmp_path):
 
 def test_a_missing_converter_names_the_extra(workdir, tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "tf2onnx", None)  # import tf2onnx raises ImportError
-  code = export_cli.main(["export", "--workdir", workdir, "--output", str(tmp_path / "o"),
+  code = export.main(["export", "--workdir", workdir, "--output", str(tmp_path / "o"),
                           "--checkpoint", str(STEPS), "--format=onnx"])
   assert code == 2
   err = capsys.readouterr().err
@@ -219,7 +219,7 @@ def test_a_missing_converter_names_the_extra(workdir, tmp_path, monkeypatch, cap
 
 def test_a_bundle_reader_refuses_an_export(workdir, tmp_path):
   out = tmp_path / "sm"
-  export(workdir, out, "--format=saved_model")
+  run_export(workdir, out, "--format=saved_model")
   assert runtimes.runtime_of(runtimes.read_meta(str(out))) == "saved_model"
   with pytest.raises(ValueError, match="saved_model export, not a bundle"):
-    bundle_format.read(str(out))
+    bundle.read(str(out))

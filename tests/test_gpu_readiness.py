@@ -35,8 +35,8 @@ def _env(tmp_path):
 
 
 def test_the_model_step_and_checkpoints_import_without_tensorflow(tmp_path):
-  code = ("import sys; import agejax.models, agejax.train.steps, agejax.train.setup, "
-          "agejax.workdir.checkpoints, agejax.benchmark.step, agejax.benchmark.resume; "
+  code = ("import sys; import agejax.models, agejax.train.steps, agejax.train.step_state, "
+          "agejax.workdir.checkpointing, agejax.benchmark.step_bench, agejax.benchmark.resume; "
           "import tensorflow")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=300)

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from agejax.config import defaults as config
+from agejax.config import defaults
 from agejax.models import heads
 from agejax.models import paths
 from agejax.errors import ConfigError
@@ -22,7 +22,7 @@ F = 6
 
 def _cfg(**overrides):
   # Not type-safe: the error tests also feed values of the wrong type.
-  cfg = ml_collections.ConfigDict(config.default_config().model.to_dict(),
+  cfg = ml_collections.ConfigDict(defaults.default_config().model.to_dict(),
                                   type_safe=False)
   cfg.min_age, cfg.max_age = MIN_AGE, MAX_AGE
   for key, value in overrides.items():

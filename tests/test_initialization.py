@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agejax.train import initial_weights as initialization
+from agejax.train import initial_weights
 from agejax.errors import ConfigError
 
 
@@ -17,7 +17,7 @@ def _model():
 def _merge(source, **kw):
   opts = dict(key="init.checkpoint", allow_missing=False, allow_unexpected=False)
   opts.update(kw)
-  return initialization.merge_by_path(_model(), source, **opts)
+  return initial_weights.merge_by_path(_model(), source, **opts)
 
 
 def test_matching_paths_are_copied_exactly_and_a_resized_head_is_fresh():
@@ -67,7 +67,7 @@ def test_a_re_initialised_head_is_logged_by_path(caplog):
   imported = Imported(arch="resnet50", params=source, batch_stats={}, model_overrides={},
                       source="torchvision")
   with caplog.at_level("WARNING"):
-    params, _ = initialization.load_initial_weights(init_cfg, model, {}, imported)
+    params, _ = initial_weights.load_initial_weights(init_cfg, model, {}, imported)
   assert (params["stem"]["conv"]["kernel"] == 1).all()
   assert (params["head"]["fc"]["kernel"] == 0).all()  # kept at its fresh initialisation
   warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -101,12 +101,12 @@ def _state(cfg):
   import jax  # pylint: disable=import-outside-toplevel
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
   from agejax.models import paths  # pylint: disable=import-outside-toplevel
-  from agejax.train import length as length_lib  # pylint: disable=import-outside-toplevel
-  from agejax.train import setup  # pylint: disable=import-outside-toplevel
+  from agejax.train import run_length  # pylint: disable=import-outside-toplevel
+  from agejax.train import step_state  # pylint: disable=import-outside-toplevel
 
-  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, 256))
+  statics = step_state.build_step_fns(cfg, run_length.run_length(cfg, 256))
   mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-  state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()))
+  state = step_state.create_train_state(cfg, statics, NamedSharding(mesh, P()))
   return (paths.flatten(jax.device_get(state.params)),
           paths.flatten(jax.device_get(state.batch_stats)))
 
@@ -140,7 +140,7 @@ def test_loading_part_of_a_backbone_leaves_the_rest_at_the_seeds_fresh_values(tm
 
 
 def test_the_plan_shows_each_groups_source_and_batch_norm_mode(tmp_path):
-  from agejax.train import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from agejax.train import planning  # pylint: disable=import-outside-toplevel
   from configs import tiny  # pylint: disable=import-outside-toplevel
 
   cfg = tiny.get_config()
@@ -149,20 +149,20 @@ def test_the_plan_shows_each_groups_source_and_batch_norm_mode(tmp_path):
   cfg.init.include = (PARTIAL,)
   cfg.optim.groups = ((r"^(stem|stage1)/", dict(freeze=True)),
                       (r"^stage2/", dict(lr_mult=0.1, bn="frozen")))
-  plan = plan_lib.make_plan(cfg, imported)
-  groups = dict(plan_lib.describe(cfg, plan.rows, plan.length, "w"))["groups"].splitlines()
+  plan = planning.make_plan(cfg, imported)
+  groups = dict(planning.describe(cfg, plan.rows, plan.length, "w"))["groups"].splitlines()
   assert groups[0].startswith("stem+stage1 (^(stem|stage1)/): frozen, BN frozen, ")
   assert groups[0].endswith(" params, from pretrained")
   assert groups[1].startswith("stage2 (^stage2/): lr x0.1, BN frozen, ")
   assert groups[1].endswith(" params, from pretrained")
   assert groups[2].startswith("default: stage3, stage4, head: lr x1, BN train, ")
   assert groups[2].endswith(" params, from fresh")
-  records = {r["path"]: r for r in plan_lib.plan_records(plan)}
+  records = {r["path"]: r for r in planning.plan_records(plan)}
   assert records["stage2/block1/bn1/scale"]["batch_norm"] == "frozen"
   assert records["stage3/block1/bn1/scale"]["batch_norm"] == "train"
   assert records["stage1/block1/conv1/kernel"]["source"] == "pretrained"
   assert records["stage3/block1/conv1/kernel"]["source"] == "fresh"
-  bn = dict(plan_lib.describe(cfg, plan.rows, plan.length, "w"))["batchnorm"]
+  bn = dict(planning.describe(cfg, plan.rows, plan.length, "w"))["batchnorm"]
   assert bn == ("batch statistics, running ones updated (momentum 0.9), except frozen "
                 "(running statistics, never updated): stem+stage1 (^(stem|stage1)/); "
                 "stage2 (^stage2/)")

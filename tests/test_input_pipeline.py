@@ -22,8 +22,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from agejax.data import augment
-from agejax.config import defaults as config
-from agejax.data import pipeline as input_pipeline
+from agejax.config import defaults
+from agejax.data import input_pipeline
 from agejax.errors import ConfigError
 
 STORED = 48
@@ -83,7 +83,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(data_dir, **data):
-  cfg = config.default_config()
+  cfg = defaults.default_config()
   cfg.data.dataset = "pipeline_fixture_faces"
   cfg.data.data_dir = data_dir
   cfg.data.image_size = SIZE
@@ -292,7 +292,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
     import numpy as np
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from agejax.data import pipeline as input_pipeline
+    from agejax.data import input_pipeline
 
     assert jax.device_count() == 4, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("data",))

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax.config import defaults as config
+from agejax.config import defaults
 from agejax import models
 from agejax.models import paths
 from agejax.errors import ConfigError
@@ -30,7 +30,7 @@ K = 10  # ages 0..9
 
 
 def _cfg(arch="resnet18", **overrides):
-  cfg = config.default_config().model
+  cfg = defaults.default_config().model
   cfg.arch, cfg.width, cfg.min_age, cfg.max_age = arch, WIDTH, 0, K - 1
   # Neither is Flax's default (1e-5, 0.99): the checks below then show that
   # the BatchNorms take them from the config.

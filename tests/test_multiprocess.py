@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 
-from agejax.workdir import metrics as metric_io
+from agejax.workdir import metric_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKSUM = re.compile(r"completed at step (\d+);.*parameter checksum ([0-9.e+-]+)")

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from agejax import mesh as mesh_lib
+from agejax import device_mesh
 from agejax.errors import TrainingDiverged
-from agejax.evaluation import run as evaluate
-from agejax.train import loop as train
-from agejax.train import plan as plan_lib
-from agejax.workdir import metrics as metric_io
+from agejax.evaluation import evaluate_run
+from agejax.train import loop
+from agejax.train import planning
+from agejax.workdir import metric_io
 from agejax.workdir import restore
 from configs import tiny
 
@@ -24,14 +24,14 @@ COMMANDS = ("main", "evaluate", "predict", "export", "convert", "tune", "lr_find
             "benchmark")
 
 
-def _config(data_dir, **train):
+def _config(data_dir, **train_keys):
   cfg = tiny.get_config()
   cfg.data.data_dir = data_dir
   cfg.train.num_train_steps = 16
   cfg.train.eval_every_steps = 8
   cfg.train.checkpoint_every_steps = 4
   cfg.train.log_every_steps = 50  # no log step before the end: the loss is checked anyway
-  for key, value in train.items():
+  for key, value in train_keys.items():
     cfg.train[key] = value
   return cfg
 
@@ -53,7 +53,7 @@ def test_divergence_is_caught_before_evaluating_or_saving(tiny_data_dir, tmp_pat
                                                           diverged_at, last_good):
   cfg = _blow_up_after(_config(tiny_data_dir), blow_up)
   with pytest.raises(TrainingDiverged) as info:
-    train.train_and_evaluate(cfg, str(tmp_path))
+    loop.train_and_evaluate(cfg, str(tmp_path))
   assert info.value.step == diverged_at
   assert info.value.last_good_step == last_good
   with restore.checkpointer(str(tmp_path)) as ckpt:
@@ -97,8 +97,8 @@ def test_plan_learning_rates_are_the_logged_ones_with_accumulation(tiny_data_dir
   cfg.optim.schedule.name = "warmup_cosine"
   cfg.optim.schedule.warmup_steps = 2  # updates
   cfg.optim.groups = ((r"^(stem|stage1)/", dict(lr_mult=0.1)),)
-  plan = plan_lib.make_plan(cfg.copy_and_resolve_references())
-  train.train_and_evaluate(cfg, str(tmp_path))
+  plan = planning.make_plan(cfg.copy_and_resolve_references())
+  loop.train_and_evaluate(cfg, str(tmp_path))
   logged = {r["step"]: r for r in metric_io.read_metrics(str(tmp_path)) if r["split"] == "train"}
   checked = 0
   for step, lrs in plan.lr_milestones:
@@ -116,12 +116,12 @@ def test_validation_at_the_best_step_is_what_evaluate_reports(tiny_data_dir, tmp
   cfg = _config(tiny_data_dir, eval_every_steps=4)
   cfg.optim.lr = 0.005
   cfg.data.eval_flip_tta = True
-  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  summary = loop.train_and_evaluate(cfg, str(tmp_path))
   validation = {r["step"]: r["mae"] for r in metric_io.read_metrics(str(tmp_path))
                 if r["split"] == "validation"}
   best = summary["best_step"]
   assert validation[best] == min(validation.values())
-  result, = evaluate.evaluate_run(str(tmp_path), "best", tta=None, write_files=False).values()
+  result, = evaluate_run.evaluate_run(str(tmp_path), "best", tta=None, write_files=False).values()
   assert result["checkpoint_step"] == best and result["tta"] == "flip"
   assert result["mae"] == validation[best]  # the same number, bit for bit
 
@@ -209,7 +209,7 @@ def test_the_cli_defaults_match_the_library():
   assert predict.FLAGS["min_score"].default == options.min_score
   assert predict.FLAGS["batch_size"].default == inference.DEFAULT_BATCH_SIZE
   assert convert.FORMATS == pretrained.FORMATS
-  assert mesh_lib.data_parallel_mesh().axis_names == ("data",)
+  assert device_mesh.data_parallel_mesh().axis_names == ("data",)
 
 
 @pytest.mark.parametrize("command, argv, line", [
@@ -228,15 +228,15 @@ def test_usage_errors_are_one_line_and_exit_2(command, argv, line, capsys):
 
 
 def test_an_ema_run_is_validated_evaluated_and_exported_with_its_ema(tiny_data_dir, tmp_path):
-  from agejax.serving import bundle as bundle_format
-  from agejax.serving import export
+  from agejax.serving import bundle
+  from agejax.serving import exporters
   from agejax.models import paths
 
   cfg = _config(tiny_data_dir, num_train_steps=8, eval_every_steps=8, checkpoint_every_steps=8)
   cfg.optim.lr = 0.005
   cfg.optim.ema_decay = 0.5
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(cfg, workdir)
+  loop.train_and_evaluate(cfg, workdir)
   with restore.checkpointer(workdir) as ckpt:
     stored = ckpt.restore_params(8)
   ema, raw = paths.flatten(stored["ema_params"]), paths.flatten(stored["params"])
@@ -246,11 +246,36 @@ def test_an_ema_run_is_validated_evaluated_and_exported_with_its_ema(tiny_data_d
   for key, value in paths.flatten(trained.params).items():
     np.testing.assert_array_equal(np.asarray(value), ema[key], err_msg=key)
   validation, = [r["mae"] for r in metric_io.read_metrics(workdir) if r["split"] == "validation"]
-  result, = evaluate.evaluate_run(workdir, "latest", write_files=False).values()
+  result, = evaluate_run.evaluate_run(workdir, "latest", write_files=False).values()
   assert result["mae"] == validation  # validation ran on the EMA, as evaluate does
 
-  meta = export.export(workdir, str(tmp_path / "bundle"), "latest")
+  meta = exporters.export(workdir, str(tmp_path / "bundle"), "latest")
   assert meta["ema"] is True
-  _, params, _ = bundle_format.read(str(tmp_path / "bundle"))
+  _, params, _ = bundle.read(str(tmp_path / "bundle"))
   for key, value in paths.flatten(params).items():
     np.testing.assert_array_equal(value, ema[key], err_msg=key)
+
+
+def test_every_module_has_a_file_name_of_its_own():
+  names = {}
+  for path in pathlib.Path(REPO, "agejax").rglob("*.py"):
+    if path.name not in ("__init__.py", "__main__.py"):
+      names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+  assert {n: p for n, p in names.items() if len(p) > 1} == {}
+
+
+def test_no_module_of_agejax_is_imported_under_another_name():
+  """``from agejax.train import run_length``, never ``... as length_lib``: names grep."""
+  modules = set(_imports())
+  renamed = []
+  for path in [*pathlib.Path(REPO, "agejax").rglob("*.py"), *pathlib.Path(REPO, "tests").rglob("*.py"),
+               *pathlib.Path(REPO, "configs").rglob("*.py")]:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        renamed += [f"{path.relative_to(REPO)}:{node.lineno} {node.module}.{a.name} as {a.asname}"
+                    for a in node.names
+                    if a.asname and a.asname != a.name and f"{node.module}.{a.name}" in modules]
+      elif isinstance(node, ast.Import):
+        renamed += [f"{path.relative_to(REPO)}:{node.lineno} {a.name} as {a.asname}"
+                    for a in node.names if a.asname and a.name in modules]
+  assert renamed == []

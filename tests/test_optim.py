@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from agejax.config import defaults as config
-from agejax.config import validation
+from agejax.config import defaults
+from agejax.config import config_check
 from agejax.train import optim
 from agejax.models import paths
 from agejax.train import schedules
@@ -49,7 +49,7 @@ def _params(seed=0):
 
 
 def _cfg(**overrides):
-  cfg = config.default_config().optim
+  cfg = defaults.default_config().optim
   cfg.schedule.name = "constant"
   cfg.schedule.warmup_steps = 0
   cfg.schedule.warmup_epochs = 0.0
@@ -175,11 +175,11 @@ def test_group_errors_name_the_entry_and_pattern(groups, key, fragments):
     (dict(b2=1.0), "optim.b2"),
 ])
 def test_optim_errors_name_the_key(overrides, key):
-  cfg = config.default_config()
+  cfg = defaults.default_config()
   for name, value in overrides.items():
     cfg.optim[name] = value
   with pytest.raises(ConfigError) as info:
-    validation.validate(cfg)
+    config_check.validate(cfg)
   assert info.value.key == key
 
 

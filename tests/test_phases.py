@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax.config import validation
-from agejax.data import pipeline as input_pipeline
+from agejax.config import config_check
+from agejax.data import input_pipeline
 from agejax.errors import ConfigError
 from agejax.models import paths
-from agejax.train import length as length_lib
-from agejax.train import loop as train
-from agejax.train import setup
-from agejax.workdir import checkpoints as checkpointing
+from agejax.train import run_length
+from agejax.train import loop
+from agejax.train import step_state
+from agejax.workdir import checkpointing
 from configs import tiny
 
 N = 256  # tiny's training examples: 16 steps per epoch at batch 16
@@ -33,7 +33,7 @@ def _config(**overrides):
 
 
 def test_phases_split_the_run_where_either_schedule_changes():
-  length = length_lib.run_length(_config(), N)
+  length = run_length.run_length(_config(), N)
   got = [(p.start_step, p.end_step, p.start_epoch, p.batch_size, p.image_size, p.lr_factor,
           p.start_example) for p in length.phases]
   # 0.5 epochs of 16 steps, then 0.5 and 0.5 epochs of 8 steps of 32.
@@ -42,20 +42,20 @@ def test_phases_split_the_run_where_either_schedule_changes():
   assert length.total_steps == 16 and length.total_epochs == 1.5
   assert [length.epoch_of_step(s) for s in (4, 8, 10, 16)] == [0.25, 0.5, 0.75, 1.5]
   assert length.examples_before(10) == 128 + 2 * 32
-  sqrt = length_lib.run_length(_config(**{"optim.lr_scaling": "sqrt"}), N)
+  sqrt = run_length.run_length(_config(**{"optim.lr_scaling": "sqrt"}), N)
   assert [p.lr_factor for p in sqrt.phases] == [1.0, 2**0.5, 2**0.5]
   # train.num_train_steps ends the run inside a phase.
-  short = length_lib.run_length(_config(**{"train.num_train_steps": 10}), N)
+  short = run_length.run_length(_config(**{"train.num_train_steps": 10}), N)
   assert [(p.start_step, p.end_step) for p in short.phases] == [(0, 8), (8, 10)]
   # Without schedules: one phase, the run of old.
-  plain = length_lib.run_length(tiny.get_config(), N)
+  plain = run_length.run_length(tiny.get_config(), N)
   assert plain.total_steps == 32 and len(plain.phases) == 1
 
 
 def test_the_learning_rate_is_scaled_per_phase():
   def schedule(scaling):
     cfg = _config(**{"optim.lr_scaling": scaling})
-    return setup.build_step_fns(cfg, length_lib.run_length(cfg, N)).schedule
+    return step_state.build_step_fns(cfg, run_length.run_length(cfg, N)).schedule
 
   scaled, unscaled = schedule("linear"), schedule("none")
   for update, factor in ((3, 1.0), (7, 1.0), (8, 2.0), (15, 2.0)):
@@ -75,16 +75,16 @@ def test_bad_schedules_name_their_entry(key, value, message):
   section, name = key.split(".")
   cfg[section][name] = value
   with pytest.raises(ConfigError, match=message):
-    length_lib.run_length(cfg, N)
+    run_length.run_length(cfg, N)
 
 
 def test_lr_scaling_and_vgg_resizing_are_checked():
   cfg = _config(**{"optim.lr_scaling": "square"})
   with pytest.raises(ConfigError, match="optim.lr_scaling"):
-    validation.validate(cfg)
+    config_check.validate(cfg)
   cfg = _config(**{"model.arch": "vgg16"})
   with pytest.raises(ConfigError, match="data.image_size_schedule.*vgg16"):
-    validation.validate(cfg)
+    config_check.validate(cfg)
 
 
 def test_a_phase_reads_on_where_the_last_one_stopped(tiny_data_dir):
@@ -119,7 +119,7 @@ def test_killed_inside_the_second_phase_and_resumed_is_bit_identical(tiny_data_d
     return cfg
 
   straight = str(tmp_path / "straight")
-  summary = train.train_and_evaluate(config(), straight)
+  summary = loop.train_and_evaluate(config(), straight)
   assert summary["step"] == 16
 
   resumed, seen = str(tmp_path / "resumed"), []
@@ -129,13 +129,13 @@ def test_killed_inside_the_second_phase_and_resumed_is_bit_identical(tiny_data_d
     if step == 10:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  first = train.train_and_evaluate(config(), resumed, step_hook=sigterm_at_10)
+  first = loop.train_and_evaluate(config(), resumed, step_hook=sigterm_at_10)
   assert first["stopped"] == "preempted" and first["step"] == 10
   with checkpointing.Checkpointer(os.path.join(resumed, "checkpoints")) as ckpt:
     assert ckpt.latest_step() == 10
     _, extra = ckpt.restore(10, checkpointing.abstract_like(ckpt.restore_params(10)))
   assert extra["phase"] == 1  # recorded: the second phase
-  second = train.train_and_evaluate(config(), resumed, step_hook=seen.append)
+  second = loop.train_and_evaluate(config(), resumed, step_hook=seen.append)
   assert second["stopped"] == "completed" and seen == list(range(1, 17))
 
   step_a, state_a = _final_state(straight)

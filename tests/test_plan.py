@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agejax.train import plan as plan_lib
+from agejax.train import planning
 from agejax.errors import ConfigError
 from configs import imdb_wiki_resnet50
 from configs import tiny
@@ -27,7 +27,7 @@ def _load(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_every_shipped_config_plans(path, tmp_path, capsys):
-  out = plan_lib.dry_run(_load(path), str(tmp_path))
+  out = planning.dry_run(_load(path), str(tmp_path))
   rows = json.load(open(out))
   assert rows and all(
       set(r) == {"path", "shape", "group", "lr_mult", "wd_mult", "frozen", "batch_norm",
@@ -37,7 +37,7 @@ def test_every_shipped_config_plans(path, tmp_path, capsys):
 
 
 def test_dex_resnet50_plan_rows():
-  plan = plan_lib.make_plan(imdb_wiki_resnet50.get_config())
+  plan = planning.make_plan(imdb_wiki_resnet50.get_config())
   rows = {r.path: r for r in plan.rows}
   assert len(rows) == 53 + 53 * 2 + 2  # conv kernels, BN scale+bias, head kernel+bias
   assert plan.trainable + plan.frozen == 23_508_032 + 2048 * 101 + 101
@@ -65,7 +65,7 @@ def test_dex_resnet50_plan_rows():
 
 
 def test_rows_follow_the_network_from_input_to_output():
-  paths = [r.path for r in plan_lib.make_plan(tiny.get_config()).rows]
+  paths = [r.path for r in planning.make_plan(tiny.get_config()).rows]
   assert paths[0].startswith("stem/")
   assert paths[-1].startswith("head/")
   stages = [p.split("/")[0] for p in paths if p.startswith("stage")]
@@ -75,7 +75,7 @@ def test_rows_follow_the_network_from_input_to_output():
 def test_frozen_group_is_reported_and_keeps_no_state():
   cfg = tiny.get_config()
   cfg.optim.groups = ((r"^(stem|stage1)/", dict(freeze=True)),)
-  plan = plan_lib.make_plan(cfg)
+  plan = planning.make_plan(cfg)
   frozen = {r.path for r in plan.rows if r.frozen}
   assert frozen and all(p.startswith(("stem/", "stage1/")) for p in frozen)
   assert plan.frozen == sum(r.size for r in plan.rows if r.path in frozen)
@@ -86,7 +86,7 @@ def test_pattern_matching_nothing_fails_by_name():
   cfg = tiny.get_config()
   cfg.optim.groups = ((r"^stage9/", dict(lr_mult=0.1)),)
   with pytest.raises(ConfigError) as e:
-    plan_lib.make_plan(cfg)
+    planning.make_plan(cfg)
   assert e.value.key == "optim.groups[0]"
   assert "^stage9/" in str(e.value)
 
@@ -122,12 +122,12 @@ def test_cli_rejects_a_non_positive_lr(tmp_path):
 
 
 def test_training_set_size_comes_from_the_built_dataset(tmp_path):
-  from agejax.data import catalog as datasets
+  from agejax.data import catalog
   cfg = tiny.get_config()
   cfg.data.data_dir = str(tmp_path)
   cfg.data.num_train_examples = 0
   with pytest.raises(ConfigError, match=r"^data\.num_train_examples: is 0 and the size of "
                      r"synthetic_faces/tiny:train cannot be read"):
-    plan_lib.make_plan(cfg)
-  datasets.ensure_prepared(cfg.data)
-  assert plan_lib.make_plan(cfg).length.num_train_examples == 256
+    planning.make_plan(cfg)
+  catalog.ensure_prepared(cfg.data)
+  assert planning.make_plan(cfg).length.num_train_examples == 256

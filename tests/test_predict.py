@@ -11,13 +11,13 @@ from flax import nnx
 from PIL import Image
 from skimage import data as skdata
 
-from agejax import predict as predict_cli
-from agejax.serving import bundle as bundle_format
+from agejax import predict
+from agejax.serving import bundle
 from agejax.data import face_crop
 from agejax.serving import face_detect
 from agejax.serving import inference
 from agejax import models
-from agejax.serving import predict
+from agejax.serving import photos
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ def iou(a, b):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle_dir(tmp_path_factory):
   """An untrained tiny network as a bundle: 32 px crops, flip averaging."""
   cfg = tiny.get_config()
   cfg.data.eval_flip_tta = True
@@ -43,17 +43,17 @@ def bundle(tmp_path_factory):
       models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0)))
   out = str(tmp_path_factory.mktemp("bundle"))
   crop = {"margin": 0.4, "stored_size": 32, "source": "test"}
-  return bundle_format.write(out, bundle_format.metadata(cfg, 0, crop=crop), params, batch_stats)
+  return bundle.write(out, bundle.metadata(cfg, 0, crop=crop), params, batch_stats)
 
 
 @pytest.fixture(scope="module")
-def predictor(bundle):
+def predictor(bundle_dir):
   # Batches of 2: three faces in a folder span two batches and several files.
-  return inference.load(bundle, batch_size=2)
+  return inference.load(bundle_dir, batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+def photo_dir(tmp_path_factory):
   """astronaut.jpg, broken.jpg, coffee.png, group/a.png, group/b.png, plain/flat.png."""
   root = tmp_path_factory.mktemp("photos")
   (root / "group").mkdir()
@@ -93,9 +93,9 @@ def test_photos_without_faces_have_no_boxes():
   assert face_detect.detect(np.zeros((8, 8, 3), np.uint8)) == []  # below MTCNN's window
 
 
-def test_predict_paths_reports_every_file(predictor, photos):
-  records = predict.predict_paths(predictor, [photos])
-  names = [os.path.relpath(r["file"], photos) for r in records]
+def test_predict_paths_reports_every_file(predictor, photo_dir):
+  records = predict.predict_paths(predictor, [photo_dir])
+  names = [os.path.relpath(r["file"], photo_dir) for r in records]
   assert names == ["astronaut.jpg", "broken.jpg", "coffee.png", "group/a.png", "group/b.png",
                    "plain/flat.png"]
   by_name = dict(zip(names, records))
@@ -110,7 +110,7 @@ def test_predict_paths_reports_every_file(predictor, photos):
   assert iou(mirrored["box"], (512 - FACE[2], FACE[1], 512 - FACE[0], FACE[3])) > 0.5
 
   # The age is the network's on the training-rule crop of the detected box.
-  photo = predict.read_photo(os.path.join(photos, "group", "a.png"))
+  photo = predict.read_photo(os.path.join(photo_dir, "group", "a.png"))
   box = face_detect.detect(photo)[0][:4]
   crop = face_crop.crop_face(photo, box, margin=0.4, size=32)
   ages, spreads = predictor([crop])
@@ -122,8 +122,8 @@ def test_predict_paths_reports_every_file(predictor, photos):
   np.testing.assert_allclose(predictor([crop[:, ::-1]])[0], ages, atol=1e-4)
 
 
-def test_no_detect_takes_the_whole_image_as_the_face(predictor, photos):
-  path = os.path.join(photos, "coffee.png")
+def test_no_detect_takes_the_whole_image_as_the_face(predictor, photo_dir):
+  path = os.path.join(photo_dir, "coffee.png")
   record, = predict.predict_paths(predictor, [path], detect=False)
   face, = record["faces"]
   assert face["box"] == [0, 0, 600, 400] and face["score"] is None
@@ -131,9 +131,9 @@ def test_no_detect_takes_the_whole_image_as_the_face(predictor, photos):
   assert face["age"] == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_cli_prints_one_line_per_face(bundle, photos, capsys):
-  files = [os.path.join(photos, n) for n in ("astronaut.jpg", "coffee.png", "broken.jpg")]
-  assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", *files]) == 0
+def test_cli_prints_one_line_per_face(bundle_dir, photo_dir, capsys):
+  files = [os.path.join(photo_dir, n) for n in ("astronaut.jpg", "coffee.png", "broken.jpg")]
+  assert predict.main(["predict", "--model", bundle_dir, "--batch_size", "2", *files]) == 0
   lines = capsys.readouterr().out.strip().split("\n")
   assert len(lines) == 4
   assert lines[3] == "3 file(s): 1 face(s), 1 unreadable"  # the summary
@@ -145,8 +145,8 @@ def test_cli_prints_one_line_per_face(bundle, photos, capsys):
   assert lines[2].startswith(f"{files[2]}, unreadable: ")
 
 
-def test_cli_json_parses(bundle, photos, capsys):
-  assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", "--json", photos]) == 0
+def test_cli_json_parses(bundle_dir, photo_dir, capsys):
+  assert predict.main(["predict", "--model", bundle_dir, "--batch_size", "2", "--json", photo_dir]) == 0
   records = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
   assert len(records) == 6
   assert [len(r["faces"]) for r in records] == [1, 0, 0, 1, 1, 0]
@@ -154,10 +154,10 @@ def test_cli_json_parses(bundle, photos, capsys):
   assert records[1]["error"].startswith("unreadable")
 
 
-def test_cli_annotate_writes_pngs_with_boxes(bundle, photos, tmp_path, capsys):
+def test_cli_annotate_writes_pngs_with_boxes(bundle_dir, photo_dir, tmp_path, capsys):
   out = tmp_path / "annotated"
-  files = [os.path.join(photos, "astronaut.jpg"), os.path.join(photos, "group")]
-  assert predict_cli.main(["predict", "--model", bundle, "--batch_size", "2", "--json", "--annotate", str(out),
+  files = [os.path.join(photo_dir, "astronaut.jpg"), os.path.join(photo_dir, "group")]
+  assert predict.main(["predict", "--model", bundle_dir, "--batch_size", "2", "--json", "--annotate", str(out),
                        *files]) == 0
   records = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
   assert [os.path.relpath(r["annotated"], out) for r in records] == [
@@ -171,14 +171,14 @@ def test_cli_annotate_writes_pngs_with_boxes(bundle, photos, tmp_path, capsys):
   assert (drawn != original).any(axis=-1).mean() < 0.05
 
 
-def test_exit_code_is_1_when_nothing_could_be_read(bundle, photos, capsys):
-  args = ["--model", bundle, "--batch_size", "2", os.path.join(photos, "broken.jpg"),
-          os.path.join(photos, "missing.jpg")]
-  assert predict_cli.main(["predict", *args]) == 1
+def test_exit_code_is_1_when_nothing_could_be_read(bundle_dir, photo_dir, capsys):
+  args = ["--model", bundle_dir, "--batch_size", "2", os.path.join(photo_dir, "broken.jpg"),
+          os.path.join(photo_dir, "missing.jpg")]
+  assert predict.main(["predict", *args]) == 1
   captured = capsys.readouterr()
   assert "missing.jpg, unreadable: " in captured.out
   assert "no image could be read" in captured.err
-  assert predict_cli.main(["predict", "--model", os.path.join(photos, "plain"), photos]) == 2
+  assert predict.main(["predict", "--model", os.path.join(photo_dir, "plain"), photo_dir]) == 2
 
 
 def test_photos_are_turned_upright_by_their_exif_orientation(predictor, tmp_path):
@@ -194,14 +194,14 @@ def test_photos_are_turned_upright_by_their_exif_orientation(predictor, tmp_path
   assert iou(face["box"], FACE) > 0.5
 
 
-def test_a_bundle_needs_neither_the_training_code_nor_tfds(bundle, photos):
+def test_a_bundle_needs_neither_the_training_code_nor_tfds(bundle_dir, photo_dir):
   script = (
       "import sys\n"
       "from agejax import predict\n"
       f"assert predict.main(['predict', '--model', {bundle!r}, '--no_detect', "
       f"{os.path.join(photos, 'coffee.png')!r}]) == 0\n"
       "loaded = [m for m in ('tensorflow_datasets', 'agejax.train.loop', 'agejax.workdir.restore',\n"
-      "                      'agejax.data.pipeline') if m in sys.modules]\n"
+      "                      'agejax.data.input_pipeline') if m in sys.modules]\n"
       "assert not loaded, loaded\n")
   result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))

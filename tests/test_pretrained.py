@@ -11,9 +11,9 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from agejax.data import augment
-from agejax.config import defaults as config_lib
+from agejax.config import defaults
 from agejax.pretrained import features
-from agejax.train import initial_weights as initialization
+from agejax.train import initial_weights
 from agejax import models
 from agejax.models import paths
 from agejax import pretrained
@@ -40,7 +40,7 @@ def test_format_is_detected_from_the_first_bytes(tmp_path):
 
 def _random_imported(arch="resnet18", overrides=None):
   """Weights of a freshly initialised agejax network with random BN statistics."""
-  model_cfg = config_lib.default_config().model
+  model_cfg = defaults.default_config().model
   model_cfg.arch = arch
   for k, v in (overrides or {}).items():
     model_cfg[k] = v
@@ -70,7 +70,7 @@ def test_converted_directory_round_trips_bit_identically(tmp_path):
 
 
 def test_overrides_follow_the_weights_and_a_wrong_arch_is_refused():
-  model_cfg = config_lib.default_config().model
+  model_cfg = defaults.default_config().model
   imported = pretrained.Imported("resnet50", {}, {}, KERAS_LIKE, "keras-h5")
   changed = pretrained.apply_overrides(model_cfg, imported)
   assert changed == {"stride_in_1x1": (False, True), "conv_bias": (False, True),
@@ -105,12 +105,12 @@ def test_init_pretrained_sets_the_model_keys_and_loads_by_path(tmp_path):
   cfg = tiny.get_config()
   cfg.model.width = 64
   cfg.init.pretrained = out
-  got = initialization.prepare_pretrained(cfg)
+  got = initial_weights.prepare_pretrained(cfg)
   assert (cfg.model.conv_bias, cfg.model.preprocessing, cfg.model.bn_epsilon) == (True, "caffe", 1.001e-5)
   model_cfg = cfg.model
   fresh = jax.jit(lambda k: models.split_state(
       models.build_model(model_cfg, 32, nnx.Rngs(k)))[1:])(jax.random.key(0))
-  params, stats = initialization.load_initial_weights(cfg.init, *fresh, imported=got)
+  params, stats = initial_weights.load_initial_weights(cfg.init, *fresh, imported=got)
   flat = paths.flatten(params)
   np.testing.assert_array_equal(flat["stage2/block1/conv1/kernel"],
                                 imported.params["stage2/block1/conv1/kernel"])
@@ -121,4 +121,4 @@ def test_init_pretrained_errors_name_the_key(tmp_path):
   cfg = tiny.get_config()
   cfg.init.pretrained = str(tmp_path / "missing.h5")
   with pytest.raises(ConfigError, match=r"^init\.pretrained: .*missing\.h5: neither a weights file"):
-    initialization.prepare_pretrained(cfg)
+    initial_weights.prepare_pretrained(cfg)

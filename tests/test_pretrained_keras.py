@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from agejax.data import augment
-from agejax.config import defaults as config
+from agejax.config import defaults
 from agejax import models
 from agejax.models import paths
 from agejax.pretrained import keras_h5
@@ -49,7 +49,7 @@ def files(tmp_path_factory, images):
 
 def _agejax_features(imported, images):
   """agejax's features of ``images`` with ``imported`` loaded (head zeros)."""
-  cfg = config.default_config().model
+  cfg = defaults.default_config().model
   cfg.arch, cfg.width = imported.arch, 64
   for key, value in imported.model_overrides.items():
     setattr(cfg, key, value)

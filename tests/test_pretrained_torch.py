@@ -30,7 +30,7 @@ import pytest
 import safetensors.numpy
 
 from agejax.data import augment
-from agejax.config import defaults as config
+from agejax.config import defaults
 from agejax import models
 from agejax.models import paths
 from agejax.pretrained import torch_layout
@@ -75,7 +75,7 @@ def _random_state_dict(arch: str, width: int, seed: int = 0,
 
 @functools.lru_cache(maxsize=None)
 def _abstract(arch: str, image_size: int, overrides: tuple):
-  cfg = config.default_config().model
+  cfg = defaults.default_config().model
   cfg.arch = arch
   for key, value in overrides:
     setattr(cfg, key, value)

@@ -10,10 +10,10 @@ import tensorflow_datasets as tfds
 
 import facebase_fixture
 
-from agejax import protocol as protocol_cli
+from agejax import protocol
 from agejax.errors import ConfigError
-from agejax.evaluation import run as evaluation
-from agejax.tools import protocol
+from agejax.evaluation import evaluate_run
+from agejax.tools import protocol_runs
 from agejax.train import loop
 from agejax.workdir import run_config
 from configs import tiny
@@ -57,7 +57,7 @@ def flags(data_dir, root):
 def test_five_splits_give_the_table_and_a_second_run_redoes_nothing(data_dir, tmp_path,
                                                                    monkeypatch, capsys):
   root = str(tmp_path)
-  assert protocol_cli.main(flags(data_dir, root)) == 0
+  assert protocol.main(flags(data_dir, root)) == 0
   doc = json.load(open(os.path.join(root, "protocol.json")))
   bench, cross = "tiny_facebase/agedb", "tiny_facebase/utkface"
   assert [r["split"] for r in doc["splits"]] == [0, 1, 2, 3, 4]
@@ -98,7 +98,7 @@ def test_five_splits_give_the_table_and_a_second_run_redoes_nothing(data_dir, tm
     return cfg
 
   monkeypatch.setattr(loop, "train_and_evaluate", refuse)
-  monkeypatch.setattr(evaluation, "evaluate_run", refuse)
+  monkeypatch.setattr(evaluate_run, "evaluate_run", refuse)
   said = []
   again = protocol.run_protocol(base_config, bench, root, range(5), [cross], log=said.append)
   assert said[6] == f"split 3: trained ({root}/split_3), not retrained"

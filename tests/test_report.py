@@ -11,9 +11,9 @@ import signal
 
 import pytest
 
-from agejax import report as report_cli
+from agejax import report
 from agejax.analysis import diagnoses
-from agejax.analysis import report
+from agejax.analysis import run_report
 from agejax.errors import TrainingDiverged
 from agejax.evaluation import predictions
 from agejax.models import heads
@@ -163,7 +163,7 @@ def test_a_comparison_lists_only_the_keys_that_differ(healthy, tiny_data_dir, tm
       "train.num_epochs": 1.0, "optim.lr": 0.01}), other)
   out = str(tmp_path / "comparison")
   capsys.readouterr()
-  assert report_cli.main(["agejax.report", f"--workdir={healthy}", f"--workdir={other}",
+  assert report.main(["agejax.report", f"--workdir={healthy}", f"--workdir={other}",
                           f"--output={out}"]) == 0
   doc = json.load(open(os.path.join(out, "report.json")))
   assert doc["differing_config"] == {"optim.lr": [0.07, 0.01], "train.eval_every_steps": [16, 0],
@@ -176,14 +176,14 @@ def test_a_comparison_lists_only_the_keys_that_differ(healthy, tiny_data_dir, tm
 
 
 def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
-  assert report_cli.main(["agejax.report", f"--workdir={tmp_path}"]) == 2
+  assert report.main(["agejax.report", f"--workdir={tmp_path}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(f"agejax.report: --workdir={tmp_path}: ")
 
 
 def _synthetic_run(validation, train_eval, lr, wait):
   """A Run from records (the two rules no short real run shows reliably on 2 CPU cores)."""
-  from agejax.analysis import runs
+  from agejax.analysis import run_records
 
   steps = [10 * (i + 1) for i in range(len(validation))]
   records = {
@@ -193,7 +193,7 @@ def _synthetic_run(validation, train_eval, lr, wait):
       "train": [{"step": s, "loss": 3.0, "lr/default": r, "data_wait_fraction": w}
                 for s, r, w in zip(steps, lr, wait)],
   }
-  return runs.Run("synthetic", "/nowhere", tiny.get_config(), None, records)
+  return run_records.Run("synthetic", "/nowhere", tiny.get_config(), None, records)
 
 
 def test_flat_curves_at_a_high_learning_rate_are_a_plateau_and_a_decayed_one_is_not():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax.config import defaults as config
+from agejax.config import defaults
 from agejax.train import schedules
 from agejax.errors import ConfigError
 
@@ -17,7 +17,7 @@ LR = 0.4
 
 
 def _cfg(**overrides):
-  cfg = config.default_config().optim.schedule
+  cfg = defaults.default_config().optim.schedule
   cfg.warmup_steps = 0
   cfg.warmup_epochs = 0.0
   for key, value in overrides.items():

@@ -9,14 +9,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from agejax import mesh as mesh_lib
+from agejax import device_mesh
 from agejax.errors import TrainingDiverged
-from agejax.train import setup
-from agejax.workdir import checkpoints as checkpointing
-from agejax.train import length
-from agejax.workdir import metrics as metric_io
+from agejax.train import step_state
+from agejax.workdir import checkpointing
+from agejax.train import run_length
+from agejax.workdir import metric_io
 from agejax.models import paths
-from agejax.train import loop as train
+from agejax.train import loop
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def _final_params(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  summary = train.train_and_evaluate(_config(data_dir), workdir)
+  summary = loop.train_and_evaluate(_config(data_dir), workdir)
   return workdir, summary
 
 
@@ -64,13 +64,13 @@ def test_killed_and_resumed_run_is_bit_identical(data_dir, uninterrupted, tmp_pa
     if step == 10:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  first = train.train_and_evaluate(_config(data_dir), workdir, step_hook=sigterm_at_10)
+  first = loop.train_and_evaluate(_config(data_dir), workdir, step_hook=sigterm_at_10)
   assert first["stopped"] == "preempted" and first["step"] == 10
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest_step() == 10  # SIGTERM saved the mid-epoch step
   ckpt.close()
 
-  second = train.train_and_evaluate(_config(data_dir), workdir, step_hook=seen.append)
+  second = loop.train_and_evaluate(_config(data_dir), workdir, step_hook=seen.append)
   assert second["stopped"] == "completed" and second["step"] == TOTAL
   assert seen == list(range(1, TOTAL + 1))  # resumed at 11: no step twice, none skipped
 
@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
   cfg.optim.lr = 1e12  # diverges within the first steps
   cfg.optim.schedule.warmup_steps = 0
   with pytest.raises(TrainingDiverged, match=r"at step 4 .*; last good checkpoint: None"):
-    train.train_and_evaluate(cfg, str(tmp_path))
+    loop.train_and_evaluate(cfg, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints" / "4")
 
 
@@ -123,7 +123,7 @@ def test_early_stopping_counts_evaluations_without_improvement():
   progress = {"best": None, "evals_since_best": 0}
   history = []
   for mae in [9.0, 8.0, 8.5, 8.0, 7.0, 7.5]:
-    progress = train.update_progress(progress, mae)
+    progress = loop.update_progress(progress, mae)
     history.append((progress["best"], progress["evals_since_best"]))
   assert history == [(9.0, 0), (8.0, 0), (8.0, 1), (8.0, 2), (7.0, 0), (7.0, 1)]
 
@@ -131,7 +131,7 @@ def test_early_stopping_counts_evaluations_without_improvement():
 def test_early_stopping_ends_the_run(data_dir, tmp_path):
   cfg = _config(data_dir, early_stop_patience=1, eval_every_steps=4)
   cfg.optim.lr = 1e-9  # nothing improves in a measurable way after the first evaluation
-  summary = train.train_and_evaluate(cfg, str(tmp_path))
+  summary = loop.train_and_evaluate(cfg, str(tmp_path))
   val = [r for r in metric_io.read_metrics(str(tmp_path)) if r["split"] == "validation"]
   # It stops at the first evaluation that does not beat the best one.
   maes = [r["mae"] for r in val]
@@ -145,7 +145,7 @@ import json, os, sys
 sys.path.insert(0, {repo!r})
 import jax
 assert jax.device_count() == 4, jax.devices()
-from agejax.train import loop as train
+from agejax.train import loop
 from configs import tiny
 cfg = tiny.get_config()
 cfg.data.data_dir = {data_dir!r}
@@ -155,7 +155,7 @@ cfg.train.eval_every_steps = 8
 # A small step keeps float reassociation (sums split over devices) from being
 # amplified by training, so 8 steps stay comparable to 1e-4.
 cfg.optim.lr = 0.005
-train.train_and_evaluate(cfg, {workdir!r})
+loop.train_and_evaluate(cfg, {workdir!r})
 """
 
 
@@ -193,9 +193,9 @@ def test_init_checkpoint_loads_the_backbone_and_refreshes_a_resized_head(data_di
   cfg = _config(data_dir)
   cfg.model.max_age = 80  # 81 classes instead of 101: the head cannot be loaded
   cfg.init.checkpoint = uninterrupted[0]
-  statics = setup.build_step_fns(cfg, length.run_length(cfg, 256))
-  state = setup.create_train_state(
-      cfg, statics, NamedSharding(mesh_lib.data_parallel_mesh(), PartitionSpec()))
+  statics = step_state.build_step_fns(cfg, run_length.run_length(cfg, 256))
+  state = step_state.create_train_state(
+      cfg, statics, NamedSharding(device_mesh.data_parallel_mesh(), PartitionSpec()))
   _, stored = _final_params(uninterrupted[0])
   loaded = paths.flatten(state.params)
   backbone = [p for p in loaded if not p.startswith("head/")]

@@ -8,8 +8,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from agejax import models
 from agejax.models import paths
-from agejax.train import length as length_lib
-from agejax.train import setup
+from agejax.train import run_length
+from agejax.train import step_state
 from agejax.train import steps
 from configs import tiny
 
@@ -35,9 +35,9 @@ def _reference_step(statics, state, batch):
 def test_frozen_layers_are_constants_and_the_trainable_ones_match_full_differentiation():
   cfg = tiny.get_config()
   cfg.optim.groups = ((FROZEN, dict(freeze=True)),)
-  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, 256))
+  statics = step_state.build_step_fns(cfg, run_length.run_length(cfg, 256))
   mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-  first = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()))
+  first = step_state.create_train_state(cfg, statics, NamedSharding(mesh, P()))
   rng = np.random.default_rng(0)
   batches = [{"image": jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
               "age": jnp.asarray(rng.integers(0, 100, 16), jnp.float32)} for _ in range(3)]
@@ -70,9 +70,9 @@ def test_frozen_layers_are_constants_and_the_trainable_ones_match_full_different
 def _tiny_state(groups):
   cfg = tiny.get_config()
   cfg.optim.groups = groups
-  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, 256))
+  statics = step_state.build_step_fns(cfg, run_length.run_length(cfg, 256))
   mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-  return cfg, statics, setup.create_train_state(cfg, statics, NamedSharding(mesh, P()))
+  return cfg, statics, step_state.create_train_state(cfg, statics, NamedSharding(mesh, P()))
 
 
 def test_a_frozen_groups_batch_norm_keeps_and_uses_its_running_statistics():

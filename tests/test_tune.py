@@ -8,8 +8,8 @@ import sys
 import optuna
 import pytest
 
-from agejax.workdir import metrics as metric_io
-from agejax.tools import tune
+from agejax.workdir import metric_io
+from agejax.tools import optuna_search
 from agejax.errors import ConfigError
 from configs import tiny
 
@@ -37,17 +37,17 @@ def _space(tmp_path, data_dir, lrs):
 
 def test_three_trials_ranked_with_the_diverging_one_pruned(tmp_path, data_dir):
   root = str(tmp_path / "search")
-  space = tune.load_python(_space(tmp_path, data_dir, [0.05, 0.01, 1e12]), "space")
-  study = tune.create_study("t3", tune.default_storage(str(tmp_path)))
+  space = optuna_search.load_python(_space(tmp_path, data_dir, [0.05, 0.01, 1e12]), "space")
+  study = optuna_search.create_study("t3", optuna_search.default_storage(str(tmp_path)))
   for lr in (0.05, 0.01, 1e12):  # the last one is forced bad: it diverges
     study.enqueue_trial({"lr": lr})
-  study.optimize(tune.objective(tiny.get_config, space, root), n_trials=3)
-  text = tune.write_report(study, root, "mae")
+  study.optimize(optuna_search.objective(tiny.get_config, space, root), n_trials=3)
+  text = optuna_search.write_report(study, root, "mae")
 
   states = {t.params["lr"]: t.state for t in study.trials}
   assert states[1e12] == optuna.trial.TrialState.PRUNED
   assert states[0.05] == states[0.01] == optuna.trial.TrialState.COMPLETE
-  rows = json.load(open(os.path.join(root, tune.REPORT_JSON)))
+  rows = json.load(open(os.path.join(root, optuna_search.REPORT_JSON)))
   assert [r["state"] for r in rows] == ["complete", "complete", "pruned"]
   assert rows[0]["value"] <= rows[1]["value"]
   # Each completed trial's value is the best validation MAE of its own run.
@@ -56,14 +56,14 @@ def test_three_trials_ranked_with_the_diverging_one_pruned(tmp_path, data_dir):
     assert r["value"] == pytest.approx(min(val))
   assert rows[2]["overrides"]["optim.lr"] == "1000000000000.0"
   assert text.splitlines()[0].split() == ["rank", "trial", "state", "mae", "overrides"]
-  assert os.path.getsize(os.path.join(root, tune.IMPORTANCE_PNG)) > 1000
+  assert os.path.getsize(os.path.join(root, optuna_search.IMPORTANCE_PNG)) > 1000
 
 
 def test_unknown_key_in_a_space_is_named():
   cfg = tiny.get_config()
   with pytest.raises(ConfigError, match=r"^optim\.lrr: unknown config key in the search space"):
-    tune.apply_overrides(cfg, {"optim.lrr": 0.1})
-  tune.apply_overrides(cfg, {"optim.schedule.name": "step"})
+    optuna_search.apply_overrides(cfg, {"optim.lrr": 0.1})
+  optuna_search.apply_overrides(cfg, {"optim.schedule.name": "step"})
   assert cfg.optim.schedule.name == "step"
 
 
@@ -77,7 +77,7 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(tmp_path, dat
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
   outs = [w.communicate(timeout=600)[0] for w in workers]
   assert [w.returncode for w in workers] == [0, 0], [o[-3000:] for o in outs]
-  study = optuna.load_study(study_name="shared", storage=tune.default_storage(root))
+  study = optuna.load_study(study_name="shared", storage=optuna_search.default_storage(root))
   trials = study.trials
   assert len(trials) == 4
   assert sorted(t.number for t in trials) == [0, 1, 2, 3]
@@ -109,8 +109,8 @@ def test_a_study_whose_trials_all_fail_raises_with_the_first_reason(tiny_data_di
 
   with pytest.raises(RunFailed, match=r"^all 2 trials failed; trial 0: config error: "
                      r"optim\.schedule\.warmup_steps"):
-    tune.run_study(base, "failing", str(tmp_path), space_file=str(space), trials=2)
-  report = json.loads((tmp_path / tune.REPORT_JSON).read_text())
+    optuna_search.run_study(base, "failing", str(tmp_path), space_file=str(space), trials=2)
+  report = json.loads((tmp_path / optuna_search.REPORT_JSON).read_text())
   assert [r["state"] for r in report] == ["fail", "fail"]
   assert all(r["error"].startswith("config error: optim.schedule.warmup_steps") for r in report)
 
@@ -124,4 +124,4 @@ def test_a_missing_database_driver_names_the_extra(monkeypatch):
                       lambda name, *a: None if name == "psycopg2" else real(name, *a))
   with pytest.raises(UsageError, match=r"driver psycopg2 is not installed; "
                      r"pip install 'agejax\[tune-postgres\]'$"):
-    tune.create_study("s", "postgresql+psycopg2://user@localhost/db")
+    optuna_search.create_study("s", "postgresql+psycopg2://user@localhost/db")

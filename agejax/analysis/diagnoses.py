@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from agejax.analysis import runs as runs_lib
+from agejax.analysis import run_records
 from agejax.errors import UsageError
 
 KINDS = ("diverging", "overfitting", "plateau", "still_improving", "block_not_learning",
@@ -120,8 +120,8 @@ def _relative_range(values: np.ndarray) -> float:
   return float((values.max() - values.min()) / max(abs(values.mean()), 1e-12))
 
 
-def _diverging(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  loss = run.series(runs_lib.TRAIN, "loss")
+def _diverging(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  loss = run.series(run_records.TRAIN, "loss")
   stopped = (run.summary or {}).get("stopped", "")
   bad = ~np.isfinite(loss.values)
   if bad.any() or stopped.startswith("diverged"):
@@ -131,19 +131,19 @@ def _diverging(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
     lowest = float(loss.values[:i].min())
     if loss.values[i] > t.diverging_loss_factor * lowest:
       return {"step": int(loss.steps[i]), "loss": float(loss.values[i]), "lowest_before": lowest}
-  for name in run.names(runs_lib.TRAIN, runs_lib.BLOCK_UPDATE_RATIO):
-    ratio = run.series(runs_lib.TRAIN, name)
+  for name in run.names(run_records.TRAIN, run_records.BLOCK_UPDATE_RATIO):
+    ratio = run.series(run_records.TRAIN, name)
     finite = np.isfinite(ratio.values)
     if finite.any() and ratio.values[finite].max() > t.diverging_update_ratio:
       i = int(np.argmax(np.where(finite, ratio.values, -np.inf)))
-      return {"block": name[len(runs_lib.BLOCK_UPDATE_RATIO):], "update_ratio":
+      return {"block": name[len(run_records.BLOCK_UPDATE_RATIO):], "update_ratio":
               float(ratio.values[i]), "step": int(ratio.steps[i])}
   return None
 
 
-def _overfitting(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  val = run.series(runs_lib.VALIDATION, run.metric)
-  train = run.series(runs_lib.TRAIN_EVAL, run.metric)
+def _overfitting(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  val = run.series(run_records.VALIDATION, run.metric)
+  train = run.series(run_records.TRAIN_EVAL, run.metric)
   if len(val) < 3 or len(train) != len(val):
     return None
   v, tr = val.values, train.values
@@ -170,13 +170,13 @@ def _overfitting(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
           f"validation_gain_last_{p}": val_gain, f"train_eval_drop_last_{p}": train_drop}
 
 
-def _plateau(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  val = run.series(runs_lib.VALIDATION, run.metric)
+def _plateau(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  val = run.series(run_records.VALIDATION, run.metric)
   if len(val) < 4:
     return None
   k = _window(len(val), t.window)
   flat = {"validation": _relative_range(val.values[-k:])}
-  train = run.series(runs_lib.TRAIN_EVAL, run.metric)
+  train = run.series(run_records.TRAIN_EVAL, run.metric)
   if len(train) >= k:
     flat["train_eval"] = _relative_range(train.values[-k:])
   if max(flat.values()) >= t.plateau_change:
@@ -188,8 +188,8 @@ def _plateau(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
           "lr_peak": peak}
 
 
-def _lr_peak_and_last(run: runs_lib.Run) -> tuple[float | None, float]:
-  curves = [run.series(runs_lib.TRAIN, n) for n in run.names(runs_lib.TRAIN, runs_lib.LR)]
+def _lr_peak_and_last(run: run_records.Run) -> tuple[float | None, float]:
+  curves = [run.series(run_records.TRAIN, n) for n in run.names(run_records.TRAIN, run_records.LR)]
   curves = [c for c in curves if len(c) and c.values.max() > 0]
   if not curves:
     return None, 0.0
@@ -197,8 +197,8 @@ def _lr_peak_and_last(run: runs_lib.Run) -> tuple[float | None, float]:
   return float(top.values.max()), float(top.values[-1])
 
 
-def _still_improving(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  val = run.series(runs_lib.VALIDATION, run.metric)
+def _still_improving(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  val = run.series(run_records.VALIDATION, run.metric)
   v = val.values
   if len(v) < 3 or int(np.argmin(v)) != len(v) - 1:
     return None
@@ -214,15 +214,15 @@ def _still_improving(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
           "lr_at_end_fraction_of_peak": (last / peak) if peak else None}
 
 
-def _block_not_learning(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  names = run.names(runs_lib.TRAIN, runs_lib.BLOCK_UPDATE_RATIO)
+def _block_not_learning(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  names = run.names(run_records.TRAIN, run_records.BLOCK_UPDATE_RATIO)
   medians = {}
   for name in names:
-    s = run.series(runs_lib.TRAIN, name)
+    s = run.series(run_records.TRAIN, name)
     tail = s.values[len(s) // 2:]
     tail = tail[np.isfinite(tail)]
     if tail.size:
-      medians[name[len(runs_lib.BLOCK_UPDATE_RATIO):]] = float(np.median(tail))
+      medians[name[len(run_records.BLOCK_UPDATE_RATIO):]] = float(np.median(tail))
   head = medians.get("head")
   if not head:
     return None
@@ -234,7 +234,7 @@ def _block_not_learning(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | No
           "lr_mult": {b: mults.get(b) for b in slow}}
 
 
-def block_lr_mults(run: runs_lib.Run) -> dict[str, Any]:
+def block_lr_mults(run: run_records.Run) -> dict[str, Any]:
   """The ``lr_mult`` of each block's trainable parameters (one number, or [min, max])."""
   from agejax import models  # pylint: disable=import-outside-toplevel
   from agejax.models import paths  # pylint: disable=import-outside-toplevel
@@ -250,8 +250,8 @@ def block_lr_mults(run: runs_lib.Run) -> dict[str, Any]:
   return {b: (min(m) if len(m) == 1 else [min(m), max(m)]) for b, m in per_block.items()}
 
 
-def _collapse(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  records = run.records.get(runs_lib.VALIDATION, [])
+def _collapse(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  records = run.records.get(run_records.VALIDATION, [])
   last = next((r for r in reversed(records) if "pred_std" in r and "true_std" in r), None)
   if last is None:
     return None
@@ -263,19 +263,19 @@ def _collapse(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
           "label_mean": float(last.get("true_mean", math.nan))}
 
 
-def _input_bound(run: runs_lib.Run, t: Thresholds) -> dict[str, Any] | None:
-  wait = run.series(runs_lib.TRAIN, "data_wait_fraction")
+def _input_bound(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  wait = run.series(run_records.TRAIN, "data_wait_fraction")
   if not len(wait):
     return None
   median = float(np.median(wait.values))
   if median <= t.input_bound_wait:
     return None
-  speed = run.series(runs_lib.TRAIN, "images_per_sec")
+  speed = run.series(run_records.TRAIN, "images_per_sec")
   return {"median_data_wait": median,
           "images_per_sec": float(np.median(speed.values)) if len(speed) else None}
 
 
-def _advice(kind: str, run: runs_lib.Run, evidence: dict[str, Any]) -> str:
+def _advice(kind: str, run: run_records.Run, evidence: dict[str, Any]) -> str:
   cfg = run.config
   if kind == "diverging":
     return (f"lower optim.lr (now {cfg.optim.lr:g}; python -m agejax.lr_find finds the "
@@ -314,7 +314,7 @@ def _advice(kind: str, run: runs_lib.Run, evidence: dict[str, Any]) -> str:
   raise ValueError(kind)
 
 
-RULES: dict[str, Callable[[runs_lib.Run, Thresholds], dict[str, Any] | None]] = {
+RULES: dict[str, Callable[[run_records.Run, Thresholds], dict[str, Any] | None]] = {
     "diverging": _diverging,
     "overfitting": _overfitting,
     "plateau": _plateau,
@@ -325,7 +325,7 @@ RULES: dict[str, Callable[[runs_lib.Run, Thresholds], dict[str, Any] | None]] = 
 }
 
 
-def diagnose(run: runs_lib.Run, thresholds: Thresholds = Thresholds()) -> list[Diagnosis]:
+def diagnose(run: run_records.Run, thresholds: Thresholds = Thresholds()) -> list[Diagnosis]:
   """Every rule that fires on ``run``, in :data:`KINDS` order."""
   found = []
   for kind in KINDS:

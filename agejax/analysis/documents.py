@@ -14,15 +14,15 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from agejax.analysis import diagnoses as diagnoses_lib
-from agejax.analysis import runs as runs_lib
-from agejax.config import validation as config_check
+from agejax.analysis import diagnoses
+from agejax.analysis import run_records
+from agejax.config import config_check
 
 
-def run_record(run: runs_lib.Run) -> dict[str, Any]:
+def run_record(run: run_records.Run) -> dict[str, Any]:
   """Name, where, how it ended, and the best and final validation metrics."""
   metric = run.metric
-  val = run.series(runs_lib.VALIDATION, metric)
+  val = run.series(run_records.VALIDATION, metric)
   summary = run.summary or {}
   record = {"name": run.name, "workdir": run.workdir,
             "stopped": summary.get("stopped", "no summary (running, or killed)"),
@@ -36,7 +36,7 @@ def run_record(run: runs_lib.Run) -> dict[str, Any]:
   return record
 
 
-def differing_config(runs: Sequence[runs_lib.Run]) -> dict[str, list[Any]]:
+def differing_config(runs: Sequence[run_records.Run]) -> dict[str, list[Any]]:
   """``{dotted key: [value per run]}`` for the keys whose values differ, and only those."""
   flat = [dict(config_check.leaves(r.config)) for r in runs]
   keys = sorted(set().union(*flat))
@@ -67,7 +67,7 @@ def _run_rows(records: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 _RUN_HEADER = ("run", "stopped", "steps", "best (step)", "final (step)")
 
 
-def write(runs: Sequence[runs_lib.Run], found: Sequence[diagnoses_lib.Diagnosis],
+def write(runs: Sequence[run_records.Run], found: Sequence[diagnoses.Diagnosis],
           figures: Mapping[str, str], out_dir: str) -> dict[str, str]:
   """Writes report.json, report.md and report.html into ``out_dir``; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)

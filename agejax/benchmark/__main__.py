@@ -74,14 +74,14 @@ def _main(names: list[str]) -> None:
     os.environ["JAX_PLATFORMS"] = args.platform
   # Imported after the platform is chosen: they import JAX.
   # pylint: disable=import-outside-toplevel
-  from agejax.benchmark import build
+  from agejax.benchmark import build_bench
   from agejax.benchmark import common
   from agejax.benchmark import e2e
-  from agejax.benchmark import inference
+  from agejax.benchmark import inference_bench
   from agejax.benchmark import peer
-  from agejax.benchmark import pipeline
+  from agejax.benchmark import input_bench
   from agejax.benchmark import resume
-  from agejax.benchmark import step
+  from agejax.benchmark import step_bench
 
   wanted = set(names or NAMES)
   if "peer" in wanted:
@@ -91,16 +91,16 @@ def _main(names: list[str]) -> None:
   shape = dict(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
                dtype=dtype)
   try:
-    step_settings = step.StepSettings(width=args.width, matmul_size=args.matmul_size,
+    step_settings = step_bench.StepSettings(width=args.width, matmul_size=args.matmul_size,
                                       **shape, **protocol)
     compiled = None
     if "step" in wanted:
-      compiled = step.compile_step(step_settings)
+      compiled = step_bench.compile_step(step_settings)
       if args.freeze:
-        out.write(step.run_frozen(dataclasses.replace(step_settings, freeze=args.freeze),
-                                  compiled), step.COLUMNS)
+        out.write(step_bench.run_frozen(dataclasses.replace(step_settings, freeze=args.freeze),
+                                  compiled), step_bench.COLUMNS)
       else:
-        out.write(step.run(step_settings, compiled), step.COLUMNS)
+        out.write(step_bench.run(step_settings, compiled), step_bench.COLUMNS)
     if "peer" in wanted:
       frameworks = peer.FRAMEWORKS if args.framework == "all" else (args.framework,)
       every = [peer.PeerSettings(framework=f, jit_compile=args.peer_jit, **shape, **protocol)
@@ -115,21 +115,21 @@ def _main(names: list[str]) -> None:
       out.write(resume.run(resume.ResumeSettings(step_settings, steps=args.resume_steps)),
                 resume.COLUMNS)
     if "input" in wanted:
-      out.write(pipeline.run(pipeline.InputSettings(
+      out.write(input_bench.run(input_bench.InputSettings(
           images=args.input_images, image_size=args.input_image_size,
           batch_size=args.input_batch_size, batches=args.input_batches,
-          repeats=args.repeats)), pipeline.COLUMNS)
+          repeats=args.repeats)), input_bench.COLUMNS)
     if "build" in wanted:
-      out.write(build.run(build.BuildSettings(images=args.build_images)), build.COLUMNS)
+      out.write(build_bench.run(build_bench.BuildSettings(images=args.build_images)), build_bench.COLUMNS)
     if "e2e" in wanted:
       settings = e2e.E2ESettings(steps=args.e2e_steps, data_dir=args.e2e_data_dir)
       if args.e2e_config:
         settings = dataclasses.replace(settings, config=args.e2e_config)
       out.write(e2e.run(settings), e2e.COLUMNS)
     if "inference" in wanted:
-      out.write(inference.run(inference.InferenceSettings(
+      out.write(inference_bench.run(inference_bench.InferenceSettings(
           arch=args.arch, image_size=args.inference_image_size, batch=args.inference_batch,
-          repeats=args.repeats)), inference.COLUMNS)
+          repeats=args.repeats)), inference_bench.COLUMNS)
   finally:
     out.close()
 

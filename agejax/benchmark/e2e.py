@@ -45,7 +45,7 @@ def load_config(path: str) -> Any:
 
 def last_train_record(workdir: str) -> dict[str, Any]:
   """The last ``split == "train"`` object of the run's metrics.jsonl."""
-  from agejax.workdir import metrics as metric_io  # pylint: disable=import-outside-toplevel
+  from agejax.workdir import metric_io  # pylint: disable=import-outside-toplevel
   last = None
   with open(os.path.join(workdir, metric_io.METRICS_FILE)) as f:
     for line in f:
@@ -59,8 +59,8 @@ def last_train_record(workdir: str) -> dict[str, Any]:
 
 def run(s: E2ESettings) -> list[dict[str, Any]]:
   """Trains ``s.steps`` steps of ``s.config`` in a temporary workdir; one result."""
-  from agejax.data import catalog as datasets  # pylint: disable=import-outside-toplevel
-  from agejax.train import loop as train  # pylint: disable=import-outside-toplevel
+  from agejax.data import catalog  # pylint: disable=import-outside-toplevel
+  from agejax.train import loop  # pylint: disable=import-outside-toplevel
   if s.steps < 2:
     raise ValueError("e2e needs at least 2 steps: the first one compiles and is not timed")
   cfg = load_config(s.config)
@@ -75,9 +75,9 @@ def run(s: E2ESettings) -> list[dict[str, Any]]:
   try:
     # Building a dataset prints its report; stdout may be carrying JSON lines.
     with contextlib.redirect_stdout(sys.stderr):
-      datasets.ensure_prepared(cfg.data)
+      catalog.ensure_prepared(cfg.data)
       start = time.perf_counter()
-      summary = train.train_and_evaluate(cfg, workdir)
+      summary = loop.train_and_evaluate(cfg, workdir)
       seconds = time.perf_counter() - start
     record = last_train_record(workdir)
   finally:

@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 from agejax.benchmark import common
-from agejax.benchmark import step as step_bench
+from agejax.benchmark import step_bench
 from agejax.train import steps
-from agejax.workdir import checkpoints
+from agejax.workdir import checkpointing
 
 COLUMNS = ("steps_per_sec", "images_per_sec", "save_seconds", "restore_seconds",
            "bit_identical", "peak_mib")
@@ -72,14 +72,14 @@ def run(s: ResumeSettings, directory: str | None = None) -> list[dict[str, Any]]
   for _ in range(halfway):
     resumed, _ = train(resumed)
   with tempfile.TemporaryDirectory() as scratch:
-    with checkpoints.Checkpointer(directory or scratch, async_save=False) as ckpt:
+    with checkpointing.Checkpointer(directory or scratch, async_save=False) as ckpt:
       start = time.perf_counter()
       ckpt.save(halfway, resumed, extra={"step": halfway})
       ckpt.wait()
       save_seconds = time.perf_counter() - start
       del resumed
       start = time.perf_counter()
-      resumed, extra = ckpt.restore(halfway, checkpoints.abstract_like(fresh()))
+      resumed, extra = ckpt.restore(halfway, checkpointing.abstract_like(fresh()))
       jax.block_until_ready(resumed)
       restore_seconds = time.perf_counter() - start
   for _ in range(s.steps - halfway):

@@ -6,7 +6,7 @@ every function turns its columns into a crop window, a flip, an angle or
 colour factors, elementwise, so one call serves a single image or a whole
 epoch's table (``agejax.data.stages``). Who draws the uniforms decides the
 determinism: the pipeline draws them statelessly per epoch, which is what lets
-``agejax.data.pipeline`` restart a run bit for bit.
+``agejax.data.input_pipeline`` restart a run bit for bit.
 
 Geometry is done in one resampling: the random resized crop, the horizontal
 flip and the rotation are composed into a single affine map from output pixels

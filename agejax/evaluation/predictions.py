@@ -3,7 +3,7 @@
 One compiled forward function (:func:`make_forward`) and one host-side
 collection loop (:func:`predict_split`) serve in-training validation and
 ``agejax.evaluate``; :func:`scalar_metrics` turns the rows into the numbers
-both write, through the one metrics module, ``agejax.evaluation.metrics``.
+both write, through the one metrics module, ``agejax.evaluation.age_metrics``.
 So the validation MAE that picks the best checkpoint is bit for bit the MAE
 ``agejax.evaluate --checkpoint=best`` reports (same weights, batch size and
 TTA).
@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from agejax import models
 from agejax import terminal
 from agejax.errors import ConfigError
-from agejax.evaluation import metrics as age_metrics
+from agejax.evaluation import age_metrics
 from agejax.models import forward
 
 # The rows make_forward returns for every example of a padded batch.
@@ -60,18 +60,18 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
   the first of every process's part of the split, the same ones at every call.
   ``show_progress``: a bar over the batches on a terminal (``agejax.evaluate``).
   """
-  from agejax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from agejax.data import input_pipeline  # pylint: disable=import-outside-toplevel
 
   if batch_size % mesh.size:
     raise ConfigError(batch_key, f"{batch_size} does not divide evenly over "
                       f"{mesh.size} devices")
-  dataset = pipeline.create_split(data, model_cfg, data.eval_split, train=False,
+  dataset = input_pipeline.create_split(data, model_cfg, data.eval_split, train=False,
                                   batch_size=batch_size, max_examples=max_examples)
   parts = []
-  with pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
+  with input_pipeline.device_batches(dataset, NamedSharding(mesh, P("data")),
                                data.prefetch, data, data.eval_split) as batches:
     show = show_progress and jax.process_index() == 0
-    total = math.ceil(pipeline.num_examples(data, data.eval_split) / batch_size) if show else None
+    total = math.ceil(input_pipeline.num_examples(data, data.eval_split) / batch_size) if show else None
     bar = terminal.progress(total=total, desc=data.eval_split, unit="batch", enabled=show)
     for batch in batches:
       parts.append(forward_fn(params, batch_stats, batch))
@@ -83,7 +83,7 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
 
 
 def scalar_metrics(rows: Mapping[str, np.ndarray], with_std: bool = False) -> dict[str, float]:
-  """The scalars of :func:`agejax.evaluation.metrics.summarize`, plus mean loss and spread."""
+  """The scalars of :func:`agejax.evaluation.age_metrics.summarize`, plus mean loss and spread."""
   summary = age_metrics.summarize(rows["pred"], rows["true"],
                                   rows["std"] if with_std else None)
   out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}

@@ -30,7 +30,7 @@ def _statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   axes = tuple(range(x.ndim - 1))
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axes)
-  # Two passes, as layers.batch_norm asks of Flax (use_fast_variance=False).
+  # Two passes, as layers.make_batch_norm asks of Flax (use_fast_variance=False).
   return mean, jnp.mean(jnp.square(x - mean), axes)
 
 

@@ -247,6 +247,6 @@ def build_head(model_cfg: Any, in_features: int,
                rngs: nnx.Rngs) -> nnx.Module:
   """Builds the head named by ``model_cfg.head`` on ``in_features`` inputs.
 
-  ``agejax.config.validation`` has checked the keys a head reads.
+  ``agejax.config.config_check`` has checked the keys a head reads.
   """
   return _BUILDERS[model_cfg.head](model_cfg, in_features, rngs)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from agejax.errors import ConfigError
-from agejax.models import batch_norm as batch_norm_lib
+from agejax.models import batch_norm
 from agejax.models import cpu_lowering
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -67,7 +67,7 @@ def conv(in_channels: int, out_channels: int, kernel: int, *, stride: int = 1,
       conv_general_dilated=cpu_lowering.conv_general_dilated, rngs=rngs)
 
 
-def batch_norm(num_features: int, model_cfg: Any, *, dtype: Any,
+def make_batch_norm(num_features: int, model_cfg: Any, *, dtype: Any,
                rngs: nnx.Rngs) -> nnx.BatchNorm:
   """BatchNorm with ``model.bn_momentum`` / ``model.bn_epsilon``.
 
@@ -78,7 +78,7 @@ def batch_norm(num_features: int, model_cfg: Any, *, dtype: Any,
   no zero-init of the last BN of a residual block. Training uses the
   closed-form gradient of :mod:`agejax.models.batch_norm`.
   """
-  return batch_norm_lib.BatchNorm(
+  return batch_norm.BatchNorm(
       num_features, momentum=float(model_cfg.bn_momentum),
       epsilon=float(model_cfg.bn_epsilon), dtype=dtype,
       param_dtype=jnp.float32,
@@ -100,7 +100,7 @@ class ConvBN(nnx.Module):
     self.conv = conv(in_channels, out_channels, kernel, stride=stride,
                      padding=padding, use_bias=bool(model_cfg.conv_bias),
                      dtype=dtype, rngs=rngs)
-    self.bn = batch_norm(out_channels, model_cfg, dtype=dtype, rngs=rngs)
+    self.bn = make_batch_norm(out_channels, model_cfg, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
     return self.bn(self.conv(x), use_running_average=use_running_average)

@@ -58,10 +58,10 @@ class BasicBlock(nnx.Module):
     bias = bool(model_cfg.conv_bias)
     self.conv1 = layers.conv(in_channels, width, 3, stride=stride, padding=1,
                              use_bias=bias, dtype=dtype, rngs=rngs)
-    self.bn1 = layers.batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
+    self.bn1 = layers.make_batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(width, width, 3, padding=1, use_bias=bias,
                              dtype=dtype, rngs=rngs)
-    self.bn2 = layers.batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
+    self.bn2 = layers.make_batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
     self.downsample = _shortcut(in_channels, width, stride, model_cfg, dtype,
                                 rngs)
 
@@ -85,13 +85,13 @@ class Bottleneck(nnx.Module):
                         else (1, stride))
     self.conv1 = layers.conv(in_channels, width, 1, stride=stride1,
                              use_bias=bias, dtype=dtype, rngs=rngs)
-    self.bn1 = layers.batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
+    self.bn1 = layers.make_batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
     self.conv2 = layers.conv(width, width, 3, stride=stride2, padding=1,
                              use_bias=bias, dtype=dtype, rngs=rngs)
-    self.bn2 = layers.batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
+    self.bn2 = layers.make_batch_norm(width, model_cfg, dtype=dtype, rngs=rngs)
     self.conv3 = layers.conv(width, out_channels, 1, use_bias=bias,
                              dtype=dtype, rngs=rngs)
-    self.bn3 = layers.batch_norm(out_channels, model_cfg, dtype=dtype,
+    self.bn3 = layers.make_batch_norm(out_channels, model_cfg, dtype=dtype,
                                  rngs=rngs)
     self.downsample = _shortcut(in_channels, out_channels, stride, model_cfg,
                                 dtype, rngs)

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from agejax import models
-from agejax.config import defaults as config_lib
+from agejax.config import defaults
 from agejax.data import augment
 from agejax.models import paths
 from agejax.pretrained.types import Imported
@@ -17,7 +17,7 @@ from agejax.pretrained import apply_overrides
 
 def backbone(imported: Imported, image_size: int) -> nnx.Module:
   """The imported network (inference mode) with the weights loaded."""
-  model_cfg = config_lib.default_config().model
+  model_cfg = defaults.default_config().model
   model_cfg.arch = imported.arch
   apply_overrides(model_cfg, imported)
   abstract = nnx.eval_shape(lambda: models.build_model(model_cfg, image_size, nnx.Rngs(0)))

@@ -282,8 +282,8 @@ def heldout_mae(output: str, params: Any, batch_stats: Any, data_cfg: Any, split
   Returns ``{"split", "examples", "mae_jax", "mae_exported",
   "mae_difference"}`` (exported minus JAX, years).
   """
-  from agejax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from agejax.evaluation import metrics  # pylint: disable=import-outside-toplevel
+  from agejax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  from agejax.evaluation import age_metrics  # pylint: disable=import-outside-toplevel
 
   meta, run = runtimes.load(output)
   pending: dict[tuple[int, ...], list[tuple[np.ndarray, float]]] = {}
@@ -296,13 +296,13 @@ def heldout_mae(output: str, params: Any, batch_stats: Any, data_cfg: Any, split
     got.append(g)
     true.append(np.asarray(ages, np.float32))
 
-  for crop, age in pipeline.stored_crops(data_cfg, split, limit):
+  for crop, age in input_pipeline.stored_crops(data_cfg, split, limit):
     pending.setdefault(crop.shape, []).append((crop, age))
     if len(pending[crop.shape]) == _HELDOUT_BATCH:
       flush(crop.shape)
   for shape in list(pending):
     flush(shape)
   want, got, true = (np.concatenate(a) for a in (want, got, true))
-  mae_jax, mae_exported = metrics.mae(want, true), metrics.mae(got, true)
+  mae_jax, mae_exported = age_metrics.mae(want, true), age_metrics.mae(got, true)
   return {"split": split, "examples": int(len(true)), "mae_jax": mae_jax,
           "mae_exported": mae_exported, "mae_difference": mae_exported - mae_jax}

@@ -7,7 +7,7 @@ workdir and returns a :class:`Predictor`::
   ages, spreads = predictor(crops)  # uint8 RGB face crops, any size
 
 A face crop goes through exactly the evaluation path of
-``agejax.data.pipeline``: it is resized to the dataset's stored size with
+``agejax.data.input_pipeline``: it is resized to the dataset's stored size with
 the resize that built the dataset (``face_crop.crop_face``, PIL bilinear,
 uint8), then ``augment.center_crop``'s shorter-side resize (only when the
 stored side is below the network's input) and centre crop, then
@@ -219,7 +219,7 @@ def load(path: str, checkpoint: str = "best",
       return RuntimePredictor(*runtimes.load(path), batch_size=batch_size)
     return Predictor(*bundle.read(path), batch_size=batch_size)
   # Imported here: a bundle needs neither the training code nor TFDS.
-  from agejax.serving import export  # pylint: disable=import-outside-toplevel
+  from agejax.serving import exporters  # pylint: disable=import-outside-toplevel
   from agejax.workdir import restore  # pylint: disable=import-outside-toplevel
   from agejax.workdir import run_config  # pylint: disable=import-outside-toplevel
 
@@ -228,5 +228,5 @@ def load(path: str, checkpoint: str = "best",
                             f"nor a training run ({run_config.CONFIG_FILE})")
   trained = restore.load_trained(path, checkpoint)
   meta = bundle.metadata(trained.config, trained.step, workdir=path, checkpoint=checkpoint,
-                         crop=export.crop_rule(trained.config.data))
+                         crop=exporters.crop_rule(trained.config.data))
   return Predictor(meta, trained.params, trained.batch_stats, batch_size=batch_size)

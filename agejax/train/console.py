@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from agejax import terminal
-from agejax.train import length as length_lib
+from agejax.train import run_length
 
 LOG_FILE = "log.txt"
 
@@ -40,7 +40,7 @@ def _lr(values: Mapping[str, float]) -> float | None:
 class TrainingConsole:
   """The human side of one run; a no-op on processes other than 0."""
 
-  def __init__(self, workdir: str, length: length_lib.RunLength, first_step: int,
+  def __init__(self, workdir: str, length: run_length.RunLength, first_step: int,
                enabled: bool):
     self._enabled = enabled
     self._length = length

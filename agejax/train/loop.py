@@ -25,26 +25,26 @@ from clu import periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from agejax import mesh as mesh_lib
-from agejax.config import validation as config_check
-from agejax.data import catalog as datasets
+from agejax import device_mesh
+from agejax.config import config_check
+from agejax.data import catalog
 from agejax.data import folders
-from agejax.data import pipeline as input_pipeline
+from agejax.data import input_pipeline
 from agejax.errors import ConfigError
 from agejax.errors import CheckpointSaveFailed
 from agejax.errors import TrainingDiverged
 from agejax.errors import WorkdirInUse
 from agejax.evaluation import predictions
-from agejax.train import initial_weights as initialization
+from agejax.train import initial_weights
 from agejax.models import paths
-from agejax.train import console as train_console
-from agejax.train import length as length_lib
-from agejax.train import plan as plan_lib
-from agejax.train import setup
+from agejax.train import console
+from agejax.train import run_length
+from agejax.train import planning
+from agejax.train import step_state
 from agejax.train import steps
-from agejax.workdir import checkpoints as checkpointing
-from agejax.workdir import lock as workdir_lock
-from agejax.workdir import metrics as metric_io
+from agejax.workdir import checkpointing
+from agejax.workdir import run_lock
+from agejax.workdir import metric_io
 from agejax.workdir import restore
 from agejax.workdir import run_config
 
@@ -112,9 +112,9 @@ def update_progress(progress: dict[str, Any], metric: float) -> dict[str, Any]:
   return {**progress, "evals_since_best": progress["evals_since_best"] + 1}
 
 
-def _lock_workdir(workdir: str) -> workdir_lock.WorkdirLock:
+def _lock_workdir(workdir: str) -> run_lock.WorkdirLock:
   """Process 0 takes the workdir's lock; every process learns whether it got it."""
-  lock = workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
+  lock = run_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
   refusal = None
   try:
     lock.acquire()
@@ -152,34 +152,34 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
-                        lock: workdir_lock.WorkdirLock,
+                        lock: run_lock.WorkdirLock,
                         step_hook: Callable[[int], None] | None,
                         eval_hook: Callable[[int, dict[str, float]], None] | None
                         ) -> dict[str, Any]:
-  imported = initialization.prepare_pretrained(cfg)
-  mesh = mesh_lib.data_parallel_mesh()
+  imported = initial_weights.prepare_pretrained(cfg)
+  mesh = device_mesh.data_parallel_mesh()
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P("data"))
   is_chief = jax.process_index() == 0
 
-  datasets.ensure_prepared(cfg.data)
+  catalog.ensure_prepared(cfg.data)
   folders.apply_protocol_split(cfg.data)  # before config.json: it records the folders
   num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
       cfg.data, cfg.data.train_split)
-  length = length_lib.run_length(cfg, num_train)
+  length = run_length.run_length(cfg, num_train)
   for phase in length.phases:
     if phase.batch_size % mesh.size:
       key = "train.batch_size" if phase.index == 0 else "train.batch_size_schedule"
       raise ConfigError(key, f"{phase.batch_size} does not divide evenly over "
                         f"{mesh.size} devices")
-  statics = setup.build_step_fns(cfg, length)
+  statics = step_state.build_step_fns(cfg, length)
 
   ckpt = restore.checkpointer(
       workdir, keep_last=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best,
       best_metric=cfg.train.best_metric, best_mode="min")
   progress_state = {"best": None, "evals_since_best": 0}
   latest = ckpt.latest_step()
-  state = setup.create_train_state(cfg, statics, replicated, load_weights=latest is None,
+  state = step_state.create_train_state(cfg, statics, replicated, load_weights=latest is None,
                                    imported=imported)
   if latest is not None:
     state, extra = ckpt.restore(latest, checkpointing.abstract_like(state))
@@ -203,10 +203,10 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   hooks = []
   if is_chief and cfg.train.profile:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
-  console = train_console.TrainingConsole(workdir, length, step, enabled=is_chief)
+  training_console = console.TrainingConsole(workdir, length, step, enabled=is_chief)
   rows = _plan_rows(cfg, statics, state, imported)
-  console.start(_start_rows(cfg, rows, length, mesh, imported, workdir),
-                plan_lib.fine_tune_warning(cfg, rows), resumed_from=latest)
+  training_console.start(_start_rows(cfg, rows, length, mesh, imported, workdir),
+                planning.fine_tune_warning(cfg, rows), resumed_from=latest)
   train_eval_examples = min(cfg.train.train_eval_examples, num_train)
 
   def phase_batches(at_step):
@@ -261,7 +261,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       ckpt.check()  # a failed background save stops the run at once, not at the next save
       for hook in hooks:
         hook(step)
-      console.advance(step)
+      training_console.advance(step)
       if step_hook is not None:
         step_hook(step)
 
@@ -279,7 +279,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
           })
         # Written before the check: a diverged interval is on record for the report.
         writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
-        console.interval(step, values)
+        training_console.interval(step, values)
         lock.heartbeat()
         _check_finite(step, "training loss", values["loss"], ckpt)
         wait_time, interval_start, interval_step = 0.0, time.perf_counter(), step
@@ -298,7 +298,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                                 max_examples=train_eval_examples)
           writer.write_scalars(step, {f"train_eval/{k}": v for k, v in train_eval.items()})
         progress_state = update_progress(progress_state, last_eval[cfg.train.best_metric])
-        console.evaluation(step, cfg.train.best_metric, last_eval, train_eval,
+        training_console.evaluation(step, cfg.train.best_metric, last_eval, train_eval,
                            best=progress_state["evals_since_best"] == 0)
       if step % ckpt_every == 0 or step == total:
         save(step, last_eval if evaluated else None)
@@ -337,7 +337,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
       if sys.exc_info()[0] is None:  # not while another failure is on its way out
         raise
     writer.flush()
-    console.close()
+    training_console.close()
 
   # Identical on every process when the replicas agree (multi-host tests read it).
   checksum = float(jax.device_get(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(state.params))))
@@ -348,7 +348,7 @@ def _train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
   if is_chief:
     run_config.save_summary(summary, workdir)
     best_step = ckpt.best_step()
-    console.end(summary, cfg, workdir,
+    training_console.end(summary, cfg, workdir,
                 ckpt.step_directory(best_step) if best_step is not None else None)
   logging.info("%s at step %d; best validation %s %s (step %s); parameter checksum %.9g",
                summary["stopped"], step, cfg.train.best_metric, progress_state["best"],
@@ -367,15 +367,15 @@ def _save_summary_if_possible(summary: dict[str, Any], workdir: str) -> None:
 def _plan_rows(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,
                state: steps.TrainState, imported: Any) -> tuple:
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(state.params).items()}
-  return plan_lib.plan_rows(statics.assignments, shapes,
-                            initialization.sources(cfg.init, shapes, imported),
+  return planning.plan_rows(statics.assignments, shapes,
+                            initial_weights.sources(cfg.init, shapes, imported),
                             bool(cfg.model.freeze_bn_stats))
 
 
-def _start_rows(cfg: ml_collections.ConfigDict, plan_rows: tuple, length: length_lib.RunLength,
+def _start_rows(cfg: ml_collections.ConfigDict, plan_rows: tuple, length: run_length.RunLength,
                 mesh: Any, imported: Any, workdir: str) -> list[tuple[str, str]]:
   """The plan's description of the run, plus where it runs and writes."""
-  rows = plan_lib.describe(cfg, plan_rows, length, initialization.describe(cfg.init, imported))
+  rows = planning.describe(cfg, plan_rows, length, initial_weights.describe(cfg.init, imported))
   devices = mesh.devices.flat
   first = next(iter(devices))
   rows.insert(rows.index(next(r for r in rows if r[0] == "batch")) + 1, (

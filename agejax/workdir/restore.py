@@ -11,7 +11,7 @@ import ml_collections
 from flax import nnx
 
 from agejax import models
-from agejax.workdir import checkpoints
+from agejax.workdir import checkpointing
 from agejax.workdir import run_config
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -30,9 +30,9 @@ class TrainedModel:
     return models.merge_state(self.graphdef, self.params, self.batch_stats)
 
 
-def checkpointer(workdir: str, **options: Any) -> checkpoints.Checkpointer:
+def checkpointer(workdir: str, **options: Any) -> checkpointing.Checkpointer:
   """The run's checkpointer: ``WORKDIR/checkpoints``."""
-  return checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), **options)
+  return checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), **options)
 
 
 def evaluated_params(stored: dict[str, Any]) -> Any:

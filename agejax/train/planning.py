@@ -25,10 +25,10 @@ from agejax import terminal
 from agejax.errors import ConfigError
 from agejax.models import paths
 from agejax.train import initial_weights
-from agejax.train import length as length_lib
+from agejax.train import run_length
 from agejax.train import optim
 from agejax.train import schedules
-from agejax.train import setup
+from agejax.train import step_state
 from agejax.workdir import run_config
 
 
@@ -51,7 +51,7 @@ class PlanRow:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   rows: tuple[PlanRow, ...]
-  length: length_lib.RunLength
+  length: run_length.RunLength
   # (step, {group: learning rate}) at the milestones of the schedule.
   lr_milestones: tuple[tuple[int, dict[str, float]], ...]
   optimizer_state_floats: int
@@ -112,7 +112,7 @@ def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
   """The training-set size the schedule is laid out for."""
   if cfg.data.num_train_examples > 0:
     return cfg.data.num_train_examples
-  from agejax.data import pipeline as input_pipeline  # TensorFlow only when the dataset is read
+  from agejax.data import input_pipeline  # TensorFlow only when the dataset is read
 
   try:
     return input_pipeline.num_examples(cfg.data, cfg.data.train_split)
@@ -203,7 +203,7 @@ def _batch_norm_text(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) ->
 
 
 def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
-             length: length_lib.RunLength, weights: str) -> list[tuple[str, str]]:
+             length: run_length.RunLength, weights: str) -> list[tuple[str, str]]:
   """The run's decisions as (name, text) rows: what --dry_run and the trainer print first."""
   m, d, n = cfg.model, cfg.data, length
   labels = group_labels(rows)
@@ -248,7 +248,7 @@ def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
   ]
 
 
-def phases_text(length: length_lib.RunLength, lr: float) -> str:
+def phases_text(length: run_length.RunLength, lr: float) -> str:
   """One line per phase: its epochs, steps, batch, input side and peak learning rate."""
   lines = []
   for p in length.phases:
@@ -282,11 +282,11 @@ def make_plan(cfg: ml_collections.ConfigDict, imported: Any = None) -> Plan:
 
   ``imported`` is what ``initial_weights.prepare_pretrained`` read.
   """
-  length = length_lib.run_length(cfg, num_train_examples(cfg))
+  length = run_length.run_length(cfg, num_train_examples(cfg))
   params = abstract_params(cfg)
   # The trainer's own set-up: the same optimizer and schedule, counted in
   # updates, so the plan is the run (gradient accumulation included).
-  statics = setup.build_step_fns(cfg, length)
+  statics = step_state.build_step_fns(cfg, length)
   assignments = statics.assignments
   shapes = {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
   rows = plan_rows(assignments, shapes, initial_weights.sources(cfg.init, shapes, imported),
@@ -382,10 +382,10 @@ def format_plan(plan: Plan) -> str:
 
 def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   """Validates ``cfg``, prints the plan and writes it; returns plan.json's path."""
-  from agejax.config import validation  # pylint: disable=import-outside-toplevel
-  from agejax.train import plots  # pylint: disable=import-outside-toplevel
+  from agejax.config import config_check  # pylint: disable=import-outside-toplevel
+  from agejax.train import lr_plots  # pylint: disable=import-outside-toplevel
 
-  validation.validate(cfg)
+  config_check.validate(cfg)
   imported = initial_weights.prepare_pretrained(cfg)  # they decide variant and preprocessing
   plan = make_plan(cfg, imported)
   print(format_plan(plan))
@@ -396,7 +396,7 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   if warning:
     print(f"\n{warning}")
   out = write_plan(plan, workdir)
-  figure = plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"),
+  figure = lr_plots.plot_lr_plan(plan, os.path.join(workdir, "plan_lr.png"),
                               title=run_config.title(cfg, workdir),
                               labels=group_labels(plan.rows))
   print(f"\nplan written to {out}; learning rates plotted in {figure}")

@@ -22,10 +22,10 @@ def crop_rule(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   # Imported here: only a workdir needs the dataset code, a bundle never does.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  from agejax.data import catalog as datasets  # pylint: disable=g-import-not-at-top
+  from agejax.data import catalog  # pylint: disable=g-import-not-at-top
 
   try:
-    datasets.register_builders()
+    catalog.register_builders()
     builder = tfds.builder(data_cfg.dataset, data_dir=data_cfg.data_dir or None,
                            try_gcs=False)
   except Exception as e:  # pylint: disable=broad-except

@@ -28,11 +28,11 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
-from agejax.config import defaults as config_lib
-from agejax.train import length as length_lib
+from agejax.config import defaults
+from agejax.train import run_length
 from agejax.train import steps
-from agejax import mesh as mesh_lib
-from agejax.train import setup
+from agejax import device_mesh
+from agejax.train import step_state
 from agejax.benchmark import common
 
 COLUMNS = ("batch_size", "images_per_sec", "ms_per_step", "gflops_per_step", "gflops_per_sec",
@@ -56,7 +56,7 @@ class StepSettings:
 
 def make_config(s: StepSettings) -> ml_collections.ConfigDict:
   """``default_config`` with the benchmark's model and batch: momentum SGD."""
-  cfg = config_lib.default_config()
+  cfg = defaults.default_config()
   cfg.model.arch = s.arch
   cfg.model.width = s.width
   cfg.model.dtype = s.dtype
@@ -132,11 +132,11 @@ def set_up(s: StepSettings) -> StepSetUp:
   """The trainer's own set-up of ``s``'s network and optimizer, on synthetic data."""
   cfg = make_config(s)
   # The schedule never ends inside the benchmark: a long nominal run.
-  statics = setup.build_step_fns(cfg, length_lib.run_length(cfg, s.batch_size * 1000))
-  mesh = mesh_lib.data_parallel_mesh()
+  statics = step_state.build_step_fns(cfg, run_length.run_length(cfg, s.batch_size * 1000))
+  mesh = device_mesh.data_parallel_mesh()
   return StepSetUp(
       statics=statics,
-      fresh_state=lambda: setup.create_train_state(cfg, statics, NamedSharding(mesh, P()),
+      fresh_state=lambda: step_state.create_train_state(cfg, statics, NamedSharding(mesh, P()),
                                                    load_weights=False),
       batch=synthetic_batch(s, NamedSharding(mesh, P("data"))))
 

@@ -42,8 +42,8 @@ from tensorflow_datasets.core import naming
 
 from agejax.data import augment
 from agejax.data import stages
-from agejax.data import catalog as datasets
-from agejax.data import prefetch as device_prefetch
+from agejax.data import catalog
+from agejax.data import device_prefetch
 from agejax.errors import ConfigError, DataCorrupt
 
 
@@ -64,9 +64,9 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
         "data.dataset",
         f"{name!r} names a community/hub dataset, which TFDS fetches over the "
         "network; build it locally and use its plain name")
-  builder = datasets.builder(name, data_dir)
+  builder = catalog.builder(name, data_dir)
   if not builder.is_prepared():
-    raise datasets.not_built_error(name, builder.data_dir, data_dir)
+    raise catalog.not_built_error(name, builder.data_dir, data_dir)
   return builder
 
 
@@ -375,7 +375,7 @@ DeviceIterator = device_prefetch.DeviceIterator
 def device_batches(dataset: tf.data.Dataset, sharding: Any, prefetch: int = 2,
                    data_cfg: ml_collections.ConfigDict | None = None,
                    split: str | None = None) -> DeviceIterator:
-  """:func:`agejax.data.prefetch.device_batches`; with ``data_cfg`` and ``split``,
+  """:func:`agejax.data.device_prefetch.device_batches`; with ``data_cfg`` and ``split``,
   a corrupt file of the built dataset raises DataCorrupt naming it."""
   on_error = None
   if data_cfg is not None and split is not None:
@@ -413,7 +413,7 @@ def read_error(data_cfg: ml_collections.ConfigDict, split: str,
   builder = _builder(data_cfg.dataset, data_cfg.data_dir)
   bad = unreadable_files(_split_files(builder, split))
   rebuild = (f"delete {builder.data_dir} and build it again (tfds build "
-             f"data_builders/{datasets.base_name(data_cfg.dataset)} ...; see its README)")
+             f"data_builders/{catalog.base_name(data_cfg.dataset)} ...; see its README)")
   if bad:
     first, reason = next(iter(bad.items()))
     more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""

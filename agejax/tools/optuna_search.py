@@ -29,9 +29,9 @@ import optuna
 from absl import logging
 
 from agejax import terminal
-from agejax.config import validation as config_check
+from agejax.config import config_check
 from agejax.errors import ConfigError, RunFailed, TrainingDiverged, UsageError
-from agejax.train import loop as train
+from agejax.train import loop
 
 REPORT_JSON = "report.json"
 IMPORTANCE_PNG = "importance.png"
@@ -146,7 +146,7 @@ def objective(base_config: Callable[[], ml_collections.ConfigDict], space: Calla
         raise optuna.TrialPruned(f"pruned at step {step}")
 
     try:
-      summary = train.train_and_evaluate(cfg, workdir, eval_hook=report)
+      summary = loop.train_and_evaluate(cfg, workdir, eval_hook=report)
     except TrainingDiverged as e:
       trial.set_user_attr("error", str(e))
       raise optuna.TrialPruned(f"diverged: {e}") from e

@@ -89,7 +89,7 @@ def _finished(workdir: str) -> bool:
 
 def _evaluate(workdir: str, split: int, datasets: Sequence[str]) -> dict[str, Any]:
   """The split's test metrics on each dataset, reusing a saved evaluation of this checkpoint."""
-  from agejax.evaluation import run as evaluation  # pylint: disable=import-outside-toplevel
+  from agejax.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
   from agejax.workdir import restore  # pylint: disable=import-outside-toplevel
 
   trained = restore.load_trained(workdir, "best")
@@ -100,7 +100,7 @@ def _evaluate(workdir: str, split: int, datasets: Sequence[str]) -> dict[str, An
   todo = [d for d in datasets if d not in saved["datasets"]]
   if todo:
     specs = {d: f"{d}:{_test_split(trained.config.data, d, split)}" for d in todo}
-    records = evaluation.evaluate_run(workdir, "best", list(specs.values()))
+    records = evaluate_run.evaluate_run(workdir, "best", list(specs.values()))
     for dataset, spec in specs.items():
       record = records[spec]
       saved["datasets"][dataset] = {"split": record["split"], "n": record["n"],

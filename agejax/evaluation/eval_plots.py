@@ -1,7 +1,7 @@
 """The figures of an evaluation, written as PNG files next to its JSON.
 
 Each function draws one figure from the predictions or from the metrics of
-:mod:`agejax.evaluation.metrics`, saves it and returns the path. :func:`png_pixels`
+:mod:`agejax.evaluation.age_metrics`, saves it and returns the path. :func:`png_pixels`
 reads a written figure back as the uint8 array TensorBoard takes, so the
 image in TensorBoard is the file, pixel for pixel.
 """

@@ -24,14 +24,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from agejax import terminal
 
-from agejax.config import validation as config_check
-from agejax.data import catalog as datasets
-from agejax.train import initial_weights as initialization
-from agejax.data import pipeline as input_pipeline
-from agejax.train import length as length_lib
+from agejax.config import config_check
+from agejax.data import catalog
+from agejax.train import initial_weights
+from agejax.data import input_pipeline
+from agejax.train import run_length
 from agejax.train import steps
-from agejax import mesh as mesh_lib
-from agejax.train import setup
+from agejax import device_mesh
+from agejax.train import step_state
 from agejax.errors import ConfigError
 
 SMOOTHING = 0.9  # EMA factor of the loss, bias-corrected
@@ -69,17 +69,17 @@ def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
   config_check.validate(cfg)
   if not 0 < min_lr < max_lr:
     raise ConfigError("--min_lr", f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
-  imported = initialization.prepare_pretrained(cfg)
-  datasets.ensure_prepared(cfg.data)
-  mesh = mesh_lib.data_parallel_mesh()
+  imported = initial_weights.prepare_pretrained(cfg)
+  catalog.ensure_prepared(cfg.data)
+  mesh = device_mesh.data_parallel_mesh()
   num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
       cfg.data, cfg.data.train_split)
-  length = length_lib.run_length(cfg, num_train)
+  length = run_length.run_length(cfg, num_train)
   # Updates count from 0; the sweep reaches max_lr at the last update.
   sweep = optax.exponential_decay(init_value=min_lr, transition_steps=max(num_steps - 1, 1),
                                   decay_rate=max_lr / min_lr)
-  statics = setup.build_step_fns(cfg, length, schedule=sweep)
-  state = setup.create_train_state(cfg, statics, NamedSharding(mesh, P()), imported=imported)
+  statics = step_state.build_step_fns(cfg, length, schedule=sweep)
+  state = step_state.create_train_state(cfg, statics, NamedSharding(mesh, P()), imported=imported)
   step_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
   batches = input_pipeline.device_batches(
       input_pipeline.create_split(cfg.data, cfg.model, cfg.data.train_split, train=True,
@@ -110,8 +110,8 @@ def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
 
 
 def plot(result: dict, out_path: str) -> str:
-  from agejax.train import plots  # matplotlib only when a figure is drawn
-  return plots.plot_lr_find(result["lrs"], result["losses"], result["smoothed"],
+  from agejax.train import lr_plots  # matplotlib only when a figure is drawn
+  return lr_plots.plot_lr_find(result["lrs"], result["losses"], result["smoothed"],
                             result["suggested_lr"], out_path)
 
 

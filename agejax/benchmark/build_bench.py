@@ -73,8 +73,8 @@ def write_release(manual_dir: str, s: BuildSettings) -> int:
 
 def _tfds() -> Any:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from agejax.data import catalog as datasets  # pylint: disable=import-outside-toplevel
-  datasets.register_builders()
+  from agejax.data import catalog  # pylint: disable=import-outside-toplevel
+  catalog.register_builders()
   return tfds
 
 

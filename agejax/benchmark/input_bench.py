@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator
 
-from agejax.benchmark import build as build_bench
+from agejax.benchmark import build_bench
 from agejax.benchmark import common
 
 COLUMNS = ("images_per_sec", "images_per_sec_per_core", "ratio")
@@ -71,9 +71,9 @@ def _minimal(builder: Any, s: InputSettings) -> Any:
 
 
 def _agejax(data_dir: str, s: InputSettings, rotation: float, jitter: float) -> Any:
-  from agejax.config import defaults as config_lib  # pylint: disable=import-outside-toplevel
-  from agejax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
-  cfg = config_lib.default_config()
+  from agejax.config import defaults  # pylint: disable=import-outside-toplevel
+  from agejax.data import input_pipeline  # pylint: disable=import-outside-toplevel
+  cfg = defaults.default_config()
   cfg.data.dataset = "imdb_wiki/clean"
   cfg.data.data_dir = data_dir
   cfg.data.image_size = s.image_size

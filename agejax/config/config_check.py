@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from agejax.config import defaults as config_lib
+from agejax.config import defaults
 from agejax import models
 from agejax.models import heads
-from agejax.train import length as length_lib
+from agejax.train import run_length
 from agejax.train import optim
 from agejax.errors import ConfigError
 
@@ -50,26 +50,26 @@ def _type_ok(default: Any, value: Any) -> bool:
 
 def unknown_key_error(key: str) -> ConfigError | None:
   """The error for a dotted key the defaults do not declare, or None if they do."""
-  defaults = dict(leaves(config_lib.default_config()))
-  if key in defaults:
+  declared = dict(leaves(defaults.default_config()))
+  if key in declared:
     return None
-  if key in {k.rsplit(".", 1)[0] for k in defaults if "." in k}:
+  if key in {k.rsplit(".", 1)[0] for k in declared if "." in k}:
     return ConfigError(key, "is a section; set its keys, not the section itself")
-  close = difflib.get_close_matches(key, defaults, n=3)
+  close = difflib.get_close_matches(key, declared, n=3)
   hint = f" (did you mean {', '.join(close)}?)" if close else ""
   return ConfigError(key, f"unknown config key{hint}")
 
 
 def check_keys_and_types(cfg: ml_collections.ConfigDict) -> None:
   """Rejects keys the defaults do not declare and values of the wrong type."""
-  defaults = dict(leaves(config_lib.default_config()))
+  declared = dict(leaves(defaults.default_config()))
   for key, value in leaves(cfg):
-    if key not in defaults:
+    if key not in declared:
       raise unknown_key_error(key)
-    if not _type_ok(defaults[key], value):
+    if not _type_ok(declared[key], value):
       raise ConfigError(
           key,
-          f"expected {type(defaults[key]).__name__}, got "
+          f"expected {type(declared[key]).__name__}, got "
           f"{type(value).__name__} {value!r}")
 
 
@@ -144,7 +144,7 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.clip_grad_norm": (_NON_NEGATIVE[0], ">= 0 (0: off)"),
     "optim.grad_accum_steps": ((lambda v: v >= 1), "an integer >= 1"),
     "optim.wd_mode": _one_of(optim.WD_MODES),
-    "optim.lr_scaling": _one_of(tuple(length_lib.LR_SCALINGS)),
+    "optim.lr_scaling": _one_of(tuple(run_length.LR_SCALINGS)),
     "optim.wd_exclude": (_is_regex, "a valid regex ('' decays everything)"),
     "init.include": (_regex_list, "a list of valid regexes (empty: everything)"),
     "init.exclude": (_regex_list, "a list of valid regexes"),

@@ -33,7 +33,7 @@ counts once. Process 0 writes, for a stem ``DIR/eval/<dataset>_<split>_<step>``
 (``/`` and other characters unfit for file names become ``_``; ``_flip`` is
 appended with TTA so both variants can sit side by side):
 
-* ``<stem>.json``: the :func:`agejax.evaluation.metrics.summarize` metrics plus
+* ``<stem>.json``: the :func:`agejax.evaluation.age_metrics.summarize` metrics plus
   ``dataset``, ``split``, ``label``, ``label_std``, ``checkpoint_step``,
   ``tta`` (``"none"`` or ``"flip"``), ``figures`` and ``predictions``;
 * ``<stem>_predictions.npz``: ``pred``, ``true``, ``std``, ``spread`` and ``loss``, one
@@ -55,13 +55,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from agejax import mesh as mesh_lib
-from agejax.data import catalog as dataset_lib
+from agejax import device_mesh
+from agejax.data import catalog
 from agejax.errors import ConfigError
-from agejax.evaluation import metrics as age_metrics
-from agejax.evaluation import plots as eval_plots
+from agejax.evaluation import age_metrics
+from agejax.evaluation import eval_plots
 from agejax.evaluation import predictions
-from agejax.workdir import metrics as metric_io
+from agejax.workdir import metric_io
 from agejax.workdir import restore
 
 EVAL_DIR = "eval"
@@ -126,8 +126,8 @@ def _data_config(run_cfg: ml_collections.ConfigDict, name: str, split: str,
   data.dataset, data.eval_split = name, split
   if data_dir is not None:
     data.data_dir = data_dir
-  dataset_lib.ensure_prepared(data)
-  info = dataset_lib.builder(name, data.data_dir).info
+  catalog.ensure_prepared(data)
+  info = catalog.builder(name, data.data_dir).info
   supervised = info.supervised_keys[1] if info.supervised_keys else None
   data.label, data.label_std = resolve_labels(
       run_cfg.data, name, info.features.keys(),
@@ -143,7 +143,7 @@ def make_predictor(trained: restore.TrainedModel, tta: bool
   are placed and the step compiled once, for all the splits evaluated, by
   the same function in-training validation uses.
   """
-  mesh = mesh_lib.data_parallel_mesh()
+  mesh = device_mesh.data_parallel_mesh()
   params, batch_stats = jax.device_put((trained.params, trained.batch_stats),
                                        NamedSharding(mesh, P()))
   forward_fn = predictions.make_forward(trained.graphdef, tta, mesh)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from agejax.train import steps
-from agejax.workdir import metrics as metric_io
+from agejax.workdir import metric_io
 from agejax.workdir import run_config
 
 TRAIN, TRAIN_EVAL, VALIDATION = "train", "train_eval", "validation"

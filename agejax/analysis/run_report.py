@@ -6,10 +6,10 @@ import os
 from typing import Any, Sequence
 
 from agejax import terminal
-from agejax.analysis import diagnoses as diagnoses_lib
+from agejax.analysis import diagnoses
 from agejax.analysis import documents
-from agejax.analysis import figures as figures_lib
-from agejax.analysis import runs as runs_lib
+from agejax.analysis import report_figures
+from agejax.analysis import run_records
 from agejax.errors import UsageError
 
 
@@ -20,18 +20,18 @@ def write_report(workdirs: Sequence[str], output: str | None = None,
   Raises:
     UsageError: a workdir that is not a training run, or a bad threshold.
   """
-  limits = diagnoses_lib.Thresholds.parse(list(thresholds))
+  limits = diagnoses.Thresholds.parse(list(thresholds))
   runs = []
   for workdir in workdirs:
     try:
-      runs.append(runs_lib.load(workdir))
+      runs.append(run_records.load(workdir))
     except FileNotFoundError as e:
       raise UsageError(f"--workdir={workdir}: {e}") from None
   if len({r.name for r in runs}) < len(runs):  # same folder name under different parents
-    runs = [runs_lib.Run(r.workdir, r.workdir, r.config, r.summary, r.records) for r in runs]
+    runs = [run_records.Run(r.workdir, r.workdir, r.config, r.summary, r.records) for r in runs]
   out = output or os.path.join(workdirs[0], "report")
-  found = [d for r in runs for d in diagnoses_lib.diagnose(r, limits)]
-  figures = figures_lib.write_all(runs, os.path.join(out, "figures"))
+  found = [d for r in runs for d in diagnoses.diagnose(r, limits)]
+  figures = report_figures.write_all(runs, os.path.join(out, "figures"))
   files = documents.write(runs, found, figures, out)
 
   for record in (documents.run_record(r) for r in runs):

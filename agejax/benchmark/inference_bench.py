@@ -86,7 +86,7 @@ def run(s: InferenceSettings) -> list[dict[str, Any]]:
   from agejax.serving import formats
   from agejax.serving import graph
   from agejax.serving import inference
-  from agejax.serving import predict
+  from agejax.serving import photos
   from agejax.serving import runtimes
 
   results = []
@@ -115,8 +115,8 @@ def run(s: InferenceSettings) -> list[dict[str, Any]]:
           "max_abs_age_vs_jax": float(np.abs(ages - reference).max())}))
     predictor = inference.load(os.path.join(directory, "bundle"))
     paths = _photos(s.photos, directory)
-    predict.predict_paths(predictor, paths[:1])  # compiles
-    seconds = common.time_calls(lambda: predict.predict_paths(predictor, paths), s.repeats,
+    photos.predict_paths(predictor, paths[:1])  # compiles
+    seconds = common.time_calls(lambda: photos.predict_paths(predictor, paths), s.repeats,
                                 warmup=0)
     results.append(common.record("inference", {**dataclasses.asdict(s), "runtime": "predict"},
                                  {"variant": "predict (bundle)",

@@ -17,13 +17,13 @@ from jax.sharding import NamedSharding
 
 from agejax import models
 from agejax.train import initial_weights
-from agejax.train import length as length_lib
+from agejax.train import run_length
 from agejax.train import optim
 from agejax.train import schedules
 from agejax.train import steps
 
 
-def build_step_fns(cfg: ml_collections.ConfigDict, length: length_lib.RunLength,
+def build_step_fns(cfg: ml_collections.ConfigDict, length: run_length.RunLength,
                    schedule: Any = None) -> steps.StepStatics:
   """The model's structure and the optimizer, from shapes alone.
 
