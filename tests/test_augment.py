@@ -13,6 +13,7 @@ from agejax.models import forward
 import tensorflow as tf
 
 from agejax.data import augment
+from agejax.data import eval_input
 from agejax.data import stages
 from agejax.config import defaults
 from agejax.errors import ConfigError
@@ -41,6 +42,27 @@ def _key(i: int) -> tf.Tensor:
 
 def _uniforms(i: int, n: int) -> tf.Tensor:
   return tf.random.stateless_uniform([n], _key(i))
+
+
+def _image_uniforms(key: tf.Tensor) -> tf.Tensor:
+  """One image's uniforms [NUM_UNIFORMS] from a stateless key ([2] int64)."""
+  return tf.random.stateless_uniform([augment.NUM_UNIFORMS], key)
+
+
+def _train_image(image, key, augment_cfg, image_size, resize_side, preprocessing=None):
+  """One training image through the pipeline's warp path (draws, then a batch of one)."""
+  shape = tf.shape(image)
+  drawn = stages.draws(_image_uniforms(key), shape[0], shape[1], augment_cfg, image_size,
+                       resize_side)
+  return stages.finish_one({"pixels": image, **drawn}, augment_cfg, image_size, preprocessing)
+
+
+def _train_image_from_jpeg(encoded, key, augment_cfg, image_size, preprocessing=None):
+  """The pipeline's JPEG path for the same key: the same window and flip as the warp path."""
+  shape = tf.image.extract_jpeg_shape(encoded)
+  drawn = stages.draws(_image_uniforms(key), shape[0], shape[1], augment_cfg, image_size,
+                       image_size)
+  return stages.jpeg_pixels(encoded, drawn, augment_cfg, image_size, preprocessing)
 
 
 def test_constants_are_the_published_ones():
@@ -100,40 +122,33 @@ def test_flip_images_array_dict_and_jit():
       np.asarray(jax.jit(forward.flip_images)(jnp.asarray(images))), flipped)
 
 
-def test_eval_resize_side():
-  assert augment.eval_resize_side(40, 48) == 48  # centre 40 of 48, no resize
-  assert augment.eval_resize_side(40, 32) == 40  # smaller than the crop: upscale
-  assert augment.eval_resize_side(224, 256) == 256
-  assert augment.eval_resize_side(224, None) == 256  # 224 / 0.875
-
-
 def test_center_crop_is_the_numpy_centre():
   image = _gradient(48, 48)
-  out = augment.center_crop(tf.constant(image), 40, 48).numpy()
+  out = eval_input.center_crop_tf(tf.constant(image), 40, 48).numpy()
   assert out.dtype == np.float32
   np.testing.assert_array_equal(out, image[4:44, 4:44])
   wide = _gradient(48, 61)  # offset (61 - 40) // 2 = 10
   np.testing.assert_array_equal(
-      augment.center_crop(tf.constant(wide), 40, 48).numpy(), wide[4:44, 10:50])
+      eval_input.center_crop_tf(tf.constant(wide), 40, 48).numpy(), wide[4:44, 10:50])
   # A smaller stored image is resized so its shorter side is the crop.
-  small = augment.center_crop(tf.constant(_gradient(20, 20)), 40, 40).numpy()
+  small = eval_input.center_crop_tf(tf.constant(_gradient(20, 20)), 40, 40).numpy()
   assert small.shape == (40, 40, 3)
 
 
 def test_train_without_augmentation_is_the_eval_crop():
   image = tf.constant(_gradient(48, 48))
-  expected = augment.center_crop(image, 40, 48).numpy()
+  expected = eval_input.center_crop_tf(image, 40, 48).numpy()
   for i in range(3):
-    out = stages.train_image(image, _key(i), _augment_cfg(), 40, 48).numpy()
+    out = _train_image(image, _key(i), _augment_cfg(), 40, 48).numpy()
     np.testing.assert_array_equal(out, expected)
 
 
 def test_flip_is_exact_and_random():
   image = tf.constant(_gradient(48, 48))
-  crop = augment.center_crop(image, 40, 48).numpy()
+  crop = eval_input.center_crop_tf(image, 40, 48).numpy()
   flips = []
   for i in range(16):
-    out = stages.train_image(image, _key(i), _augment_cfg(flip=True), 40, 48).numpy()
+    out = _train_image(image, _key(i), _augment_cfg(flip=True), 40, 48).numpy()
     flipped = np.array_equal(out, crop[:, ::-1])
     assert flipped or np.array_equal(out, crop)
     flips.append(flipped)
@@ -152,9 +167,9 @@ def test_rotation_by_a_right_angle_is_rot90():
 
 def test_rotation_stays_within_its_range():
   image = tf.constant(_gradient(48, 48))
-  crop = augment.center_crop(image, 40, 48).numpy()
+  crop = eval_input.center_crop_tf(image, 40, 48).numpy()
   cfg = _augment_cfg(rotation_degrees=10.0)
-  outs = [stages.train_image(image, _key(i), cfg, 40, 48).numpy() for i in range(4)]
+  outs = [_train_image(image, _key(i), cfg, 40, 48).numpy() for i in range(4)]
   for out in outs:
     assert not np.array_equal(out, crop)
     # Rotating about the centre keeps the centre pixel (up to interpolation).
@@ -182,7 +197,7 @@ def test_fixed_scale_crop_is_a_quarter_upscaled():
   cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25,
                      crop_scale_max=0.25, crop_ratio_min=1.0, crop_ratio_max=1.0)
   image = tf.constant(_gradient(48, 48))
-  out = stages.train_image(image, _key(3), cfg, 48, 48).numpy()
+  out = _train_image(image, _key(3), cfg, 48, 48).numpy()
   # A 24 px window shown at 48 px: the red ramp (5 per stored pixel) now
   # rises 2.5 per output pixel, over a 24 px span.
   steps = np.diff(out[24, 1:-1, 0])
@@ -204,9 +219,9 @@ def test_color_jitter():
 def test_train_image_is_a_function_of_its_key():
   cfg = defaults.default_config().data.augment  # everything on
   image = tf.constant(_gradient(48, 48))
-  a = stages.train_image(image, _key(5), cfg, 40, 48).numpy()
-  b = stages.train_image(image, _key(5), cfg, 40, 48).numpy()
-  c = stages.train_image(image, _key(6), cfg, 40, 48).numpy()
+  a = _train_image(image, _key(5), cfg, 40, 48).numpy()
+  b = _train_image(image, _key(5), cfg, 40, 48).numpy()
+  c = _train_image(image, _key(6), cfg, 40, 48).numpy()
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert a.shape == (40, 40, 3) and a.dtype == np.float32
@@ -223,8 +238,8 @@ def test_jpeg_fast_path_decodes_only_the_window_and_flips_like_the_warp():
                                                        rotation_degrees=5.0))
   flips = []
   for i in range(16):
-    fast = stages.train_image_from_jpeg(encoded, _key(i), cfg, 48).numpy()
-    slow = stages.train_image(tf.constant(decoded.astype(np.uint8)), _key(i), cfg, 48, 48).numpy()
+    fast = _train_image_from_jpeg(encoded, _key(i), cfg, 48).numpy()
+    slow = _train_image(tf.constant(decoded.astype(np.uint8)), _key(i), cfg, 48, 48).numpy()
     flipped = np.array_equal(fast, decoded[:, ::-1])
     assert flipped or np.array_equal(fast, decoded)
     # Same key, same draw: the warp path flips the same images.
@@ -237,8 +252,8 @@ def test_jpeg_fast_path_window_matches_the_sampled_crop():
   encoded = tf.io.encode_jpeg(tf.constant(_gradient(48, 48)), quality=100)
   cfg = _augment_cfg(random_resized_crop=True, crop_scale_min=0.25, crop_scale_max=0.25,
                      crop_ratio_min=1.0, crop_ratio_max=1.0)
-  out = stages.train_image_from_jpeg(encoded, _key(3), cfg, 24).numpy()
-  crop = stages.uniforms(_key(3))[augment.CROP]
+  out = _train_image_from_jpeg(encoded, _key(3), cfg, 24).numpy()
+  crop = _image_uniforms(_key(3))[augment.CROP]
   cx, cy, w, h = (float(v) for v in augment.sample_crop(crop, 48, 48, (0.25, 0.25), (1, 1)))
   assert (w, h) == (24.0, 24.0)
   # A 24 px window resized to 24 px: red = 5 * x and green = 5 * y of its
@@ -254,8 +269,8 @@ def test_jpeg_fast_path_mirrors_before_resizing_like_after():
   crop = dict(random_resized_crop=True, crop_scale_min=0.3, crop_scale_max=0.6)
   mirrored = 0
   for i in range(8):
-    plain = stages.train_image_from_jpeg(encoded, _key(i), _augment_cfg(**crop), 40).numpy()
-    out = stages.train_image_from_jpeg(encoded, _key(i), _augment_cfg(flip=True, **crop),
+    plain = _train_image_from_jpeg(encoded, _key(i), _augment_cfg(**crop), 40).numpy()
+    out = _train_image_from_jpeg(encoded, _key(i), _augment_cfg(flip=True, **crop),
                                        40).numpy()
     if np.array_equal(out, plain):
       continue

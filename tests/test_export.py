@@ -9,12 +9,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from agejax.data import augment
 from agejax import export
 from agejax import predict
 from agejax.serving import bundle
 from agejax.serving import exporters
-from agejax.data import face_crop
 from agejax.serving import inference
 from agejax.data import input_pipeline
 from agejax.workdir import metric_io
@@ -77,21 +75,6 @@ def test_preprocessing_matches_the_tf_pipeline(bundle_dir, validation):
   np.testing.assert_array_equal(ours, pipeline)  # stored 32 = input 32: no resampling
 
 
-@pytest.mark.parametrize("image_size", [24, 32, 48, 100])
-def test_eval_crop_matches_augment_center_crop(image_size):
-  """Crop only (24, 32: bit-exact) and resize up, then crop (48, 100)."""
-  image = np.random.default_rng(image_size).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-  side = augment.eval_resize_side(image_size, 32)
-  expected = augment.center_crop(tf.constant(image), image_size, side).numpy()
-  ours = np.asarray(inference.eval_crop(image[None], image_size, 32))[0]
-  if side == 32:
-    np.testing.assert_array_equal(ours, expected)
-  else:  # two implementations of one resampling: float rounding apart, < 2e-4 of 255
-    np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=0)
-    np.testing.assert_allclose(augment.normalize(ours, "imagenet"),
-                               augment.normalize(expected, "imagenet"), atol=1e-5, rtol=0)
-
-
 def test_bundle_predicts_what_the_trained_network_evaluates(workdir, bundle_dir, validation):
   stored, labels, batches = validation
   module = restore.load_trained(workdir, str(STEPS)).module()
@@ -126,18 +109,23 @@ def test_workdir_and_bundle_give_the_same_ages(workdir, bundle_dir, validation):
 def test_batches_are_padded_and_crops_resized(bundle_dir, validation):
   stored = validation[0]
   predictor = inference.load(bundle_dir, batch_size=8)
-  compiled = inference._predict_batch._cache_size()
+  compiled = inference.compiled_serving(predictor.meta)._cache_size()
   all_ages, _ = predictor(stored[:20])  # 3 batches, the last one padded by 4
   few_ages, _ = predictor(list(stored[:3]))
   again, _ = inference.load(bundle_dir, batch_size=8)(stored[:3])
   np.testing.assert_allclose(few_ages, all_ages[:3], atol=1e-5, rtol=0)
   np.testing.assert_array_equal(again, few_ages)
   # One batch shape, one compilation, shared by the second predictor.
-  assert inference._predict_batch._cache_size() == compiled + 1
-  # A crop of another size is resized as the dataset's builders resize.
+  assert inference.compiled_serving(predictor.meta)._cache_size() == compiled + 1
+  # A crop of another size is resized by the serving function's own first step
+  # (TF's antialiased bilinear resize is the same filter: within one level).
   big = np.asarray(tf.image.resize(stored[:1], [96, 96], "nearest"))[0]
-  np.testing.assert_array_equal(predictor.prepare([big, stored[1]]),
-                                [face_crop.crop_face(big, None, size=32), stored[1]])
+  prepared = predictor.prepare([big, stored[1]])
+  assert prepared.dtype == np.uint8
+  np.testing.assert_array_equal(prepared[0], inference.to_stored(big, 32))
+  np.testing.assert_array_equal(prepared[1], stored[1])
+  reference = tf.image.resize(big[None].astype(np.float32), [32, 32], "bilinear", antialias=True)
+  assert np.abs(prepared[0].astype(float) - np.round(reference.numpy()[0])).max() <= 1
   assert predictor([])[0].shape == (0,)
   with pytest.raises(ValueError, match="uint8 RGB"):
     predictor([stored[0].astype(np.float32)])

@@ -161,6 +161,31 @@ def test_a_fixed_batch_export_takes_that_batch(workdir, trained, tmp_path):
   np.testing.assert_allclose(ages, np.full(6, want), atol=formats.TOLERANCE)
 
 
+def odd_sized_astronaut_faces():
+  """The astronaut's face at three sizes no dataset stores: two squares and an oblong."""
+  photo = skdata.astronaut()
+  return [face_crop.crop_face(photo, FACE, margin=0.4, size=45),
+          face_crop.crop_face(photo, FACE, margin=0.2, size=77),
+          photo[60:171, 170:267]]  # 111 x 97
+
+
+@pytest.mark.parametrize("fmt", ["saved_model", "tflite", "onnx"])
+def test_a_workdir_and_each_export_give_the_same_ages_for_crops_of_any_size(fmt, workdir,
+                                                                            tmp_path):
+  meta = run_export(workdir, tmp_path / fmt, f"--format={fmt}")
+  crops = odd_sized_astronaut_faces()
+  from_workdir, _ = inference.load(workdir, checkpoint=str(STEPS))(crops)
+  from_export, _ = inference.load(str(tmp_path / fmt))(crops)
+  assert np.std(from_workdir) > 0.01  # three different inputs, not one crop three times
+  print(fmt, "odd sizes: max |export age - workdir age|",
+        float(np.abs(from_export - from_workdir).max()))
+  np.testing.assert_allclose(from_export, from_workdir, rtol=0, atol=1e-4)
+  if meta["export"]["input"]["shape"][1] == "H":  # the graph itself resizes any size
+    _, run = runtimes.load(str(tmp_path / fmt))
+    direct = [float(run(crop[None])["age"][0]) for crop in crops]
+    np.testing.assert_allclose(direct, from_workdir, rtol=0, atol=1e-4)
+
+
 def test_predict_gives_the_same_ages_for_a_bundle_and_a_saved_model(workdir, tmp_path, capsys):
   run_export(workdir, tmp_path / "bundle")
   run_export(workdir, tmp_path / "sm", "--format=saved_model")

@@ -94,7 +94,7 @@ def test_photos_without_faces_have_no_boxes():
 
 
 def test_predict_paths_reports_every_file(predictor, photo_dir):
-  records = predict.predict_paths(predictor, [photo_dir])
+  records = photos.predict_paths(predictor, [photo_dir])
   names = [os.path.relpath(r["file"], photo_dir) for r in records]
   assert names == ["astronaut.jpg", "broken.jpg", "coffee.png", "group/a.png", "group/b.png",
                    "plain/flat.png"]
@@ -110,7 +110,7 @@ def test_predict_paths_reports_every_file(predictor, photo_dir):
   assert iou(mirrored["box"], (512 - FACE[2], FACE[1], 512 - FACE[0], FACE[3])) > 0.5
 
   # The age is the network's on the training-rule crop of the detected box.
-  photo = predict.read_photo(os.path.join(photo_dir, "group", "a.png"))
+  photo = photos.read_photo(os.path.join(photo_dir, "group", "a.png"))
   box = face_detect.detect(photo)[0][:4]
   crop = face_crop.crop_face(photo, box, margin=0.4, size=32)
   ages, spreads = predictor([crop])
@@ -124,7 +124,7 @@ def test_predict_paths_reports_every_file(predictor, photo_dir):
 
 def test_no_detect_takes_the_whole_image_as_the_face(predictor, photo_dir):
   path = os.path.join(photo_dir, "coffee.png")
-  record, = predict.predict_paths(predictor, [path], detect=False)
+  record, = photos.predict_paths(predictor, [path], detect=False)
   face, = record["faces"]
   assert face["box"] == [0, 0, 600, 400] and face["score"] is None
   expected = predictor([face_crop.crop_face(skdata.coffee(), None, size=32)])[0][0]
@@ -188,7 +188,7 @@ def test_photos_are_turned_upright_by_their_exif_orientation(predictor, tmp_path
   exif = Image.Exif()
   exif[0x0112] = 6  # Orientation
   sideways.save(path, quality=95, exif=exif)
-  record, = predict.predict_paths(predictor, [path])
+  record, = photos.predict_paths(predictor, [path])
   assert (record["width"], record["height"]) == (400, 512)
   face, = record["faces"]
   assert iou(face["box"], FACE) > 0.5
@@ -198,8 +198,8 @@ def test_a_bundle_needs_neither_the_training_code_nor_tfds(bundle_dir, photo_dir
   script = (
       "import sys\n"
       "from agejax import predict\n"
-      f"assert predict.main(['predict', '--model', {bundle!r}, '--no_detect', "
-      f"{os.path.join(photos, 'coffee.png')!r}]) == 0\n"
+      f"assert predict.main(['predict', '--model', {bundle_dir!r}, '--no_detect', "
+      f"{os.path.join(photo_dir, 'coffee.png')!r}]) == 0\n"
       "loaded = [m for m in ('tensorflow_datasets', 'agejax.train.loop', 'agejax.workdir.restore',\n"
       "                      'agejax.data.input_pipeline') if m in sys.modules]\n"
       "assert not loaded, loaded\n")

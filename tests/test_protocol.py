@@ -64,7 +64,7 @@ def test_five_splits_give_the_table_and_a_second_run_redoes_nothing(data_dir, tm
   for row in doc["splits"]:
     k = row["split"]
     cfg = run_config.load(os.path.join(root, f"split_{k}"))
-    train, val, test = (protocol.folders.PROTOCOL_SPLITS[k])
+    train, val, test = (protocol_runs.folders.PROTOCOL_SPLITS[k])
     assert cfg.data.train_split == "+".join(f"folder{f}" for f in train)
     assert cfg.data.eval_split == "+".join(f"folder{f}" for f in val)
     for dataset in (bench, cross):
@@ -100,24 +100,24 @@ def test_five_splits_give_the_table_and_a_second_run_redoes_nothing(data_dir, tm
   monkeypatch.setattr(loop, "train_and_evaluate", refuse)
   monkeypatch.setattr(evaluate_run, "evaluate_run", refuse)
   said = []
-  again = protocol.run_protocol(base_config, bench, root, range(5), [cross], log=said.append)
+  again = protocol_runs.run_protocol(base_config, bench, root, range(5), [cross], log=said.append)
   assert said[6] == f"split 3: trained ({root}/split_3), not retrained"
   assert again == doc == json.load(open(os.path.join(root, "protocol.json")))
 
 
 def test_database_names_and_split_lists():
-  assert protocol.dataset_name("AgeDB") == "facebase/agedb"
-  assert protocol.dataset_name("FG-NET") == "facebase/fgnet"
-  assert protocol.dataset_name("AFAD") == "facebase/afad"
-  assert protocol.dataset_name("IMDB-CLEAN-FP-AGE") == "facebase/imdb_clean_fp_age"
-  assert protocol.dataset_name("utkface/default") == "utkface/default"
+  assert protocol_runs.dataset_name("AgeDB") == "facebase/agedb"
+  assert protocol_runs.dataset_name("FG-NET") == "facebase/fgnet"
+  assert protocol_runs.dataset_name("AFAD") == "facebase/afad"
+  assert protocol_runs.dataset_name("IMDB-CLEAN-FP-AGE") == "facebase/imdb_clean_fp_age"
+  assert protocol_runs.dataset_name("utkface/default") == "utkface/default"
   with pytest.raises(ConfigError, match="--benchmark"):
-    protocol.dataset_name("LFW")
-  assert protocol.parse_splits("0-4") == [0, 1, 2, 3, 4]
-  assert protocol.parse_splits("3,1") == [1, 3]
+    protocol_runs.dataset_name("LFW")
+  assert protocol_runs.parse_splits("0-4") == [0, 1, 2, 3, 4]
+  assert protocol_runs.parse_splits("3,1") == [1, 3]
   for bad in ("5", "a-b", "2-7"):
     with pytest.raises(ConfigError, match="--splits"):
-      protocol.parse_splits(bad)
+      protocol_runs.parse_splits(bad)
 
 
 def test_a_dataset_not_stored_as_folders_is_refused(tiny_data_dir, tmp_path):
@@ -130,7 +130,7 @@ def test_a_dataset_not_stored_as_folders_is_refused(tiny_data_dir, tmp_path):
 
 
 def test_a_run_that_stopped_early_by_its_rule_is_finished_a_preempted_one_is_not():
-  assert protocol._ended({"stopped": "completed"})
-  assert protocol._ended({"stopped": "early stopping: no improvement in 3 evaluations"})
+  assert protocol_runs._ended({"stopped": "completed"})
+  assert protocol_runs._ended({"stopped": "early stopping: no improvement in 3 evaluations"})
   for summary in ({"stopped": "preempted"}, {"stopped": "diverged: loss is nan"}, None):
-    assert not protocol._ended(summary)
+    assert not protocol_runs._ended(summary)

@@ -41,7 +41,7 @@ HEALTHY = {"train.num_epochs": 12.0, "train.eval_every_steps": 16, "optim.lr": 0
 
 
 def _kinds(workdir, *thresholds):
-  doc = report.write_report([workdir], thresholds=thresholds)
+  doc = run_report.write_report([workdir], thresholds=thresholds)
   return doc, {d["kind"]: d for d in doc["diagnoses"]}
 
 

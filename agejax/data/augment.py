@@ -25,7 +25,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -45,11 +44,6 @@ UNIFORM_COLUMNS = ("area", "log_ratio", "left", "top", "flip", "angle",
                    "brightness", "contrast", "saturation")
 NUM_UNIFORMS = len(UNIFORM_COLUMNS)
 CROP, FLIP, ANGLE, JITTER = slice(0, 4), 4, 5, slice(6, 9)
-
-# Stored images of unknown size are resized so that the centre crop keeps this
-# fraction of the shorter side (the usual 224-of-256 evaluation crop).
-DEFAULT_EVAL_CROP_FRACTION = 0.875
-
 
 def normalize(images: Any, preprocessing: str) -> Any:
   """uint8 or float RGB images in [0, 255] to the network's input.
@@ -115,50 +109,9 @@ def _normalize_tf(x: tf.Tensor, preprocessing: str) -> tf.Tensor:
   return tf.reshape(_shift_and_scale(rows, preprocessing, tiles=width), shape)
 
 
-def eval_resize_side(image_size: int, stored_side: int | None) -> int:
-  """The shorter side the stored image is resized to before the centre crop.
-
-  The stored side itself (no resampling) unless it is smaller than the crop:
-  the centre crop then keeps the fraction ``image_size / stored_side`` of the
-  face, which matches the average field of view of the train-time random
-  resized crop (area 0.6..1 of the image, i.e. sides of 0.77..1).
-  """
-  if stored_side is None:
-    return max(image_size, round(image_size / DEFAULT_EVAL_CROP_FRACTION))
-  return max(image_size, int(stored_side))
-
-
-def _shorter_side_resize(image: tf.Tensor, side: int) -> tf.Tensor:
-  """float32 image whose shorter side is ``side`` (untouched if it already is)."""
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-  image = tf.cast(image, tf.float32)
-  short = tf.minimum(height, width)
-
-  def resize():
-    scale = tf.cast(side, tf.float32) / tf.cast(short, tf.float32)
-    new_h = tf.maximum(side, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
-    new_w = tf.maximum(side, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
-    return tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear",
-                           antialias=True)
-
-  # Resampling at scale 1 could still blur by rounding; skip it outright.
-  return tf.cond(tf.equal(short, side), lambda: image, resize)
-
-
-def center_crop(image: tf.Tensor, image_size: int, resize_side: int) -> tf.Tensor:
-  """Resize the shorter side to ``resize_side``, then the central S x S (float32)."""
-  image = _shorter_side_resize(image, resize_side)
-  shape = tf.shape(image)
-  top = (shape[0] - image_size) // 2
-  left = (shape[1] - image_size) // 2
-  crop = image[top:top + image_size, left:left + image_size, :]
-  return tf.ensure_shape(crop, [image_size, image_size, 3])
-
-
 def center_window(height: tf.Tensor, width: tf.Tensor, image_size: int,
                   resize_side: int) -> tuple[tf.Tensor, ...]:
-  """The region of the stored image that :func:`center_crop` keeps.
+  """The region of the stored image that ``eval_input.center_crop_tf`` keeps.
 
   Returns (centre x, centre y, width, height) in stored-image pixels. Used as
   the train crop when random resized crop is off: when the stored image needs
@@ -167,7 +120,7 @@ def center_window(height: tf.Tensor, width: tf.Tensor, image_size: int,
   """
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  # The same rounding and integer offsets as _shorter_side_resize/center_crop.
+  # The same rounding and integer offsets as eval_input.center_crop_tf.
   factor = float(resize_side) / tf.minimum(h, w)
   new_h = tf.maximum(float(resize_side), tf.round(h * factor))
   new_w = tf.maximum(float(resize_side), tf.round(w * factor))

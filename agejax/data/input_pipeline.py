@@ -44,6 +44,7 @@ from agejax.data import augment
 from agejax.data import stages
 from agejax.data import catalog
 from agejax.data import device_prefetch
+from agejax.data import eval_input
 from agejax.errors import ConfigError, DataCorrupt
 
 
@@ -282,7 +283,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
   size = data_cfg.image_size
   stored = builder.info.features["image"].shape
   stored_side = min(stored[:2]) if None not in stored[:2] else None
-  resize_side = augment.eval_resize_side(size, stored_side)
+  resize_side = eval_input.eval_resize_side(size, stored_side)
   decode = builder.info.features["image"].decode_example
   preprocessing = model_cfg.preprocessing
   augment.normalize(np.zeros([3], np.uint8), preprocessing)  # fail early
@@ -333,7 +334,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
       raise ValueError("start_step and start_example apply to training streams only")
 
     def prepare(record):
-      image = stages.eval_image(decode(record["image"]), size, resize_side, preprocessing)
+      image = eval_input.network_input_tf(decode(record["image"]), size, resize_side,
+                                          preprocessing)
       return {"image": image, "age": record["age"],
               "age_std": record["age_std"], "mask": tf.constant(True)}
 

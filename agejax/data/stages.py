@@ -15,9 +15,9 @@ JPEG (:func:`jpeg_pixels`), mirrors the uint8 window when the flip is drawn
 it and normalises it with plain TF ops. The warp path (rotation, or decoded
 images) runs the warp, colour jitter and normalisation of a batch as one
 XLA-compiled function (``jit_compile``), so TensorFlow does not make a pass
-over the image per operation. Evaluation images are normalised by the same
-compiled stage, so a training image without augmentation equals its
-evaluation image bit for bit.
+over the image per operation. Evaluation images are normalised by an
+XLA-compiled stage too (``agejax.data.eval_input``), so a training image
+without augmentation equals its evaluation image bit for bit.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import ml_collections
 import tensorflow as tf
 
 from agejax.data.augment import (ANGLE, CROP, FLIP, JITTER, NUM_UNIFORMS, affine_transform,
-                                 center_crop, center_window, jitter_batch, jitter_factors,
+                                 center_window, jitter_batch, jitter_factors,
                                  normalize, pixel_window, sample_crop, warp_batch)
 
 
@@ -38,23 +38,6 @@ from agejax.data.augment import (ANGLE, CROP, FLIP, JITTER, NUM_UNIFORMS, affine
 def _jit(stage: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
   """``stage`` as one XLA computation (compiled once per input shape)."""
   return tf.function(stage, jit_compile=True)
-
-
-@functools.lru_cache(maxsize=None)
-def _normalize_stage(preprocessing: str) -> Callable[..., tf.Tensor]:
-  return lambda image: normalize(image, preprocessing)
-
-
-def eval_image(image: tf.Tensor, image_size: int, resize_side: int,
-               preprocessing: str) -> tf.Tensor:
-  """The evaluation input: :func:`center_crop`, normalised by the same compiled
-  stage as training images (so a train image without augmentation equals it)."""
-  return _jit(_normalize_stage(preprocessing))(center_crop(image, image_size, resize_side))
-
-
-def uniforms(key: tf.Tensor) -> tf.Tensor:
-  """One image's uniforms [NUM_UNIFORMS] from a stateless key ([2] int64)."""
-  return tf.random.stateless_uniform([NUM_UNIFORMS], key)
 
 
 def draws(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
@@ -171,31 +154,6 @@ def jpeg_pixels(encoded: tf.Tensor, drawn: dict[str, tf.Tensor],
   return normalize(pixels, preprocessing) if preprocessing else pixels
 
 
-def train_image(image: tf.Tensor, key: tf.Tensor,
-                augment: ml_collections.ConfigDict, image_size: int,
-                resize_side: int, preprocessing: str | None = None) -> tf.Tensor:
-  """One training image: decoded RGB [H, W, 3] -> float32 [S, S, 3].
-
-  In [0, 255], or normalised for the network when ``preprocessing`` is
-  given. The uniforms come from ``key``; :func:`draws` then :func:`finish`
-  on a batch of one, the pipeline's warp path. Every ``data.augment`` switch
-  off gives exactly the evaluation crop.
-  """
-  shape = tf.shape(image)
-  drawn = draws(uniforms(key), shape[0], shape[1], augment, image_size, resize_side)
-  return finish_one({"pixels": image, **drawn}, augment, image_size, preprocessing)
-
-
 def crops_while_decoding(augment: ml_collections.ConfigDict) -> bool:
   """Random crop + flip without rotation: only the window need be decoded."""
   return bool(augment.random_resized_crop) and augment.rotation_degrees == 0
-
-
-def train_image_from_jpeg(encoded: tf.Tensor, key: tf.Tensor,
-                          augment: ml_collections.ConfigDict, image_size: int,
-                          preprocessing: str | None = None) -> tf.Tensor:
-  """:func:`train_image` without rotation, straight from JPEG bytes (:func:`jpeg_pixels`);
-  the same key gives the same window and flip."""
-  shape = tf.image.extract_jpeg_shape(encoded)
-  drawn = draws(uniforms(key), shape[0], shape[1], augment, image_size, image_size)
-  return jpeg_pixels(encoded, drawn, augment, image_size, preprocessing)

@@ -108,11 +108,19 @@ def freeze_batch_norm(model: nnx.Module, layer_paths: set[str]) -> None:
     raise ValueError(f"no BatchNorm layer at {sorted(set(layer_paths) - found)}")
 
 
+def abstract_model(model_cfg: Any, image_size: int) -> nnx.Module:
+  """The network of ``model_cfg`` as shapes only: its structure, nothing allocated.
+
+  The one place a model's structure is built from a config; training, the
+  plan, restoring a run, serving and the import check split it
+  (:func:`split_state`) for the graphdef or the parameter shapes.
+  """
+  return nnx.eval_shape(lambda: build_model(model_cfg, image_size, nnx.Rngs(0)))
+
+
 def param_shapes(model_cfg: Any, image_size: int) -> dict[str, tuple[int, ...]]:
   """``{path: shape}`` of every parameter, in tree order, nothing allocated."""
-  abstract = nnx.eval_shape(
-      lambda: build_model(model_cfg, image_size, nnx.Rngs(0)))
-  params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  params = nnx.to_pure_dict(nnx.state(abstract_model(model_cfg, image_size), nnx.Param))
   return {p: tuple(x.shape) for p, x in paths.flatten(params).items()}
 
 

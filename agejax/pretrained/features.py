@@ -20,8 +20,7 @@ def backbone(imported: Imported, image_size: int) -> nnx.Module:
   model_cfg = defaults.default_config().model
   model_cfg.arch = imported.arch
   apply_overrides(model_cfg, imported)
-  abstract = nnx.eval_shape(lambda: models.build_model(model_cfg, image_size, nnx.Rngs(0)))
-  graphdef, params, batch_stats = models.split_state(abstract)
+  graphdef, params, batch_stats = models.split_state(models.abstract_model(model_cfg, image_size))
   flat_params, flat_stats = paths.flatten(params), paths.flatten(batch_stats)
   for path in flat_params:
     if not path.startswith("head/"):

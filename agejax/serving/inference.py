@@ -1,90 +1,76 @@
-"""Ages from face crops, with the input the trained network saw in evaluation.
+"""Ages from face crops, through the serving function the exports are traced from.
 
-``load(path)`` takes an exported bundle (``agejax.export``) or a training
-workdir and returns a :class:`Predictor`::
+``load(path)`` takes an exported model (``agejax.export``, any format) or a
+training workdir and returns a :class:`Predictor`::
 
   predictor = inference.load("/models/dex")
   ages, spreads = predictor(crops)  # uint8 RGB face crops, any size
 
-A face crop goes through exactly the evaluation path of
-``agejax.data.input_pipeline``: it is resized to the dataset's stored size with
-the resize that built the dataset (``face_crop.crop_face``, PIL bilinear,
-uint8), then ``augment.center_crop``'s shorter-side resize (only when the
-stored side is below the network's input) and centre crop, then
-``augment.normalize``. Cropping runs in numpy on the host; normalising is
-compiled by XLA, as the tf.data pipeline's is (``jit_compile``): XLA's
-division rounds differently from numpy's by an ulp, and a trained network
-turns an ulp of input into ~1e-4 years of output, so both sides use XLA's.
-``tests/test_export.py`` checks the result against the tf.data pipeline's
-output for the same stored images (bit-exact without a resize).
+A crop not at the dataset's stored size is first resized to it with
+``eval_input.to_stored``, the serving function's own first step, compiled
+once per crop size; then batches of stored crops go through the serving
+function (``agejax.serving.graph``: centre crop, normalisation, network) in
+JAX, or through the exported graph in its runtime. So a workdir, its bundle
+and every export give the same ages for crops of any size
+(``tests/test_formats.py``, to 1e-4 years).
 
-The network is compiled once: every call runs fixed-size batches of
-``batch_size`` crops, the last one padded, so a new number of faces never
+The network is compiled once per model: every call runs fixed-size batches
+of ``batch_size`` crops, the last one padded, so a new number of faces never
 triggers a new compilation, and predictors of the same network share it.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import Any, Sequence
+import json
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from flax import nnx
 
-from agejax import models
-from agejax.data import augment
-from agejax.data import face_crop
-from agejax.models import forward
+from agejax.data import eval_input
 from agejax.serving import bundle
 from agejax.serving import graph
 
 DEFAULT_BATCH_SIZE = 16
 
 
-def eval_crop(images: np.ndarray, image_size: int, stored_size: int) -> np.ndarray:
-  """``augment.center_crop`` of square stored images (float32 numpy).
-
-  Args:
-    images: [N, stored_size, stored_size, 3], any real dtype, values 0..255.
-    image_size: the network's input side.
-    stored_size: the dataset's stored side.
-  """
-  return np.asarray(graph.center_crop(jnp.asarray(images, jnp.float32), image_size,
-                                      stored_size))
+@functools.partial(jax.jit, static_argnames=("stored",))
+def _to_stored(image: jax.Array, stored: int) -> jax.Array:
+  return eval_input.to_stored(image, stored).astype(jnp.uint8)
 
 
 def to_stored(image: np.ndarray, stored_size: int) -> np.ndarray:
-  """One uint8 RGB crop as the dataset stored it: ``stored_size`` square."""
+  """One uint8 RGB crop [H, W, 3] as the serving function sees it: ``stored_size`` square."""
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"face crops must be uint8 RGB [H, W, 3], got {image.dtype} "
                      f"{image.shape}")
   if image.shape[:2] == (stored_size, stored_size):
     return image
-  return face_crop.crop_face(image, None, size=stored_size)
+  return np.asarray(_to_stored(image[None], stored_size))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("preprocessing",))
-def _normalize(crops: jax.Array, preprocessing: str) -> jax.Array:
-  return augment.normalize(crops, preprocessing)
+# What the serving function reads of model.json: predictors (and exports) of one
+# network share one compilation whatever else their model.json says.
+_SERVING_KEYS = ("image_size", "crop", "preprocessing", "flip_tta", "head", "model")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "flip_tta"))
-def _predict_batch(params: Any, batch_stats: Any, x: jax.Array, *, graphdef: nnx.GraphDef,
-                   flip_tta: bool) -> tuple[jax.Array, jax.Array]:
-  """Ages and spreads of one batch of network inputs (the one forward pass).
+@functools.lru_cache(maxsize=16)
+def _compiled_serving(serving_meta: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  serve = graph.serving_function(json.loads(serving_meta))
 
-  Module level with the structure static: predictors of the same network
-  (a model loaded again, every ``agejax.predict`` call in one process) share
-  one compilation.
-  """
-  model = models.merge_state(graphdef, params, batch_stats)
-  age, spread, _ = forward.predict(model, x, flip_tta=flip_tta)
-  return age, spread
+  def ages(params: Any, batch_stats: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    out = serve(params, batch_stats, images)
+    return out["age"], out["spread"]
+
+  return jax.jit(ages)
+
+
+def compiled_serving(meta: dict[str, Any]) -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """``jit(serve)`` of ``meta``'s serving function, returning (ages, spreads)."""
+  return _compiled_serving(json.dumps({k: meta.get(k) for k in _SERVING_KEYS}, sort_keys=True))
 
 
 class Crops:
@@ -159,34 +145,29 @@ class Predictor(Crops):
   def __init__(self, meta: dict[str, Any], params: Any, batch_stats: Any,
                batch_size: int = DEFAULT_BATCH_SIZE):
     super().__init__(meta, batch_size)
-    self._preprocessing = str(meta["preprocessing"])
-    augment.normalize(np.zeros([3], np.uint8), self._preprocessing)  # fail early
-    model_cfg = ml_collections.ConfigDict(meta["model"])
-    self._graphdef = models.split_state(nnx.eval_shape(
-        lambda: models.build_model(model_cfg, self.image_size, nnx.Rngs(0))))[0]
+    self._serve = compiled_serving(meta)
     self._params = jax.tree.map(jnp.asarray, params)
     self._batch_stats = jax.tree.map(jnp.asarray, batch_stats or {})
-    self._flip_tta = bool(meta.get("flip_tta", False))
 
   def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The float32 network input of uint8 RGB face crops (as :meth:`prepare` takes)."""
-    return np.asarray(self._network_input(self.prepare(images)))
-
-  def _network_input(self, stored: np.ndarray) -> jax.Array:
-    crops = eval_crop(stored, self.image_size, self.stored_size)
-    return _normalize(jnp.asarray(crops), self._preprocessing)
+    return np.asarray(_network_input(jnp.asarray(self.prepare(images)), self.image_size,
+                                     self.stored_size, str(self.meta["preprocessing"])))
 
   def _predict_stored(self, stored: np.ndarray) -> tuple[Any, Any]:
-    x = self._network_input(stored)
-    return _predict_batch(self._params, self._batch_stats, x, graphdef=self._graphdef,
-                          flip_tta=self._flip_tta)
+    return self._serve(self._params, self._batch_stats, stored)
+
+
+_network_input = jax.jit(eval_input.network_input,
+                         static_argnames=("image_size", "stored", "preprocessing"))
 
 
 class RuntimePredictor(Crops):
   """:class:`Predictor`'s interface over a SavedModel, TFLite or ONNX export.
 
-  Crops go to the stored size exactly as for a bundle (``to_stored``); the
-  centre crop, normalisation and network run in the exported graph.
+  Crops go to the stored size exactly as for a bundle (``to_stored``, the
+  serving function's own resize); the centre crop, normalisation and network
+  run in the exported graph.
   """
 
   def __init__(self, meta: dict[str, Any], run: Any, batch_size: int = DEFAULT_BATCH_SIZE):

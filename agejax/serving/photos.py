@@ -22,7 +22,6 @@ read at all (1).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterator, Sequence
 

@@ -30,8 +30,7 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: run_length.RunLength,
   The optimizer and its schedule count updates, not micro-batches.
   ``schedule`` replaces the base learning rate ``optim.schedule`` describes.
   """
-  abstract = nnx.eval_shape(
-      lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0)))
+  abstract = models.abstract_model(cfg.model, cfg.data.image_size)
   _, abstract_params, _ = models.split_state(abstract)
   assignments = optim.assign_groups(cfg.optim, abstract_params)
   # Groups with bn="frozen" (frozen groups by default) keep their statistics.

@@ -46,8 +46,7 @@ def load_trained(workdir: str, which: str = "best") -> TrainedModel:
   with checkpointer(workdir) as ckpt:
     step = ckpt.resolve(which)
     stored = ckpt.restore_params(step)
-  graphdef = models.split_state(nnx.eval_shape(
-      lambda: models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0))))[0]
+  graphdef = models.split_state(models.abstract_model(cfg.model, cfg.data.image_size))[0]
   to_device = lambda tree: jax.tree.map(jax.numpy.asarray, tree)
   return TrainedModel(cfg, step, graphdef, to_device(evaluated_params(stored)),
                       to_device(stored["batch_stats"] or {}))
