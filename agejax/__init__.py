@@ -2,9 +2,10 @@
 
 The commands are the top-level modules (``python -m agejax.main``,
 ``evaluate``, ``predict``, ``export``, ``convert``, ``tune``, ``lr_find``,
-``benchmark``); the library lives in the subpackages: ``config``, ``data``,
-``models``, ``train``, ``workdir``, ``evaluation``, ``serving``,
-``pretrained`` and ``tools``.
+``report``, ``protocol``) and the ``benchmark`` package; the library lives in
+the subpackages: ``config``, ``data``, ``models``, ``train``, ``workdir``,
+``evaluation``, ``analysis`` (the run report), ``serving``, ``pretrained`` and
+``tools``.
 """
 
 __version__ = "0.1.0"

@@ -21,7 +21,6 @@ command decides what else it needs.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging as pylogging
 import os
@@ -33,6 +32,7 @@ from absl import flags
 from absl import logging
 
 from agejax import errors
+from agejax import terminal
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 
@@ -46,21 +46,6 @@ def new_flags() -> flags.FlagValues:
   return fv
 
 
-@contextlib.contextmanager
-def _native_stderr_discarded():
-  """Sends file descriptor 2 to /dev/null: C++ code writes there, not to sys.stderr."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 2)
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
 def _import_tensorflow_quietly() -> None:
   """Imports TF with its C++ start-up lines discarded.
 
@@ -70,7 +55,7 @@ def _import_tensorflow_quietly() -> None:
   """
   if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
     return  # a GPU machine without TF runs the commands that do not need it
-  with _native_stderr_discarded():
+  with terminal.native_stderr_discarded():
     import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
 

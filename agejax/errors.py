@@ -116,3 +116,7 @@ class CheckpointSaveFailed(RunFailed, OSError):
 
 class DataCorrupt(RunFailed):
   """A built dataset's file cannot be read: the dataset must be rebuilt."""
+
+
+class ExportMismatch(RunFailed):
+  """An exported model's outputs differ from JAX's beyond the tolerance (kept for inspection)."""

@@ -122,9 +122,11 @@ def _log_to_workdir(workdir: str) -> str:
   The console shows warnings only; the file keeps the full story of the run.
   """
   import jax  # pylint: disable=import-outside-toplevel
+  from agejax.train import console  # pylint: disable=import-outside-toplevel
 
   os.makedirs(workdir, exist_ok=True)
-  name = "log.txt" if jax.process_index() == 0 else f"log.process{jax.process_index()}.txt"
+  process = jax.process_index()
+  name = console.LOG_FILE if process == 0 else f"log.process{process}.txt"
   handler = pylogging.FileHandler(os.path.join(workdir, name), encoding="utf-8")
   handler.setLevel(pylogging.INFO)
   handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

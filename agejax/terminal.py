@@ -8,8 +8,10 @@ go through ``tqdm.write`` and do not tear it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Iterable, Sequence, TypeVar
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import tqdm
 
@@ -62,3 +64,18 @@ def block(title: str, rows: Sequence[tuple[str, str]]) -> str:
     lines.append(f"  {key:<{width}}  {first}")
     lines.extend(f"  {'':<{width}}  {r}" for r in rest)
   return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def native_stderr_discarded() -> Iterator[None]:
+  """Sends file descriptor 2 to /dev/null: C++ code writes there, not to sys.stderr."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)

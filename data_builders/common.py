@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import os
 import re
 import unicodedata
@@ -13,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import gcs_utils
+
+from agejax import json_files
 
 # Builds and loads read local files only. TFDS falls back to its public bucket
 # for dataset info when this flag is False (4.9.10 ships it True); pinning it
@@ -115,9 +116,7 @@ class CleaningReport:
     return "\n".join(lines)
 
   def write(self, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(self.as_dict(), f, indent=1)
+    json_files.write_json(path, self.as_dict())
 
 
 class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

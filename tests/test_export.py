@@ -12,6 +12,7 @@ from flax import nnx
 from agejax import export
 from agejax import predict
 from agejax.serving import bundle
+from agejax.serving import runtimes
 from agejax.serving import exporters
 from agejax.serving import inference
 from agejax.data import input_pipeline
@@ -53,7 +54,7 @@ def validation(workdir):
 
 
 def test_model_json_describes_the_run(bundle_dir):
-  with open(os.path.join(bundle_dir, bundle.MODEL_FILE)) as f:
+  with open(os.path.join(bundle_dir, runtimes.MODEL_FILE)) as f:
     meta = json.load(f)
   assert meta["format"] == "agejax-model" and meta["format_version"] == 1
   assert meta["source"]["step"] == STEPS and meta["source"]["dataset"] == "synthetic_faces/tiny"

@@ -248,3 +248,21 @@ def test_a_bundle_reader_refuses_an_export(workdir, tmp_path):
   assert runtimes.runtime_of(runtimes.read_meta(str(out))) == "saved_model"
   with pytest.raises(ValueError, match="saved_model export, not a bundle"):
     bundle.read(str(out))
+
+
+def test_a_failed_verification_is_a_failed_run_exit_1(workdir, tmp_path, monkeypatch, capsys):
+  """Not a usage error (2): the command was right, the exported model was not."""
+  real_verify = formats.verify
+
+  def off_by_half_a_year(output, params, batch_stats):
+    result = real_verify(output, params, batch_stats)
+    return {**result, "max_abs_age": 0.5, "passed": False}
+
+  monkeypatch.setattr(formats, "verify", off_by_half_a_year)
+  capsys.readouterr()
+  assert export.main(["export", "--workdir", workdir, "--output", str(tmp_path / "sm"),
+                      "--checkpoint", str(STEPS), "--format=saved_model"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "saved_model ages differ from JAX's by up to 0.5 years" in err[0]
+  kept = json.load(open(tmp_path / "sm" / "model.json"))
+  assert kept["verification"]["passed"] is False  # kept for inspection, with the verdict

@@ -279,3 +279,28 @@ def test_no_module_of_agejax_is_imported_under_another_name():
         renamed += [f"{path.relative_to(REPO)}:{node.lineno} {a.name} as {a.asname}"
                     for a in node.names if a.asname and a.name in modules]
   assert renamed == []
+
+
+def test_commands_leave_stderr_empty_at_default_verbosity(tiny_run, tmp_path):
+  """evaluate, export, predict and report in fresh processes: results on stdout, nothing else."""
+  import shutil
+
+  from PIL import Image
+  from skimage import data as skdata
+
+  run = str(tmp_path / "run")
+  shutil.copytree(tiny_run, run)  # evaluate and report write into the run
+  photo = tmp_path / "coffee.png"
+  Image.fromarray(skdata.coffee()).save(photo)
+  bundle_dir = str(tmp_path / "bundle")
+  commands = [["evaluate", f"--workdir={run}", "--checkpoint=latest"],
+              ["export", f"--workdir={run}", f"--output={bundle_dir}", "--checkpoint=latest"],
+              ["predict", f"--model={bundle_dir}", "--no_detect", str(photo)],
+              ["report", f"--workdir={run}"]]
+  for command in commands:
+    result = subprocess.run([sys.executable, "-m", f"agejax.{command[0]}", *command[1:]],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, (command, result.stderr[-3000:])
+    assert result.stdout.strip(), command
+    assert result.stderr == "", (command, result.stderr[-3000:])

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
 
+from agejax import json_files
 from agejax.analysis import diagnoses
 from agejax.analysis import run_records
 from agejax.config import config_check
@@ -77,8 +77,7 @@ def write(runs: Sequence[run_records.Run], found: Sequence[diagnoses.Diagnosis],
          "differing_config": differing,
          "figures": {k: os.path.relpath(v, out_dir) for k, v in figures.items()}}
   paths = {k: os.path.join(out_dir, f"report.{k}") for k in ("json", "md", "html")}
-  with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=1, default=str)
+  json_files.write_json(paths["json"], doc, default=str)
 
   metric = runs[0].metric
   md = [f"# agejax report: {' vs '.join(r.name for r in runs)}", "",

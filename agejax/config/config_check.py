@@ -1,11 +1,11 @@
 """Start-up validation of a resolved config: fail before anything compiles.
 
-The one place config rules live, each rule once. Every error is an
-:class:`agejax.errors.ConfigError` whose message starts with the offending
-key. Two kinds of rule cannot be checked from the config alone and live where
-their inputs are known, still raising ConfigError with the key: group
-patterns (they need the model's parameter paths: ``train.optim.assign_groups``)
-and schedule lengths (they need the run length: ``train.schedules``).
+Every error is an :class:`agejax.errors.ConfigError` whose message starts
+with the offending key. Most rules are here; some still live with the modules
+that own the choice (model values in ``agejax.models``, group patterns in
+``train.optim.assign_groups`` since they need the parameter paths, schedule
+lengths in ``train.schedules`` since they need the run length, evaluation
+batch sizes in ``evaluation.predictions``).
 """
 
 from __future__ import annotations

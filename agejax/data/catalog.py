@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tensorflow_datasets.core.utils import gcs_utils
 
+from agejax import terminal
 from agejax.errors import ConfigError
 
 # Builders shipped in data_builders/; importing one registers it with TFDS.
@@ -30,7 +31,10 @@ def setup_tensorflow() -> None:
     means an upgrade that flips the default cannot make a load wait on it.
   """
   try:
-    tf.config.set_visible_devices([], "GPU")
+    # Listing GPUs makes a CUDA build of TF call cuInit, which logs an error
+    # through C++ on a machine without a GPU: nothing the user can act on.
+    with terminal.native_stderr_discarded():
+      tf.config.set_visible_devices([], "GPU")
   except (RuntimeError, ValueError):
     pass
   gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access

@@ -45,7 +45,6 @@ appended with TTA so both variants can sit side by side):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -55,6 +54,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from agejax import json_files
 from agejax import device_mesh
 from agejax.data import catalog
 from agejax.errors import ConfigError
@@ -222,8 +222,7 @@ def _write(record: dict[str, Any], rows: Mapping[str, np.ndarray], out_dir: str,
   figures = eval_plots.plot_all(rows["pred"], rows["true"], record, stem, title)
   record["predictions"] = os.path.basename(f"{stem}_predictions.npz")
   record["figures"] = {k: os.path.basename(v) for k, v in figures.items()}
-  with open(f"{stem}.json", "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=1)
+  json_files.write_json(f"{stem}.json", record)
   step = record["checkpoint_step"]
   writer.write_scalars(step, {f"{tag}/{k}": record[k] for k in _SCALARS if k in record})
   writer.write_images(step, {f"{tag}/{k}": eval_plots.png_pixels(v)

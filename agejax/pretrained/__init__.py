@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from agejax import json_files
 from agejax.models import paths
 from agejax.pretrained.types import Imported, WeightImportError
 
@@ -87,8 +88,7 @@ def save_converted(imported: Imported, out_dir: str) -> str:
   ocp.PyTreeCheckpointer().save(os.path.join(out_dir, STATE_ITEM), tree, force=True)
   meta = {"arch": imported.arch, "source": imported.source,
           "model_overrides": imported.model_overrides}
-  with open(os.path.join(out_dir, META_FILE), "w") as f:
-    json.dump(meta, f, indent=1)
+  json_files.write_json(os.path.join(out_dir, META_FILE), meta)
   return out_dir
 
 

@@ -32,15 +32,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import agejax
+from agejax import json_files
+from agejax.serving import runtimes
 
 FORMAT = "agejax-model"
 VERSION = 1
-MODEL_FILE = "model.json"
 PARAMS_DIR = "params"
 
 
 def is_bundle(path: str) -> bool:
-  return os.path.exists(os.path.join(path, MODEL_FILE))
+  return os.path.exists(os.path.join(path, runtimes.MODEL_FILE))
 
 
 def metadata(cfg: ml_collections.ConfigDict, step: int, *, workdir: str = "",
@@ -74,7 +75,7 @@ def write(output: str, meta: dict[str, Any], params: Any, batch_stats: Any,
   """
   output = os.path.abspath(output)
   params_dir = os.path.join(output, PARAMS_DIR)
-  meta_file = os.path.join(output, MODEL_FILE)
+  meta_file = os.path.join(output, runtimes.MODEL_FILE)
   if os.path.exists(params_dir) or os.path.exists(meta_file):
     if not overwrite:
       raise FileExistsError(f"{output} already holds an exported model (use --overwrite)")
@@ -91,19 +92,17 @@ def write(output: str, meta: dict[str, Any], params: Any, batch_stats: Any,
     tree["batch_stats"] = to_host(batch_stats)
   ocp.PyTreeCheckpointer().save(params_dir, tree)
   # model.json last: a bundle with a model.json is a complete one.
-  with open(meta_file, "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
-    f.write("\n")
+  json_files.write_json(meta_file, meta, sort_keys=True)
   return output
 
 
 def read(path: str) -> tuple[dict[str, Any], Any, Any]:
   """``(model.json, params, batch_stats)`` of an exported bundle."""
   path = os.path.abspath(path)
-  with open(os.path.join(path, MODEL_FILE)) as f:
+  with open(os.path.join(path, runtimes.MODEL_FILE)) as f:
     meta = json.load(f)
   if meta.get("format") != FORMAT:
-    raise ValueError(f"{path}/{MODEL_FILE} is not an agejax model bundle")
+    raise ValueError(f"{path}/{runtimes.MODEL_FILE} is not an agejax model bundle")
   if "export" in meta:
     raise ValueError(f"{path} holds a {meta['export']['format']} export, not a bundle; "
                      f"agejax.inference.load reads both")

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from agejax.errors import ExportMismatch
 from agejax.data import face_crop
 from agejax.serving import bundle
 
@@ -86,7 +87,7 @@ def export(workdir: str, output: str, checkpoint: str = "best", *,
       meta["verification"]["heldout"] = _heldout(output, trained)
     formats.write_meta(output, meta)  # what was checked travels with the model
     if not meta["verification"]["passed"]:
-      raise ValueError(f"{output}: {fmt} ages differ from JAX's by up to "
+      raise ExportMismatch(f"{output}: {fmt} ages differ from JAX's by up to "
                        f"{meta['verification']['max_abs_age']:.2g} years (tolerance "
                        f"{formats.TOLERANCE}); the export is kept for inspection")
   return meta

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agejax import json_files
 from agejax.models import cpu_lowering
 from agejax.serving import graph
 from agejax.serving import runtimes
@@ -182,12 +183,8 @@ def export(meta: dict[str, Any], params: Any, batch_stats: Any, output: str, fmt
 
 
 def write_meta(output: str, meta: dict[str, Any]) -> None:
-  """Writes ``output/model.json`` (through a temporary file: never half a file)."""
-  meta_file = os.path.join(output, runtimes.MODEL_FILE)
-  with open(meta_file + ".tmp", "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(meta_file + ".tmp", meta_file)
+  """Writes ``output/model.json`` (:func:`agejax.json_files.write_json`: never half a file)."""
+  json_files.write_json(os.path.join(output, runtimes.MODEL_FILE), meta, sort_keys=True)
 
 
 def verification_crops(meta: dict[str, Any], seed: int = 0) -> list[np.ndarray]:

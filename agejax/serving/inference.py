@@ -32,6 +32,7 @@ import numpy as np
 from agejax.data import eval_input
 from agejax.serving import bundle
 from agejax.serving import graph
+from agejax.serving import runtimes
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -195,7 +196,6 @@ def load(path: str, checkpoint: str = "best",
     FileNotFoundError: ``path`` is neither.
   """
   if bundle.is_bundle(path):
-    from agejax.serving import runtimes  # pylint: disable=import-outside-toplevel
     if runtimes.runtime_of(runtimes.read_meta(path)) != "bundle":
       return RuntimePredictor(*runtimes.load(path), batch_size=batch_size)
     return Predictor(*bundle.read(path), batch_size=batch_size)
@@ -205,7 +205,7 @@ def load(path: str, checkpoint: str = "best",
   from agejax.workdir import run_config  # pylint: disable=import-outside-toplevel
 
   if not run_config.exists(path):
-    raise FileNotFoundError(f"{path} holds neither an exported model ({bundle.MODEL_FILE}) "
+    raise FileNotFoundError(f"{path} holds neither an exported model ({runtimes.MODEL_FILE}) "
                             f"nor a training run ({run_config.CONFIG_FILE})")
   trained = restore.load_trained(path, checkpoint)
   meta = bundle.metadata(trained.config, trained.step, workdir=path, checkpoint=checkpoint,

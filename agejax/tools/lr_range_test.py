@@ -12,7 +12,6 @@ sits safely below the minimum of the curve.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -22,6 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from agejax import json_files
 from agejax import terminal
 
 from agejax.config import config_check
@@ -120,6 +120,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, num_steps: int, min_lr: fl
   """The range test written to ``workdir`` (lr_find.json, lr_find.png); (result, figure)."""
   result = range_test(cfg, num_steps, min_lr, max_lr)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "lr_find.json"), "w") as f:
-    json.dump(result, f)
+  json_files.write_json(os.path.join(workdir, "lr_find.json"), result, indent=None)
   return result, plot(result, os.path.join(workdir, "lr_find.png"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
-import json
 import os
 import time
 from typing import Any, Callable
@@ -28,6 +27,7 @@ import ml_collections
 import optuna
 from absl import logging
 
+from agejax import json_files
 from agejax import terminal
 from agejax.config import config_check
 from agejax.errors import ConfigError, RunFailed, TrainingDiverged, UsageError
@@ -192,8 +192,7 @@ def write_report(study: optuna.Study, workdir_root: str, metric: str) -> str:
   """Prints and saves the ranked table; adds the importance plot when possible."""
   rows = report_rows(study)
   os.makedirs(workdir_root, exist_ok=True)
-  with open(os.path.join(workdir_root, REPORT_JSON), "w") as f:
-    json.dump(rows, f, indent=1)
+  json_files.write_json(os.path.join(workdir_root, REPORT_JSON), rows)
   text = format_report(rows, metric)
   print(text)
   complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from agejax import json_files
 from agejax.data import folders
 from agejax.errors import ConfigError
 
@@ -105,9 +106,7 @@ def _evaluate(workdir: str, split: int, datasets: Sequence[str]) -> dict[str, An
       record = records[spec]
       saved["datasets"][dataset] = {"split": record["split"], "n": record["n"],
                                     **{m: record[m] for m in METRICS}}
-    with open(path + ".tmp", "w") as f:
-      json.dump(saved, f, indent=1)
-    os.replace(path + ".tmp", path)
+    json_files.write_json(path, saved)
   return saved
 
 
@@ -195,8 +194,7 @@ def run_protocol(make_config: Callable[[], ml_collections.ConfigDict], benchmark
     log(f"split {k}: " + ", ".join(f"{d} MAE {r['mae']:.2f}"
                                    for d, r in saved["datasets"].items()))
   doc = assemble(root, benchmark, cross)
-  with open(os.path.join(root, JSON_FILE), "w") as f:
-    json.dump(doc, f, indent=1)
+  json_files.write_json(os.path.join(root, JSON_FILE), doc)
   with open(os.path.join(root, MARKDOWN_FILE), "w") as f:
     f.write(markdown(doc))
   return doc

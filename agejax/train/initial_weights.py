@@ -25,6 +25,7 @@ from absl import logging
 from agejax.models import paths
 from agejax import pretrained
 from agejax.errors import ConfigError
+from agejax.workdir import checkpointing
 from agejax.workdir import restore
 from agejax.workdir import run_config
 
@@ -105,9 +106,9 @@ def read_source(path: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
   ``path`` is the run's workdir; its checkpointer finds the step.
   """
-  if not run_config.exists(path) and not os.path.isdir(os.path.join(path, restore.CHECKPOINTS_DIR)):
+  if not run_config.exists(path) and not os.path.isdir(os.path.join(path, checkpointing.CHECKPOINTS_DIR)):
     raise ConfigError(key, f"{path} is not an agejax training workdir (no "
-                      f"{run_config.CONFIG_FILE} or {restore.CHECKPOINTS_DIR}/)")
+                      f"{run_config.CONFIG_FILE} or {checkpointing.CHECKPOINTS_DIR}/)")
   with restore.checkpointer(path) as ckpt:
     try:
       step = ckpt.resolve("latest")

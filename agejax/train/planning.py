@@ -10,7 +10,6 @@ from, plus the learning rate each group gets over the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from agejax import json_files
 from agejax import models
 from agejax import terminal
 from agejax.errors import ConfigError
@@ -327,8 +327,7 @@ def plan_records(plan: Plan) -> list[dict[str, Any]]:
 def write_plan(plan: Plan, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   out = os.path.join(workdir, "plan.json")
-  with open(out, "w") as f:
-    json.dump(plan_records(plan), f, indent=1)
+  json_files.write_json(out, plan_records(plan))
   return out
 
 

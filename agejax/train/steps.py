@@ -1,4 +1,4 @@
-"""The train state and the pure train / eval steps.
+"""The train state and the pure train step.
 
 Evaluation is not here: validation runs the one inference forward pass,
 ``agejax.evaluation.predictions``, as ``agejax.evaluate`` does.

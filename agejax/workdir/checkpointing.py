@@ -39,12 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from agejax.errors import CheckpointSaveFailed
 from agejax.errors import exception_chain
 from agejax.errors import TrainingDiverged
 
+# WORKDIR/checkpoints: the folder this module lays out (one orbax step folder per save).
+CHECKPOINTS_DIR = "checkpoints"
 _STATE = "state"
 _EXTRA = "extra"
 
@@ -293,7 +296,11 @@ class Checkpointer:
     """
     self.wait()
     item = os.path.join(self.step_directory(step), _STATE)
-    return ocp.PyTreeCheckpointer().restore(item)
+    # Asked for numpy, orbax needs no device layout (and does not warn that it
+    # had to read one from the sharding file).
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item)).tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ocp.PyTreeCheckpointer().restore(item, restore_args=as_numpy)
 
   def wait(self) -> None:
     """Blocks until the pending write (if any) is committed.

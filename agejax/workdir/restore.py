@@ -14,9 +14,6 @@ from agejax import models
 from agejax.workdir import checkpointing
 from agejax.workdir import run_config
 
-CHECKPOINTS_DIR = "checkpoints"
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
   """What inference needs: no optimizer state, no input pipeline."""
@@ -32,7 +29,7 @@ class TrainedModel:
 
 def checkpointer(workdir: str, **options: Any) -> checkpointing.Checkpointer:
   """The run's checkpointer: ``WORKDIR/checkpoints``."""
-  return checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS_DIR), **options)
+  return checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINTS_DIR), **options)
 
 
 def evaluated_params(stored: dict[str, Any]) -> Any:

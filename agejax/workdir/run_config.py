@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from agejax import json_files
 from agejax.config import defaults
 
 CONFIG_FILE = "config.json"
@@ -25,9 +26,7 @@ def exists(workdir: str) -> bool:
 
 
 def save(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(path(workdir), "w") as f:
-    f.write(cfg.to_json_best_effort(indent=1))
+  json_files.write_text(path(workdir), cfg.to_json_best_effort(indent=1))
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:
@@ -44,9 +43,7 @@ SUMMARY_FILE = "summary.json"
 
 def save_summary(summary: dict, workdir: str) -> None:
   """How the run ended (why it stopped, steps, best metric, wall time): ``summary.json``."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=1, default=str)
+  json_files.write_json(os.path.join(workdir, SUMMARY_FILE), summary, default=str)
 
 
 def load_summary(workdir: str) -> dict | None:
