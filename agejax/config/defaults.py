@@ -14,7 +14,12 @@ import ml_collections
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every key agejax understands, with its default value."""
+  """Every key agejax understands, with its default value.
+
+  One unit on purpose, longer than a function should be: it is the table of
+  every key, read top to bottom like a paper's hyperparameter table, and
+  ``config_check`` rejects any key not declared here.
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
 

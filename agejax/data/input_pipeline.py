@@ -28,6 +28,7 @@ nothing here builds or downloads a dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -230,6 +231,84 @@ def _train_stream(records: tf.data.Dataset, data_cfg: ml_collections.ConfigDict,
   return tf.data.Dataset.range(first_epoch, _NO_END).flat_map(one_epoch)
 
 
+@dataclasses.dataclass(frozen=True)
+class _SplitSource:
+  """What both streams of :func:`create_split` read: this process's records and the image rules."""
+  records: tf.data.Dataset
+  counts: list[int]  # examples per process
+  process_index: int
+  local_batch: int
+  image_size: int
+  stored_shape: tuple[int | None, ...]
+  resize_side: int
+  decode: Callable[[tf.Tensor], tf.Tensor]
+  preprocessing: str
+  stored_as_jpeg: bool
+
+
+def _train_batches(src: _SplitSource, data_cfg: ml_collections.ConfigDict, seed: int,
+                   first_example: int) -> tf.data.Dataset:
+  """Augmented, shuffled batches forever, from this process's ``first_example`` on."""
+  augment_cfg, size, preprocessing = data_cfg.augment, src.image_size, src.preprocessing
+  augment_key = tf.constant(_rng_key(_AUGMENT, seed, src.process_index).numpy())
+  stream = _train_stream(
+      src.records, data_cfg, n_local=src.counts[src.process_index], seed=seed,
+      process_index=src.process_index, start_example=first_example,
+      epoch_draws=lambda epoch, count: stages.epoch_draws(
+          _fold(augment_key, epoch), count, src.stored_shape, augment_cfg, size,
+          src.resize_side))
+  fast = src.stored_as_jpeg and stages.crops_while_decoding(augment_cfg)
+  # The warp path's pixel work runs per batch (one XLA computation: 0.61 ->
+  # 0.68-0.70 of the minimal pipeline with rotation), except for stored
+  # images of many sizes, which cannot be batched before the warp.
+  one_by_one = None in src.stored_shape[:2]
+
+  def prepare(drawn, record):
+    labels = {"age": record["age"], "age_std": record["age_std"]}
+    if fast:
+      drawn = stages.image_draws(drawn, lambda: tf.image.extract_jpeg_shape(record["image"]),
+                                 augment_cfg, size, src.resize_side)
+      return {"image": stages.jpeg_pixels(record["image"], drawn, augment_cfg, size,
+                                          preprocessing), **labels}
+    image = src.decode(record["image"])
+    drawn = stages.image_draws(drawn, lambda: tf.shape(image), augment_cfg, size,
+                               src.resize_side)
+    drawn = {"pixels": image, "transform": drawn["transform"], "factors": drawn["factors"]}
+    if one_by_one:
+      return {"image": stages.finish_one(drawn, augment_cfg, size, preprocessing), **labels}
+    return {**drawn, **labels}
+
+  def finish_batch(batch):
+    return {"image": stages.finish(batch, augment_cfg, size, preprocessing),
+            "age": batch["age"], "age_std": batch["age_std"]}
+
+  ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(src.local_batch, drop_remainder=True)
+  if not (fast or one_by_one):
+    ds = ds.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds
+
+
+def _eval_batches(src: _SplitSource) -> tf.data.Dataset:
+  """Every example once in stored order (``eval_input``'s TF twin), padded to equal batches."""
+  size = src.image_size
+
+  def prepare(record):
+    image = eval_input.network_input_tf(src.decode(record["image"]), size, src.resize_side,
+                                        src.preprocessing)
+    return {"image": image, "age": record["age"],
+            "age_std": record["age_std"], "mask": tf.constant(True)}
+
+  ds = src.records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  num_batches = -(-max(src.counts) // src.local_batch)
+  padding = {"image": tf.zeros([size, size, 3], tf.float32),
+             "age": tf.zeros([], tf.float32), "age_std": tf.zeros([], tf.float32),
+             "mask": tf.constant(False)}
+  pad_rows = num_batches * src.local_batch - src.counts[src.process_index]
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad_rows))
+  return ds.batch(src.local_batch, drop_remainder=True)
+
+
 def create_split(data_cfg: ml_collections.ConfigDict,
                  model_cfg: ml_collections.ConfigDict, split: str, *,
                  train: bool, batch_size: int, seed: int = 0,
@@ -288,65 +367,19 @@ def create_split(data_cfg: ml_collections.ConfigDict,
   preprocessing = model_cfg.preprocessing
   augment.normalize(np.zeros([3], np.uint8), preprocessing)  # fail early
 
+  source = _SplitSource(records=records, counts=counts, process_index=process_index,
+                        local_batch=local_batch, image_size=size, stored_shape=tuple(stored),
+                        resize_side=resize_side, decode=decode, preprocessing=preprocessing,
+                        stored_as_jpeg=getattr(builder.info.features["image"],
+                                               "encoding_format", None) == "jpeg")
   if train:
-    augment_cfg = data_cfg.augment
-    augment_key = tf.constant(_rng_key(_AUGMENT, seed, process_index).numpy())
-    stream = _train_stream(
-        records, data_cfg, n_local=counts[process_index],
-        seed=seed,
-        process_index=process_index,
-        start_example=(start_step * local_batch if start_example is None
-                       else start_example // process_count),
-        epoch_draws=lambda epoch, count: stages.epoch_draws(
-            _fold(augment_key, epoch), count, stored, augment_cfg, size, resize_side))
-
-    stored_as_jpeg = getattr(builder.info.features["image"], "encoding_format", None) == "jpeg"
-    fast = stored_as_jpeg and stages.crops_while_decoding(augment_cfg)
-    # The warp path's pixel work runs per batch (one XLA computation: 0.61 ->
-    # 0.68-0.70 of the minimal pipeline with rotation), except for stored
-    # images of many sizes, which cannot be batched before the warp.
-    one_by_one = None in stored[:2]
-
-    def prepare(drawn, record):
-      labels = {"age": record["age"], "age_std": record["age_std"]}
-      if fast:
-        drawn = stages.image_draws(drawn, lambda: tf.image.extract_jpeg_shape(record["image"]),
-                                   augment_cfg, size, resize_side)
-        return {"image": stages.jpeg_pixels(record["image"], drawn, augment_cfg, size,
-                                            preprocessing), **labels}
-      image = decode(record["image"])
-      drawn = stages.image_draws(drawn, lambda: tf.shape(image), augment_cfg, size, resize_side)
-      drawn = {"pixels": image, "transform": drawn["transform"], "factors": drawn["factors"]}
-      if one_by_one:
-        return {"image": stages.finish_one(drawn, augment_cfg, size, preprocessing), **labels}
-      return {**drawn, **labels}
-
-    def finish_batch(batch):
-      return {"image": stages.finish(batch, augment_cfg, size, preprocessing),
-              "age": batch["age"], "age_std": batch["age_std"]}
-
-    ds = stream.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
-    if not (fast or one_by_one):
-      ds = ds.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    first = (start_step * local_batch if start_example is None
+             else start_example // process_count)
+    ds = _train_batches(source, data_cfg, seed, first)
   else:
     if start_step or start_example:
       raise ValueError("start_step and start_example apply to training streams only")
-
-    def prepare(record):
-      image = eval_input.network_input_tf(decode(record["image"]), size, resize_side,
-                                          preprocessing)
-      return {"image": image, "age": record["age"],
-              "age_std": record["age_std"], "mask": tf.constant(True)}
-
-    ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    num_batches = -(-max(counts) // local_batch)
-    padding = {"image": tf.zeros([size, size, 3], tf.float32),
-               "age": tf.zeros([], tf.float32), "age_std": tf.zeros([], tf.float32),
-               "mask": tf.constant(False)}
-    pad_rows = num_batches * local_batch - counts[process_index]
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad_rows))
-    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = _eval_batches(source)
 
   options = tf.data.Options()
   options.deterministic = True
