@@ -210,16 +210,18 @@ def jax_outputs(meta: dict[str, Any], params: Any, batch_stats: Any,
   # (cpu_lowering) round differently, and a trained network turns that into
   # ~1e-4 years.
   with cpu_lowering.portable():
-    out = _compiled_serving(json.dumps(meta, sort_keys=True))(params, batch_stats,
+    out = _compiled_serving(graph.serving_key(meta))(params, batch_stats,
                                                               jnp.asarray(images))
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_serving(meta_json: str) -> Any:
-  # One jitted serving function per model.json: verify and heldout_mae call
+  # One jitted serving function per network (graph.serving_key: model.json
+  # gaining its verification does not change it): verify and heldout_mae call
   # jax_outputs once per batch, and each new jax.jit would trace and compile
-  # the network again. Only jax_outputs calls it, always inside portable().
+  # the network again. Only jax_outputs calls it, always inside portable(), so
+  # it is not inference.compiled_serving, which compiles the default lowering.
   return jax.jit(graph.serving_function(json.loads(meta_json)))
 
 

@@ -18,6 +18,7 @@ the evaluation of a built split runs its TensorFlow twin
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import jax
@@ -32,6 +33,15 @@ from agejax.models import forward
 # Heads whose outputs are logits over the age classes: they also export the
 # class probabilities.
 SOFTMAX_HEADS = ("dex", "dldl", "mean_variance")
+
+# What serving_function reads of model.json.
+SERVING_KEYS = ("image_size", "crop", "preprocessing", "flip_tta", "head", "model")
+
+
+def serving_key(meta: dict[str, Any]) -> str:
+  """``meta`` as far as the serving function reads it (JSON): a cache key for its
+  compilation, equal for a workdir, its bundle and each export of one network."""
+  return json.dumps({k: meta.get(k) for k in SERVING_KEYS}, sort_keys=True)
 
 
 def serving_function(meta: dict[str, Any]) -> Callable[..., dict[str, jax.Array]]:

@@ -53,11 +53,6 @@ def to_stored(image: np.ndarray, stored_size: int) -> np.ndarray:
   return np.asarray(_to_stored(image[None], stored_size))[0]
 
 
-# What the serving function reads of model.json: predictors (and exports) of one
-# network share one compilation whatever else their model.json says.
-_SERVING_KEYS = ("image_size", "crop", "preprocessing", "flip_tta", "head", "model")
-
-
 @functools.lru_cache(maxsize=16)
 def _compiled_serving(serving_meta: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
   serve = graph.serving_function(json.loads(serving_meta))
@@ -71,7 +66,8 @@ def _compiled_serving(serving_meta: str) -> Callable[..., tuple[jax.Array, jax.A
 
 def compiled_serving(meta: dict[str, Any]) -> Callable[..., tuple[jax.Array, jax.Array]]:
   """``jit(serve)`` of ``meta``'s serving function, returning (ages, spreads)."""
-  return _compiled_serving(json.dumps({k: meta.get(k) for k in _SERVING_KEYS}, sort_keys=True))
+  # Predictors of one network share one compilation whatever else their model.json says.
+  return _compiled_serving(graph.serving_key(meta))
 
 
 class Crops:
