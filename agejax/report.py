@@ -14,7 +14,6 @@ diagnoses), 2 a workdir that is not a run.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags

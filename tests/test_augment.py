@@ -105,7 +105,12 @@ def test_tensorflow_and_numpy_agree_exactly(preprocessing):
 
 
 def test_unknown_preprocessing_names_the_key():
-  with pytest.raises(ConfigError, match=r"^model\.preprocessing: .*'torch'"):
+  cfg = defaults.default_config()
+  cfg.model.preprocessing = "torch"
+  with pytest.raises(ConfigError, match=r"^model\.preprocessing: must be one of imagenet, "
+                     r"caffe, got 'torch'$"):
+    augment.check(cfg)
+  with pytest.raises(ValueError, match=r"unknown preprocessing 'torch'"):
     augment.normalize(np.zeros([1, 1, 3]), "torch")
 
 

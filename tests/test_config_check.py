@@ -2,7 +2,7 @@
 
 import pytest
 
-from agejax.config import config_check
+from agejax.train import config_rules
 from agejax.errors import ConfigError
 from configs import tiny
 
@@ -12,14 +12,14 @@ def _cfg():
 
 
 def test_shipped_tiny_config_is_valid():
-  assert config_check.validate(_cfg()) is not None
+  assert config_rules.validate(_cfg()) is not None
 
 
 def test_unknown_key_is_named_with_suggestion():
   cfg = _cfg()
   cfg.optim.lr_mults = 1.0
   with pytest.raises(ConfigError) as e:
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
   assert e.value.key == "optim.lr_mults"
   assert str(e.value).startswith("optim.lr_mults: unknown config key")
   assert "optim.lr" in str(e.value)
@@ -29,7 +29,7 @@ def test_unknown_section_is_named():
   cfg = _cfg()
   cfg.opt = dict(lr=0.1)
   with pytest.raises(ConfigError, match=r"^opt\.lr: unknown config key"):
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
 
 
 def test_wrong_type_is_named():
@@ -38,7 +38,7 @@ def test_wrong_type_is_named():
   del cfg.model["width"]
   cfg.model.width = "wide"
   with pytest.raises(ConfigError, match=r"^model\.width: expected int, got str 'wide'"):
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
 
 
 def test_bool_is_not_accepted_for_a_number():
@@ -47,13 +47,13 @@ def test_bool_is_not_accepted_for_a_number():
   del cfg.optim["lr"]
   cfg.optim.lr = True
   with pytest.raises(ConfigError, match=r"^optim\.lr: expected float"):
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
 
 
 def test_int_is_accepted_for_a_float():
   cfg = _cfg()
   cfg.train.num_epochs = 3
-  config_check.validate(cfg)
+  config_rules.validate(cfg)
 
 
 @pytest.mark.parametrize("key,value,expected", [
@@ -70,7 +70,7 @@ def test_impossible_values_are_named(key, value, expected):
   section, name = key.split(".")
   cfg[section][name] = value
   with pytest.raises(ConfigError) as e:
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
   assert e.value.key == key
   assert expected in str(e.value)
 
@@ -90,5 +90,5 @@ def test_head_values_are_named(overrides, key):
   for name, value in overrides.items():
     cfg.model[name] = value
   with pytest.raises(ConfigError, match=f"^{key}: ") as info:
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
   assert info.value.key == key

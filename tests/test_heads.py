@@ -12,7 +12,6 @@ import pytest
 from agejax.config import defaults
 from agejax.models import heads
 from agejax.models import paths
-from agejax.errors import ConfigError
 
 MIN_AGE, MAX_AGE = 10, 60  # a range not starting at 0 catches offset slips
 K = MAX_AGE - MIN_AGE + 1

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from agejax.data import augment
+from agejax.data import catalog
 from agejax.config import defaults
 from agejax.data import input_pipeline
 from agejax.errors import ConfigError
@@ -126,7 +127,7 @@ def test_num_examples_without_network(data_dir, monkeypatch):
 
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "create_connection", refuse)
-  input_pipeline._builder.cache_clear()
+  catalog.prepared_builder.cache_clear()
   cfg = _cfg(data_dir)
   assert input_pipeline.num_examples(cfg.data, "train") == 300
   assert input_pipeline.num_examples(cfg.data, "validation") == 37
@@ -150,7 +151,7 @@ def test_unusable_datasets_are_config_errors(data_dir, tmp_path):
   cfg = _cfg(data_dir, label="apparent_age")
   with pytest.raises(ConfigError, match=r"^data\.label: .*'apparent_age'"):
     _batches(cfg, count=1)
-  with pytest.raises(ConfigError, match=r"^train\.batch_size: 30 .* 4 processes"):
+  with pytest.raises(ValueError, match=r"^batch size 30 .* 4 processes"):
     _batches(_cfg(data_dir), batch_size=30, process_count=4, count=1)
 
 

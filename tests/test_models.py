@@ -205,22 +205,23 @@ def test_vgg16_parameter_paths():
   assert shapes["head/fc/kernel"] == (512, K)
   assert models.param_shapes(_cfg("vgg16"), 32)["fc6/kernel"] == (64, 512)
   assert models.param_shapes(_cfg("vgg16"), 95)["fc6/kernel"] == (4 * 64, 512)
-  with pytest.raises(ConfigError, match="^data.image_size"):
-    models.param_shapes(_cfg("vgg16"), 31)
 
 
-def test_config_errors():
+@pytest.mark.parametrize("key, value, message", [
+    ("model.arch", "resnet51", "must be one of resnet18, resnet34, resnet50, resnet101, "
+                               "resnet152, vgg16, got 'resnet51'"),
+    ("model.dtype", "float16", "must be one of float32, bfloat16, got 'float16'"),
+    ("model.dropout", 1.0, "must be in [0, 1), got 1.0"),
+    ("model.width", 0, "must be a positive integer, got 0"),
+    ("data.image_size", 31, "must be a multiple of 32 (the networks downsample by 32), >= 32"),
+])
+def test_the_model_rules_name_their_key(key, value, message):
+  cfg = defaults.default_config()
+  section, name = key.split(".")
+  cfg[section][name] = value
   with pytest.raises(ConfigError) as err:
-    models.param_shapes(_cfg("resnet51"), 32)
-  assert err.value.key == "model.arch"
-  for arch in models.ARCHS:
-    assert arch in str(err.value)
-  assert models.ARCHS == ("resnet18", "resnet34", "resnet50", "resnet101",
-                          "resnet152", "vgg16")
-  with pytest.raises(ConfigError, match="^model.dtype"):
-    models.param_shapes(_cfg(dtype="float16"), 32)
-  with pytest.raises(ConfigError, match="^model.dropout"):
-    models.param_shapes(_cfg(dropout=1.0), 32)
+    models.check(cfg)
+  assert str(err.value).startswith(f"{key}: {message}")
 
 
 # --- initialisation and state -------------------------------------------------

@@ -10,10 +10,10 @@ import optax
 import pytest
 
 from agejax.config import defaults
-from agejax.config import config_check
+from agejax.train import config_rules
 from agejax.train import optim
 from agejax.models import paths
-from agejax.train import schedules
+from agejax.train import run_length
 from agejax.errors import ConfigError
 
 SPE, TOTAL = 10, 100
@@ -58,9 +58,21 @@ def _cfg(**overrides):
   return cfg
 
 
+def _length(accum=1):
+  """A run of TOTAL updates of SPE per epoch, one phase (batch 1)."""
+  phase = run_length.Phase(0, 0, TOTAL * accum, 0.0, 1, 32, 1.0, 0)
+  return run_length.RunLength(SPE * accum, SPE * accum, TOTAL * accum, accum, (phase,))
+
+
+def _optimizer(cfg, params):
+  rates = optim.learning_rates(cfg, _length(cfg.grad_accum_steps),
+                               optim.assign_groups(cfg, params))
+  return optim.build_optimizer(cfg, params, rates)
+
+
 def _run(cfg, params, grads_seq):
   """Applies the optimizer to each gradient tree in turn (jitted)."""
-  tx = optim.build_optimizer(cfg, params, SPE, TOTAL)
+  tx = _optimizer(cfg, params)
   state = tx.init(params)
 
   @jax.jit
@@ -179,7 +191,7 @@ def test_optim_errors_name_the_key(overrides, key):
   for name, value in overrides.items():
     cfg.optim[name] = value
   with pytest.raises(ConfigError) as info:
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
   assert info.value.key == key
 
 
@@ -238,13 +250,11 @@ def test_learning_rates_per_group():
   cfg = _cfg(groups=((r"^head/", dict(lr_mult=0.5)),
                      (r"^stem/", dict(freeze=True))))
   cfg.schedule.name = "step"
-  assignments = optim.assign_groups(cfg, _params())
-  schedule = schedules.build_schedule(cfg.schedule, cfg.lr, SPE, TOTAL)
+  rates = optim.learning_rates(cfg, _length(), optim.assign_groups(cfg, _params()))
   # Groups in tree order (head, stage1, stem).
-  assert list(optim.learning_rates(assignments, schedule, 0)) == [
-      r"^head/", "default", r"^stem/"]
+  assert list(rates.at(0)) == [r"^head/", "default", r"^stem/"]
   # Step 25 is in the second decay interval of 2 epochs x 10 steps.
-  rates = jax.jit(lambda s: optim.learning_rates(assignments, schedule, s))(25)
+  rates = jax.jit(rates.at)(25)
   np.testing.assert_allclose(
       [float(rates[k]) for k in (r"^head/", "default", r"^stem/")],
       [0.005, 0.01, 0.0], rtol=1e-6)
@@ -364,7 +374,7 @@ def test_multisteps_updates_every_k_steps_with_the_mean_gradient():
   cfg.schedule.name = "step"
   cfg.schedule.decay_every_steps = 1
   gs = [_grads(params, s) for s in range(4)]
-  tx = optim.build_optimizer(cfg, params, SPE, TOTAL)
+  tx = _optimizer(cfg, params)
   state = tx.init(params)
   p = params
   moved = []

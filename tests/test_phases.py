@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agejax.config import config_check
+from agejax.train import config_rules
 from agejax.data import input_pipeline
 from agejax.errors import ConfigError
 from agejax.models import paths
@@ -55,7 +55,7 @@ def test_phases_split_the_run_where_either_schedule_changes():
 def test_the_learning_rate_is_scaled_per_phase():
   def schedule(scaling):
     cfg = _config(**{"optim.lr_scaling": scaling})
-    return step_state.build_step_fns(cfg, run_length.run_length(cfg, N)).schedule
+    return step_state.build_step_fns(cfg, run_length.run_length(cfg, N)).learning_rates.base
 
   scaled, unscaled = schedule("linear"), schedule("none")
   for update, factor in ((3, 1.0), (7, 1.0), (8, 2.0), (15, 2.0)):
@@ -81,10 +81,10 @@ def test_bad_schedules_name_their_entry(key, value, message):
 def test_lr_scaling_and_vgg_resizing_are_checked():
   cfg = _config(**{"optim.lr_scaling": "square"})
   with pytest.raises(ConfigError, match="optim.lr_scaling"):
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
   cfg = _config(**{"model.arch": "vgg16"})
   with pytest.raises(ConfigError, match="data.image_size_schedule.*vgg16"):
-    config_check.validate(cfg)
+    config_rules.validate(cfg)
 
 
 def test_a_phase_reads_on_where_the_last_one_stopped(tiny_data_dir):

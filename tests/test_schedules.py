@@ -161,8 +161,6 @@ def test_piecewise():
 
 @pytest.mark.parametrize("overrides, lr, key", [
     (dict(name="linear"), LR, "optim.schedule.name"),
-    (dict(name="constant"), 0.0, "optim.lr"),
-    (dict(name="constant"), -1.0, "optim.lr"),
     (dict(name="warmup_cosine", warmup_steps=100), LR,
      "optim.schedule.warmup_steps"),
     (dict(name="warmup_cosine", warmup_epochs=10.0), LR,

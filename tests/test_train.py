@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from agejax import device_mesh

@@ -1,11 +1,15 @@
-"""Start-up validation of a resolved config: fail before anything compiles.
+"""Start-up checks of a config's keys and types, and the vocabulary of value rules.
 
-Every error is an :class:`agejax.errors.ConfigError` whose message starts
-with the offending key. Most rules are here; some still live with the modules
-that own the choice (model values in ``agejax.models``, group patterns in
-``train.optim.assign_groups`` since they need the parameter paths, schedule
-lengths in ``train.schedules`` since they need the run length, evaluation
-batch sizes in ``evaluation.predictions``).
+Keys and types are checked here, against :mod:`agejax.config.defaults`. A rule
+on a value lives with the module that owns the choice: each owner exports its
+allowed values, a ``RULES`` table written in this module's vocabulary
+(:data:`POSITIVE`, :func:`one_of`, ...) and ``check(config)``;
+:func:`agejax.train.config_rules.validate` runs them in a fixed order. Rules
+that need what only a running job knows (the dataset's splits, the parameter
+paths, the run's length, the devices) are checked by their owners when that
+is known. Every error is an :class:`agejax.errors.ConfigError` whose message
+starts with the offending key. This package imports no other part of agejax
+but its errors, so every owner can use it.
 """
 
 from __future__ import annotations
@@ -13,18 +17,15 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import ml_collections
 
 from agejax.config import defaults
-from agejax import models
-from agejax.models import heads
-from agejax.train import run_length
-from agejax.train import optim
 from agejax.errors import ConfigError
 
-DTYPES = ("float32", "bfloat16")
+# A value rule: (predicate, what it expects, written to follow "must be").
+Rule = tuple[Callable[[Any], bool], str]
 
 
 def leaves(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -73,12 +74,22 @@ def check_keys_and_types(cfg: ml_collections.ConfigDict) -> None:
           f"{type(value).__name__} {value!r}")
 
 
-def _require(key: str, ok: bool, expectation: str, value: Any) -> None:
+def require(key: str, ok: bool, expectation: str, value: Any) -> None:
+  """The one rendering of a broken rule: ``key: must be <expectation>, got <value>``."""
   if not ok:
     raise ConfigError(key, f"must be {expectation}, got {value!r}")
 
 
-def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+def check_rules(cfg: ml_collections.ConfigDict, rules: Mapping[str, Rule]) -> None:
+  """Checks each dotted key of ``rules`` in ``cfg`` against its rule, in order."""
+  for key, (predicate, expectation) in rules.items():
+    value = cfg
+    for name in key.split("."):
+      value = value[name]
+    require(key, predicate(value), expectation, value)
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
   return (lambda v: v in choices), "one of " + ", ".join(choices)
 
 
@@ -86,94 +97,20 @@ def _finite(predicate: Callable[[Any], bool]) -> Callable[[Any], bool]:
   return lambda v: math.isfinite(v) and predicate(v)
 
 
-_POSITIVE = _finite(lambda v: v > 0), "> 0"
-_NON_NEGATIVE = _finite(lambda v: v >= 0), ">= 0"
-_FRACTION = _finite(lambda v: 0 <= v < 1), "in [0, 1)"
+POSITIVE: Rule = _finite(lambda v: v > 0), "> 0"
+NON_NEGATIVE: Rule = _finite(lambda v: v >= 0), ">= 0"
+FRACTION: Rule = _finite(lambda v: 0 <= v < 1), "in [0, 1)"
+POSITIVE_INTEGER: Rule = (lambda v: v >= 1 and v % 1 == 0), "a positive integer"
 
 
-def _is_regex(value: str) -> bool:
+def _is_regex(value: Any) -> bool:
   try:
     re.compile(value)
-  except re.error:
+  except (re.error, TypeError):
     return False
   return True
 
-def _regex_list(value: Any) -> bool:
-  return all(isinstance(v, str) and _is_regex(v) for v in value)
 
-# key -> (predicate, what the predicate expects)
-_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.arch": _one_of(models.ARCHS),
-    "model.head": _one_of(heads.HEADS),
-    "model.dtype": _one_of(DTYPES),
-    "model.width": ((lambda v: v >= 1 and v % 1 == 0), "a positive integer"),
-    "model.bn_momentum": _FRACTION,
-    "model.bn_epsilon": _POSITIVE,
-    "model.dropout": _FRACTION,
-    "model.vgg_dropout": _FRACTION,
-    "model.min_age": _NON_NEGATIVE,
-    "model.regression_loss": _one_of(heads.REGRESSION_LOSSES),
-    "model.dldl_sigma": _POSITIVE,
-    "model.mean_variance_lambda1": _NON_NEGATIVE,
-    "model.mean_variance_lambda2": _NON_NEGATIVE,
-    "data.dataset": ((lambda v: bool(v.strip())), "a TFDS dataset name"),
-    "data.image_size": ((lambda v: v >= 32 and v % 32 == 0),
-                        "a multiple of 32 (the networks downsample by 32), >= 32"),
-    "data.num_train_examples": _NON_NEGATIVE,
-    "data.protocol_split": ((lambda v: -1 <= v <= 4), "-1 (off) or a benchmark split 0-4"),
-    "train.batch_size": _POSITIVE,
-    "train.num_epochs": _NON_NEGATIVE,
-    "train.num_train_steps": _NON_NEGATIVE,
-    "train.log_every_steps": _POSITIVE,
-    "train.eval_every_steps": _NON_NEGATIVE,
-    "train.checkpoint_every_steps": _NON_NEGATIVE,
-    "train.keep_checkpoints": _POSITIVE,
-    "train.keep_best": _NON_NEGATIVE,
-    "train.best_metric": _one_of(("mae", "loss", "rmse")),
-    "train.early_stop_patience": _NON_NEGATIVE,
-    "train.train_eval_examples": _NON_NEGATIVE,
-    "optim.name": _one_of(optim.OPTIMIZERS),
-    "optim.lr": _POSITIVE,
-    "optim.momentum": _FRACTION,
-    "optim.b1": _FRACTION,
-    "optim.b2": _FRACTION,
-    "optim.ema_decay": _FRACTION,
-    "optim.eps": _NON_NEGATIVE,
-    "optim.lars_trust_coefficient": _POSITIVE,
-    "optim.weight_decay": _NON_NEGATIVE,
-    "optim.clip_grad_norm": (_NON_NEGATIVE[0], ">= 0 (0: off)"),
-    "optim.grad_accum_steps": ((lambda v: v >= 1), "an integer >= 1"),
-    "optim.wd_mode": _one_of(optim.WD_MODES),
-    "optim.lr_scaling": _one_of(tuple(run_length.LR_SCALINGS)),
-    "optim.wd_exclude": (_is_regex, "a valid regex ('' decays everything)"),
-    "init.include": (_regex_list, "a list of valid regexes (empty: everything)"),
-    "init.exclude": (_regex_list, "a list of valid regexes"),
-    "init.batch_stats": _one_of(("load", "reset")),
-}
-
-
-def check_values(cfg: ml_collections.ConfigDict) -> None:
-  """Rejects impossible values of the model, data and training sections."""
-  for key, (predicate, expectation) in _VALUE_RULES.items():
-    section, name = key.split(".")
-    value = cfg[section][name]
-    _require(key, predicate(value), expectation, value)
-  _require("optim.wd_mode", not (cfg.optim.name == "adamw" and cfg.optim.wd_mode == "l2"),
-           "decoupled with adamw (it decouples the weight decay by definition; use "
-           "optim.name='adam' for Adam with an L2 penalty)", cfg.optim.wd_mode)
-  _require("model.max_age", cfg.model.max_age > cfg.model.min_age,
-           f"> model.min_age ({cfg.model.min_age})", cfg.model.max_age)
-  _require("train.num_epochs", cfg.train.num_epochs > 0 or cfg.train.num_train_steps > 0,
-           "> 0 unless train.num_train_steps is set", cfg.train.num_epochs)
-  # VGG's fc6 is sized by the input: one side for the whole run.
-  _require("data.image_size_schedule",
-           not (cfg.model.arch == "vgg16" and cfg.data.image_size_schedule),
-           "empty with model.arch=vgg16 (its fc6 layer fixes the input size)",
-           cfg.data.image_size_schedule)
-
-
-def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks keys, types and values; returns the config for chaining."""
-  check_keys_and_types(cfg)
-  check_values(cfg)
-  return cfg
+REGEX: Rule = _is_regex, "a valid regex ('' matches everything)"
+REGEX_LIST: Rule = ((lambda v: all(isinstance(r, str) and _is_regex(r) for r in v)),
+                    "a list of valid regexes")

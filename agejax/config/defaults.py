@@ -1,7 +1,7 @@
 """The one place every configuration key is declared, with its default.
 
 Config files under ``configs/`` start from :func:`default_config` and override
-what they need; :func:`agejax.config.config_check.validate` then rejects unknown keys,
+what they need; :func:`agejax.train.config_rules.validate` then rejects unknown keys,
 wrong types and impossible values before anything is built or compiled.
 """
 

@@ -28,9 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from agejax.errors import ConfigError
+from agejax.config import config_check
 
 PREPROCESSINGS = ("imagenet", "caffe")
+RULES: dict[str, config_check.Rule] = {
+    "model.preprocessing": config_check.one_of(PREPROCESSINGS)}
+
+
+def check(cfg: Any) -> None:
+  """The rule of the input normalisation's key."""
+  config_check.check_rules(cfg, RULES)
+
 # torchvision / timm: RGB scaled to [0, 1], then per channel (x - mean) / std.
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -58,10 +66,8 @@ def normalize(images: Any, preprocessing: str) -> Any:
   Returns:
     float32 images of the same shape; BGR channel order for caffe.
   """
-  if preprocessing not in PREPROCESSINGS:
-    raise ConfigError(
-        "model.preprocessing",
-        f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSINGS}")
+  if preprocessing not in PREPROCESSINGS:  # a caller's bug: configs passed check()
+    raise ValueError(f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSINGS}")
   if tf.is_tensor(images):
     return _normalize_tf(tf.cast(images, tf.float32), preprocessing)
   if isinstance(images, jax.Array):  # also inside jit (prediction, export)

@@ -9,6 +9,7 @@ import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from tensorflow_datasets.core import naming
 from tensorflow_datasets.core.utils import gcs_utils
 
 from agejax import terminal
@@ -52,11 +53,32 @@ def base_name(dataset: str) -> str:
   return dataset.split("/")[0].split(":")[0]
 
 
+def _check_name(dataset: str) -> None:
+  """A plain TFDS name (``name[/config][:version]``), nothing fetched from a hub."""
+  if not dataset.strip():
+    raise ConfigError("data.dataset", "is empty")
+  try:
+    parsed, _ = naming.parse_builder_name_kwargs(dataset)
+  except ValueError as e:
+    raise ConfigError("data.dataset", f"{dataset!r} is not a TFDS name: {e}") from e
+  if parsed.namespace:
+    raise ConfigError(
+        "data.dataset",
+        f"{dataset!r} names a community/hub dataset, which TFDS fetches over the "
+        "network; build it locally and use its plain name")
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """The rule of ``data.dataset`` that needs no files: a plain TFDS name."""
+  _check_name(cfg.data.dataset)
+
+
 def builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The TFDS builder of ``dataset`` under ``data_dir`` (any path tf.io.gfile reads).
 
   Never looks anything up on the network (:func:`setup_tensorflow`).
   """
+  _check_name(dataset)
   register_builders()
   try:
     return tfds.builder(dataset, data_dir=data_dir or None, try_gcs=False)
@@ -66,6 +88,15 @@ def builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
         "data.dataset", f"{dataset!r} is not a built or known TFDS dataset under "
         f"{data_dir or 'the TFDS default dir'} ({first}); agejax builds "
         f"{', '.join(BUILDERS)} (see data_builders/<name>/README.md)") from None
+
+
+@functools.lru_cache(maxsize=16)
+def prepared_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """:func:`builder` of a dataset that is built; says how to build it otherwise."""
+  found = builder(dataset, data_dir)
+  if not found.is_prepared():
+    raise not_built_error(dataset, found.data_dir, data_dir)
+  return found
 
 
 def not_built_error(dataset: str, builder_dir: str, data_dir: str) -> ConfigError:
@@ -92,3 +123,16 @@ def ensure_prepared(data_cfg: ml_collections.ConfigDict) -> None:
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return
   raise not_built_error(data_cfg.dataset, found.data_dir, data_cfg.data_dir)
+
+
+def check_features(builder: tfds.core.DatasetBuilder,
+                   data_cfg: ml_collections.ConfigDict) -> None:
+  """The built dataset has an image and the features ``data.label*`` name."""
+  features = builder.info.features
+  for key, name in (("data.label", data_cfg.label),
+                    ("data.label_std", data_cfg.label_std)):
+    if name and name not in features:
+      raise ConfigError(key, f"{data_cfg.dataset} has no feature {name!r} "
+                        f"(it has {sorted(features.keys())})")
+  if "image" not in features:
+    raise ConfigError("data.dataset", f"{data_cfg.dataset} has no image feature")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from agejax.config import config_check
 from agejax.errors import ConfigError
 
 FOLDER_SPLIT = "folder{}"
@@ -40,6 +41,18 @@ def split_string(folders: Iterable[int]) -> str:
   return "+".join(FOLDER_SPLIT.format(f) for f in folders)
 
 
+def _check_split(protocol_split: int, off_allowed: bool) -> None:
+  splits = f"one of the benchmark's splits 0-{len(PROTOCOL_SPLITS) - 1}"
+  config_check.require("data.protocol_split",
+                       -int(off_allowed) <= protocol_split < len(PROTOCOL_SPLITS),
+                       f"-1 (off) or {splits}" if off_allowed else splits, protocol_split)
+
+
+def check(cfg) -> None:
+  """The benchmark split's number (the dataset's folders are checked when it is read)."""
+  _check_split(cfg.data.protocol_split, off_allowed=True)
+
+
 def folder_sets(protocol_split: int, available: Iterable[int]) -> dict[str, tuple[int, ...]]:
   """``{"train", "validation", "test"}`` folders of ``protocol_split`` for a dataset.
 
@@ -49,10 +62,7 @@ def folder_sets(protocol_split: int, available: Iterable[int]) -> dict[str, tupl
   Raises:
     ConfigError: an unknown split number, or folders that are neither layout.
   """
-  if not 0 <= protocol_split < len(PROTOCOL_SPLITS):
-    raise ConfigError("data.protocol_split",
-                      f"{protocol_split} is not one of the benchmark's splits "
-                      f"0-{len(PROTOCOL_SPLITS) - 1}")
+  _check_split(protocol_split, off_allowed=False)
   folders = set(available)
   if folders <= {0, 1, 2} and len(folders) > 1:
     sets = OWN_SPLIT

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import re
 from typing import Any, Callable, Iterator
 
 import jax
@@ -39,37 +37,17 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import naming
 
 from agejax.data import augment
 from agejax.data import stages
 from agejax.data import catalog
+from agejax.data import damaged_shards
 from agejax.data import device_prefetch
 from agejax.data import eval_input
-from agejax.errors import ConfigError, DataCorrupt
+from agejax.errors import ConfigError
 
 
 _NO_END = 2**62  # "forever" in epochs; tf.data ranges need a bound
-
-
-@functools.lru_cache(maxsize=16)
-def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The prepared builder of ``name`` under ``data_dir`` (local, or any tf.io.gfile URL)."""
-  if not name:
-    raise ConfigError("data.dataset", "is empty")
-  try:
-    parsed, _ = naming.parse_builder_name_kwargs(name)
-  except ValueError as e:
-    raise ConfigError("data.dataset", f"{name!r} is not a TFDS name: {e}") from e
-  if parsed.namespace:
-    raise ConfigError(
-        "data.dataset",
-        f"{name!r} names a community/hub dataset, which TFDS fetches over the "
-        "network; build it locally and use its plain name")
-  builder = catalog.builder(name, data_dir)
-  if not builder.is_prepared():
-    raise catalog.not_built_error(name, builder.data_dir, data_dir)
-  return builder
 
 
 def _split_key(data_cfg: ml_collections.ConfigDict, split: str) -> str:
@@ -82,7 +60,7 @@ def _split_key(data_cfg: ml_collections.ConfigDict, split: str) -> str:
 
 def _count(data_cfg: ml_collections.ConfigDict, split: Any,
            key_split: str) -> int:
-  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
+  builder = catalog.prepared_builder(data_cfg.dataset, data_cfg.data_dir)
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
@@ -98,24 +76,12 @@ def num_examples(data_cfg: ml_collections.ConfigDict, split: str) -> int:
 
 
 def _local_batch(batch_size: int, process_count: int) -> int:
+  # Commands check the batch against the devices first (device_mesh.check_batch).
   if batch_size <= 0 or batch_size % process_count:
-    raise ConfigError(
-        "train.batch_size",
-        f"{batch_size} must be a positive multiple of the {process_count} "
+    raise ValueError(
+        f"batch size {batch_size} must be a positive multiple of the {process_count} "
         "processes (each reads batch_size / process_count examples)")
   return batch_size // process_count
-
-
-def _check_features(builder: tfds.core.DatasetBuilder,
-                    data_cfg: ml_collections.ConfigDict) -> None:
-  features = builder.info.features
-  for key, name in (("data.label", data_cfg.label),
-                    ("data.label_std", data_cfg.label_std)):
-    if name and name not in features:
-      raise ConfigError(key, f"{data_cfg.dataset} has no feature {name!r} "
-                        f"(it has {sorted(features.keys())})")
-  if "image" not in features:
-    raise ConfigError("data.dataset", f"{data_cfg.dataset} has no image feature")
 
 
 def _records(builder: tfds.core.DatasetBuilder, split: Any,
@@ -345,8 +311,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
   if process_count is None:
     process_count = jax.process_count()
   local_batch = _local_batch(batch_size, process_count)
-  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
-  _check_features(builder, data_cfg)
+  builder = catalog.prepared_builder(data_cfg.dataset, data_cfg.data_dir)
+  catalog.check_features(builder, data_cfg)
   parts = tfds.even_splits(split, n=process_count)
   counts = [_count(data_cfg, p, split) for p in parts]
   if min(counts) == 0:
@@ -394,8 +360,8 @@ def stored_crops(data_cfg: ml_collections.ConfigDict, split: str,
   crop or normalisation. ``limit`` > 0: the first ``limit`` only. One
   process reads all of it (for export-time checks, not for training).
   """
-  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
-  _check_features(builder, data_cfg)
+  builder = catalog.prepared_builder(data_cfg.dataset, data_cfg.data_dir)
+  catalog.check_features(builder, data_cfg)
   _count(data_cfg, split, split)  # an unknown split names its config key
   decode = builder.info.features["image"].decode_example
   records = _records(builder, split, data_cfg, limit)
@@ -414,46 +380,5 @@ def device_batches(dataset: tf.data.Dataset, sharding: Any, prefetch: int = 2,
   a corrupt file of the built dataset raises DataCorrupt naming it."""
   on_error = None
   if data_cfg is not None and split is not None:
-    on_error = functools.partial(read_error, data_cfg, split)
+    on_error = functools.partial(damaged_shards.read_error, data_cfg, split)
   return device_prefetch.device_batches(dataset, sharding, prefetch, on_error=on_error)
-
-
-def _split_files(builder: tfds.core.DatasetBuilder, split: Any) -> list[str]:
-  name = re.match(r"[A-Za-z0-9_]+", str(getattr(split, "split", split)))
-  files = tf.io.gfile.glob(os.path.join(builder.data_dir, "*.tfrecord*"))
-  if name:
-    of_split = [f for f in files if f"-{name.group(0)}.tfrecord" in os.path.basename(f)]
-    files = of_split or files
-  return sorted(files)
-
-
-def unreadable_files(files: list[str]) -> dict[str, str]:
-  """``{file: reason}`` of the TFRecord files that cannot be read to the end (CRC, truncation)."""
-  bad = {}
-  for path in files:
-    try:
-      for _ in tf.data.TFRecordDataset(path):
-        pass
-    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
-      found = re.search(r"(truncated|corrupted) record at \d+", e.message)
-      bad[path] = found.group(0) if found else e.message.split("\n")[0]
-  return bad
-
-
-def read_error(data_cfg: ml_collections.ConfigDict, split: str,
-               error: Exception) -> DataCorrupt | None:
-  """The DataCorrupt naming the damaged file(s) behind a read failure; None if not one."""
-  if not isinstance(error, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
-    return None
-  builder = _builder(data_cfg.dataset, data_cfg.data_dir)
-  bad = unreadable_files(_split_files(builder, split))
-  rebuild = (f"delete {builder.data_dir} and build it again (tfds build "
-             f"data_builders/{catalog.base_name(data_cfg.dataset)} ...; see its README)")
-  if bad:
-    first, reason = next(iter(bad.items()))
-    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-    return DataCorrupt(f"{data_cfg.dataset} {split}: shard {first}{more} is corrupt ({reason}); "
-                       f"{rebuild}")
-  first_line = str(getattr(error, "message", error)).strip().split("\n")[0]
-  return DataCorrupt(f"{data_cfg.dataset} {split} in {builder.data_dir} could not be read "
-                     f"({first_line}); if its files were damaged, {rebuild}")

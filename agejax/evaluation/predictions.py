@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from agejax import models
 from agejax import terminal
-from agejax.errors import ConfigError
+from agejax import device_mesh
 from agejax.evaluation import age_metrics
 from agejax.models import forward
 
@@ -62,9 +62,7 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
   """
   from agejax.data import input_pipeline  # pylint: disable=import-outside-toplevel
 
-  if batch_size % mesh.size:
-    raise ConfigError(batch_key, f"{batch_size} does not divide evenly over "
-                      f"{mesh.size} devices")
+  device_mesh.check_batch(batch_key, batch_size, mesh)
   dataset = input_pipeline.create_split(data, model_cfg, data.eval_split, train=False,
                                   batch_size=batch_size, max_examples=max_examples)
   parts = []

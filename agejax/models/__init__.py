@@ -55,11 +55,37 @@ from flax import nnx
 
 from agejax.models import batch_norm
 from agejax.models import paths
-from agejax.errors import ConfigError
+from agejax.config import config_check
+from agejax.models import layers
 from agejax.models import resnet
 from agejax.models import vgg
 
 ARCHS = (*resnet.SPECS, "vgg16")
+
+RULES: dict[str, config_check.Rule] = {
+    "model.arch": config_check.one_of(ARCHS),
+    "model.dtype": config_check.one_of(tuple(layers.DTYPES)),
+    "model.width": config_check.POSITIVE_INTEGER,
+    "model.bn_momentum": config_check.FRACTION,
+    "model.bn_epsilon": config_check.POSITIVE,
+    "model.dropout": config_check.FRACTION,
+    "model.vgg_dropout": config_check.FRACTION,
+    "model.min_age": config_check.NON_NEGATIVE,
+    "data.image_size": ((lambda v: v >= 32 and v % 32 == 0),
+                        "a multiple of 32 (the networks downsample by 32), >= 32"),
+}
+
+
+def check(cfg: Any) -> None:
+  """The rules of the backbone's keys (the head's are :func:`heads.check`)."""
+  config_check.check_rules(cfg, RULES)
+  config_check.require("model.max_age", cfg.model.max_age > cfg.model.min_age,
+                       f"> model.min_age ({cfg.model.min_age})", cfg.model.max_age)
+  # VGG's fc6 is sized by the input: one side for the whole run.
+  config_check.require("data.image_size_schedule",
+                       not (cfg.model.arch == "vgg16" and cfg.data.image_size_schedule),
+                       "empty with model.arch=vgg16 (its fc6 layer fixes the input size)",
+                       cfg.data.image_size_schedule)
 
 
 def build_model(model_cfg: Any, image_size: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -70,8 +96,8 @@ def build_model(model_cfg: Any, image_size: int, rngs: nnx.Rngs) -> nnx.Module:
     image_size: side of the square input images (VGG's fc6 depends on it).
     rngs: initialisation keys (the ``params`` stream).
 
-  Raises:
-    ConfigError: unknown ``model.arch`` or another impossible model value.
+  The values are those :func:`check` accepts (``agejax.train.config_rules``
+  runs it at start-up; a stored model.json passed it when it was trained).
   """
   # Imported here so the backbones do not depend on the heads at import time.
   from agejax.models import heads  # pylint: disable=g-import-not-at-top
@@ -79,14 +105,9 @@ def build_model(model_cfg: Any, image_size: int, rngs: nnx.Rngs) -> nnx.Module:
   def make_head(in_features: int) -> nnx.Module:
     return heads.build_head(model_cfg, in_features, rngs)
 
-  arch = model_cfg.arch
-  if arch in resnet.SPECS:
-    return resnet.ResNet(model_cfg, make_head=make_head, rngs=rngs)
-  if arch == "vgg16":
+  if model_cfg.arch == "vgg16":
     return vgg.VGG16(model_cfg, image_size, make_head=make_head, rngs=rngs)
-  raise ConfigError("model.arch",
-                    f"unknown architecture {arch!r}; expected one of "
-                    f"{', '.join(ARCHS)}")
+  return resnet.ResNet(model_cfg, make_head=make_head, rngs=rngs)
 
 
 def freeze_batch_norm(model: nnx.Module, layer_paths: set[str]) -> None:

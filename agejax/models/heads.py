@@ -47,7 +47,6 @@ without bias and ``head/thresholds`` ``[K-1]``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from flax import nnx
@@ -55,9 +54,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from agejax.config import config_check
+
 
 HEADS = ("dex", "regression", "dldl", "mean_variance", "coral")
 REGRESSION_LOSSES = ("l1", "l2")
+
+RULES: dict[str, config_check.Rule] = {
+    "model.head": config_check.one_of(HEADS),
+    "model.regression_loss": config_check.one_of(REGRESSION_LOSSES),
+    "model.dldl_sigma": config_check.POSITIVE,
+    "model.mean_variance_lambda1": config_check.NON_NEGATIVE,
+    "model.mean_variance_lambda2": config_check.NON_NEGATIVE,
+}
+
+
+def check(cfg: Any) -> None:
+  """The rules of the head's keys."""
+  config_check.check_rules(cfg, RULES)
 
 
 # --- configuration ------------------------------------------------------------
@@ -247,6 +261,6 @@ def build_head(model_cfg: Any, in_features: int,
                rngs: nnx.Rngs) -> nnx.Module:
   """Builds the head named by ``model_cfg.head`` on ``in_features`` inputs.
 
-  ``agejax.config.config_check`` has checked the keys a head reads.
+  :func:`check` has passed the keys a head reads.
   """
   return _BUILDERS[model_cfg.head](model_cfg, in_features, rngs)

@@ -24,7 +24,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from agejax.errors import ConfigError
 from agejax.models import layers
 
 CONVS_PER_STAGE = (2, 2, 3, 3, 3)
@@ -72,10 +71,6 @@ class VGG16(layers.AgeNet):
       make_head: builds the head from the feature dimension; called last.
       rngs: parameter initialisation keys.
     """
-    if image_size < 32:
-      raise ConfigError("data.image_size",
-                        f"VGG-16 pools 5 times by 2 and needs at least 32 "
-                        f"pixels, got {image_size}")
     self.dtype = layers.compute_dtype(model_cfg)
     self.dropout_rate = layers.dropout_rate(model_cfg, "dropout")
     self.vgg_dropout_rate = layers.dropout_rate(model_cfg, "vgg_dropout")

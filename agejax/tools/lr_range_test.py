@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from agejax import json_files
 from agejax import terminal
 
-from agejax.config import config_check
+from agejax.train import config_rules
 from agejax.data import catalog
 from agejax.train import initial_weights
 from agejax.data import input_pipeline
@@ -66,19 +66,18 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: int = 5) -> float
 def range_test(cfg: ml_collections.ConfigDict, num_steps: int, min_lr: float,
                max_lr: float) -> dict[str, list[float] | float]:
   """Runs the sweep; returns lrs, losses, smoothed losses and the suggestion."""
-  config_check.validate(cfg)
+  config_rules.validate(cfg)
   if not 0 < min_lr < max_lr:
     raise ConfigError("--min_lr", f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
   imported = initial_weights.prepare_pretrained(cfg)
   catalog.ensure_prepared(cfg.data)
   mesh = device_mesh.data_parallel_mesh()
-  num_train = cfg.data.num_train_examples or input_pipeline.num_examples(
-      cfg.data, cfg.data.train_split)
+  num_train = run_length.num_train_examples(cfg)
   length = run_length.run_length(cfg, num_train)
   # Updates count from 0; the sweep reaches max_lr at the last update.
   sweep = optax.exponential_decay(init_value=min_lr, transition_steps=max(num_steps - 1, 1),
                                   decay_rate=max_lr / min_lr)
-  statics = step_state.build_step_fns(cfg, length, schedule=sweep)
+  statics = step_state.build_step_fns(cfg, length, sweep=sweep)
   state = step_state.create_train_state(cfg, statics, NamedSharding(mesh, P()), imported=imported)
   step_fn = jax.jit(steps.bind(statics, steps.train_step), donate_argnums=0)
   batches = input_pipeline.device_batches(

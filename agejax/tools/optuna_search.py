@@ -29,7 +29,7 @@ from absl import logging
 
 from agejax import json_files
 from agejax import terminal
-from agejax.config import config_check
+from agejax.train import config_rules
 from agejax.errors import ConfigError, RunFailed, TrainingDiverged, UsageError
 from agejax.train import loop
 
@@ -133,7 +133,7 @@ def objective(base_config: Callable[[], ml_collections.ConfigDict], space: Calla
     trial.set_user_attr("overrides", {k: repr(v) for k, v in overrides.items()})
     try:
       apply_overrides(cfg, overrides)
-      config_check.validate(cfg)
+      config_rules.validate(cfg)
     except ConfigError as e:
       trial.set_user_attr("error", f"config error: {e}")
       raise

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from agejax.config import config_check
 from agejax.models import paths
 from agejax import pretrained
 from agejax.errors import ConfigError
@@ -35,6 +36,21 @@ FRESH = "fresh"
 PRETRAINED = "pretrained"
 CHECKPOINT = "checkpoint"
 _SHOWN = 12  # paths listed per kind in an error before "... and N more"
+BATCH_STATS = ("load", "reset")
+
+RULES: dict[str, config_check.Rule] = {
+    "init.include": (config_check.REGEX_LIST[0], "a list of valid regexes (empty: everything)"),
+    "init.exclude": config_check.REGEX_LIST,
+    "init.batch_stats": config_check.one_of(BATCH_STATS),
+}
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """The rules of ``init.*`` that need neither the weights nor the model."""
+  config_check.check_rules(cfg, RULES)
+  config_check.require("init.checkpoint", not (cfg.init.checkpoint and cfg.init.pretrained),
+                       "empty when init.pretrained is set (one source of initial weights)",
+                       cfg.init.checkpoint)
 
 
 def _listing(kind: str, items: list[str]) -> str:
@@ -126,8 +142,6 @@ def prepare_pretrained(cfg: ml_collections.ConfigDict) -> pretrained.Imported | 
   Call before anything is built from ``cfg.model``: the layer variant,
   BatchNorm epsilon and input preprocessing follow the weights.
   """
-  if cfg.init.checkpoint and cfg.init.pretrained:
-    raise ConfigError("init.checkpoint", "set init.checkpoint or init.pretrained, not both")
   if not cfg.init.pretrained:
     return None
   try:

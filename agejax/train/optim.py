@@ -34,9 +34,9 @@ import re
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import optax
 
+from agejax.config import config_check
 from agejax.models import paths
 from agejax.train import schedules
 from agejax.errors import ConfigError
@@ -53,6 +53,31 @@ _GROUP_KEYS = ("lr_mult", "wd_mult", "freeze", "bn")
 BN_MODES = ("train", "frozen")
 # How many real parameter paths an error message shows.
 _EXAMPLE_PATHS = 6
+
+RULES: dict[str, config_check.Rule] = {
+    "optim.name": config_check.one_of(OPTIMIZERS),
+    "optim.lr": config_check.POSITIVE,
+    "optim.momentum": config_check.FRACTION,
+    "optim.b1": config_check.FRACTION,
+    "optim.b2": config_check.FRACTION,
+    "optim.ema_decay": config_check.FRACTION,
+    "optim.eps": config_check.NON_NEGATIVE,
+    "optim.lars_trust_coefficient": config_check.POSITIVE,
+    "optim.weight_decay": config_check.NON_NEGATIVE,
+    "optim.clip_grad_norm": (config_check.NON_NEGATIVE[0], ">= 0 (0: off)"),
+    "optim.wd_mode": config_check.one_of(WD_MODES),
+    "optim.wd_exclude": (config_check.REGEX[0], "a valid regex ('' decays everything)"),
+}
+
+
+def check(cfg: Any) -> None:
+  """The optimizer's rules that need no parameter paths (:func:`assign_groups` has those)."""
+  config_check.check_rules(cfg, RULES)
+  config_check.require(
+      "optim.wd_mode", not (cfg.optim.name == "adamw" and cfg.optim.wd_mode == "l2"),
+      "decoupled with adamw (it decouples the weight decay by definition; use "
+      "optim.name='adam' for Adam with an L2 penalty)", cfg.optim.wd_mode)
+  _parse_groups(cfg.optim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,14 +246,52 @@ def _label(assignment: Assignment) -> str:
   return f"lr_mult={assignment.lr_mult!r},wd_mult={assignment.wd_mult!r}"
 
 
-def _chain_for(optim_cfg: Any, schedule: optax.Schedule, lr_mult: float,
+@dataclasses.dataclass(frozen=True)
+class LearningRates:
+  """Every group's learning rate at every optimizer update: the one definition.
+
+  A group's rate at update ``u`` is ``base(u) * lr_mult``, where ``base`` is
+  the schedule times the batch phase's ``lr_factor`` (``optim.lr_scaling``).
+  The optimizer applies :meth:`of_group_multiplier`, the training step logs
+  :meth:`at` as ``lr/<group>``, and the plan prints :meth:`at`.
+  """
+  base: optax.Schedule
+  group_mults: Mapping[str, float]  # every group, first-appearance order; frozen: 0
+
+  def of_group_multiplier(self, lr_mult: float) -> optax.Schedule:
+    return lambda update: self.base(update) * lr_mult
+
+  def at(self, update: jax.typing.ArrayLike) -> dict[str, jax.Array]:
+    """{group: learning rate} at optimizer update ``update`` (not micro-batches)."""
+    return {group: self.of_group_multiplier(mult)(update)
+            for group, mult in self.group_mults.items()}
+
+
+def learning_rates(optim_cfg: Any, length: Any, assignments: Mapping[str, Assignment],
+                   sweep: optax.Schedule | None = None) -> LearningRates:
+  """The run's :class:`LearningRates`.
+
+  Args:
+    optim_cfg: the ``optim`` config; ``optim.schedule`` and ``optim.lr`` give
+      the base schedule unless ``sweep`` replaces it.
+    length: the run's :class:`agejax.train.run_length.RunLength`: the
+      schedule's length in updates and the phases' ``lr_factor``.
+    assignments: from :func:`assign_groups`.
+    sweep: a base schedule per update of its own (the LR range test's); the
+      phases still scale it.
+  """
+  base = sweep if sweep is not None else schedules.build_schedule(
+      optim_cfg.schedule, optim_cfg.lr, length.updates_per_epoch, length.total_updates)
+  mults: dict[str, float] = {}
+  for a in assignments.values():
+    mults.setdefault(a.group, a.lr_mult)
+  return LearningRates(schedules.phase_scaled(base, length), mults)
+
+
+def _chain_for(optim_cfg: Any, learning_rate: optax.Schedule,
                wd_mult: float) -> optax.GradientTransformation:
   """The optimizer for parameters sharing one (lr_mult, wd_mult)."""
   name = optim_cfg.name
-
-  def learning_rate(count):
-    return schedule(count) * lr_mult
-
   lr = optax.scale_by_learning_rate(learning_rate)
   weight_decay = float(optim_cfg.weight_decay) * wd_mult
   # Without decay the chain simply has no decay step: no mask is needed since
@@ -280,20 +343,15 @@ def _labeller(labels: Mapping[str, str]) -> Callable[[Any], Any]:
   return lambda tree: paths.map_with_path(label, tree)
 
 
-def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
-                    total_steps: int,
-                    schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+def build_optimizer(optim_cfg: Any, params: Any,
+                    rates: LearningRates) -> optax.GradientTransformation:
   """Builds the whole optimizer for ``params``.
 
   Args:
     optim_cfg: the ``optim`` config.
     params: the parameter tree the optimizer will be initialized with (only
       its paths matter).
-    steps_per_epoch: optimizer updates per epoch.
-    total_steps: optimizer updates in the run (micro-batches divided by
-      ``optim.grad_accum_steps``).
-    schedule: the base learning rate per update, instead of the one
-      ``optim.schedule`` describes (the LR range test sweeps its own).
+    rates: from :func:`learning_rates`; each group's chain applies its rate.
 
   Returns:
     An optax GradientTransformation; ``update`` needs ``params`` (weight decay
@@ -303,15 +361,13 @@ def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
     ConfigError: naming the offending ``optim.*`` key.
   """
   assignments = assign_groups(optim_cfg, params)
-  if schedule is None:
-    schedule = schedules.build_schedule(optim_cfg.schedule, optim_cfg.lr,
-                                        steps_per_epoch, total_steps)
   trainable = {p: a for p, a in assignments.items() if not a.frozen}
   transforms = {}
   for a in trainable.values():
     label = _label(a)
     if label not in transforms:
-      transforms[label] = _chain_for(optim_cfg, schedule, a.lr_mult, a.wd_mult)
+      transforms[label] = _chain_for(optim_cfg, rates.of_group_multiplier(a.lr_mult),
+                                     a.wd_mult)
   core = optax.partition(
       transforms, _labeller({p: _label(a) for p, a in trainable.items()}))
   if optim_cfg.clip_grad_norm > 0:
@@ -327,27 +383,6 @@ def build_optimizer(optim_cfg: Any, params: Any, steps_per_epoch: int,
       {TRAINABLE: core, FROZEN: optax.set_to_zero()},
       _labeller({p: FROZEN if a.frozen else TRAINABLE
                  for p, a in assignments.items()}))
-
-
-def learning_rates(assignments: Mapping[str, Assignment],
-                   schedule: optax.Schedule,
-                   step: jax.typing.ArrayLike) -> dict[str, jax.Array]:
-  """The learning rate each group uses at optimizer update ``step``.
-
-  Args:
-    assignments: from :func:`assign_groups`.
-    schedule: from :func:`agejax.train.schedules.build_schedule` with the same
-      arguments as the optimizer's.
-    step: the optimizer update count (not micro-batches).
-
-  Returns:
-    {group: learning rate} in first-appearance order; frozen groups get 0.
-  """
-  base = jnp.asarray(schedule(step), jnp.float32)
-  rates = {}
-  for a in assignments.values():
-    rates.setdefault(a.group, base * a.lr_mult)
-  return rates
 
 
 def ema_update(ema: Any, params: Any, decay: jax.typing.ArrayLike) -> Any:

@@ -22,7 +22,6 @@ import numpy as np
 from agejax import json_files
 from agejax import models
 from agejax import terminal
-from agejax.errors import ConfigError
 from agejax.models import paths
 from agejax.train import initial_weights
 from agejax.train import run_length
@@ -106,21 +105,6 @@ def group_sources(rows: Sequence[PlanRow]) -> dict[str, str]:
     text[group] = (next(iter(per)) if len(per) == 1 else
                    " + ".join(f"{s} {n / total:.0%}" for s, n in sorted(per.items())))
   return text
-
-
-def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
-  """The training-set size the schedule is laid out for."""
-  if cfg.data.num_train_examples > 0:
-    return cfg.data.num_train_examples
-  from agejax.data import input_pipeline  # TensorFlow only when the dataset is read
-
-  try:
-    return input_pipeline.num_examples(cfg.data, cfg.data.train_split)
-  except ConfigError as e:
-    raise ConfigError(
-        "data.num_train_examples",
-        f"is 0 and the size of {cfg.data.dataset}:{cfg.data.train_split} cannot be "
-        f"read ({e}); build the dataset or set the number of training examples") from e
 
 
 def abstract_params(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -282,7 +266,7 @@ def make_plan(cfg: ml_collections.ConfigDict, imported: Any = None) -> Plan:
 
   ``imported`` is what ``initial_weights.prepare_pretrained`` read.
   """
-  length = run_length.run_length(cfg, num_train_examples(cfg))
+  length = run_length.run_length(cfg, run_length.num_train_examples(cfg))
   params = abstract_params(cfg)
   # The trainer's own set-up: the same optimizer and schedule, counted in
   # updates, so the plan is the run (gradient accumulation included).
@@ -304,14 +288,16 @@ def make_plan(cfg: ml_collections.ConfigDict, imported: Any = None) -> Plan:
     if not r.frozen:
       group_mults.setdefault(r.group, r.lr_mult)
   # Step s (1-based) is the learning rate the run logs as lr/<group> at s.
+  rates = statics.learning_rates
+  rates_at = jax.jit(rates.at)  # compiled, as the step that logs them is
   milestones = tuple(
-      (step, {g: float(statics.schedule(length.update_of_step(step))) * m
-              for g, m in group_mults.items()})
+      (step, {g: float(lr) for g, lr in rates_at(length.update_of_step(step)).items()
+              if g in group_mults})
       # The first step at the peak: the one after the last warm-up update.
       for step in _milestones(length.total_steps, warmup * length.grad_accum_steps + 1))
   curve_steps = np.unique(np.linspace(0, length.total_steps, 400).astype(np.int64))
   updates = np.asarray([length.update_of_step(s) for s in curve_steps])
-  curve = (curve_steps, np.asarray(jax.vmap(statics.schedule)(jnp.asarray(updates))))
+  curve = (curve_steps, np.asarray(jax.vmap(rates.base)(jnp.asarray(updates))))
   return Plan(rows, length, milestones, state_floats, curve, group_mults)
 
 
@@ -381,10 +367,10 @@ def format_plan(plan: Plan) -> str:
 
 def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   """Validates ``cfg``, prints the plan and writes it; returns plan.json's path."""
-  from agejax.config import config_check  # pylint: disable=import-outside-toplevel
+  from agejax.train import config_rules  # pylint: disable=import-outside-toplevel
   from agejax.train import lr_plots  # pylint: disable=import-outside-toplevel
 
-  config_check.validate(cfg)
+  config_rules.validate(cfg)
   imported = initial_weights.prepare_pretrained(cfg)  # they decide variant and preprocessing
   plan = make_plan(cfg, imported)
   print(format_plan(plan))

@@ -19,9 +19,28 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from agejax.config import config_check
 from agejax.errors import ConfigError
 
 LR_SCALINGS = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}  # lr x (batch / train.batch_size)^p
+
+RULES: dict[str, config_check.Rule] = {
+    "train.batch_size": config_check.POSITIVE,
+    "train.num_epochs": config_check.NON_NEGATIVE,
+    "train.num_train_steps": config_check.NON_NEGATIVE,
+    "data.num_train_examples": config_check.NON_NEGATIVE,
+    "optim.grad_accum_steps": ((lambda v: v >= 1), "an integer >= 1"),
+    "optim.lr_scaling": config_check.one_of(tuple(LR_SCALINGS)),
+}
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """The rules of the run's length and phases that need no training-set size."""
+  config_check.check_rules(cfg, RULES)
+  config_check.require("train.num_epochs",
+                       cfg.train.num_epochs > 0 or cfg.train.num_train_steps > 0,
+                       "> 0 unless train.num_train_steps is set", cfg.train.num_epochs)
+  _phase_schedules(cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +148,32 @@ def _check_batch(batch: int, num_train_examples: int, key: str) -> None:
     raise ConfigError(key, f"{batch} is larger than the {num_train_examples} training examples")
 
 
+def _phase_schedules(cfg: ml_collections.ConfigDict) -> tuple[list, list]:
+  """The batch-size and image-size schedules as checked ``(epoch, value)`` pairs."""
+  return (_schedule(cfg.train.batch_size_schedule, "train.batch_size_schedule", 1),
+          _schedule(cfg.data.image_size_schedule, "data.image_size_schedule", 32, 32))
+
+
+def batch_key(phase: Phase) -> str:
+  """The config key that set ``phase``'s batch size, for errors about it."""
+  return "train.batch_size" if phase.index == 0 else "train.batch_size_schedule"
+
+
+def num_train_examples(cfg: ml_collections.ConfigDict) -> int:
+  """The training-set size the run is laid out for: the key, else the built split's."""
+  if cfg.data.num_train_examples > 0:
+    return cfg.data.num_train_examples
+  from agejax.data import input_pipeline  # TensorFlow only when the dataset is read
+
+  try:
+    return input_pipeline.num_examples(cfg.data, cfg.data.train_split)
+  except ConfigError as e:
+    raise ConfigError(
+        "data.num_train_examples",
+        f"is 0 and the size of {cfg.data.dataset}:{cfg.data.train_split} cannot be "
+        f"read ({e}); build the dataset or set the number of training examples") from e
+
+
 def run_length(cfg: ml_collections.ConfigDict, num_train_examples: int) -> RunLength:
   """Resolves train.num_epochs / train.num_train_steps (and the phases) into steps.
 
@@ -139,8 +184,7 @@ def run_length(cfg: ml_collections.ConfigDict, num_train_examples: int) -> RunLe
   _check_batch(batch, num_train_examples, "train.batch_size")
   steps_per_epoch = num_train_examples // batch
   accum = int(cfg.optim.grad_accum_steps)
-  batches = _schedule(cfg.train.batch_size_schedule, "train.batch_size_schedule", 1)
-  sizes = _schedule(cfg.data.image_size_schedule, "data.image_size_schedule", 32, 32)
+  batches, sizes = _phase_schedules(cfg)
   for i, (_, b) in enumerate(batches):
     _check_batch(b, num_train_examples, f"train.batch_size_schedule[{i}]")
   power = LR_SCALINGS[cfg.optim.lr_scaling]

@@ -174,6 +174,17 @@ def _onecycle(cfg: Any, base_lr: float, total_steps: int) -> optax.Schedule:
       div_factor=div_factor, final_div_factor=final_div_factor)
 
 
+def _check_name(name: str) -> None:
+  if name not in SCHEDULES:
+    raise ConfigError(_config_key("name"),
+                      f"unknown schedule {name!r}; known: {list(SCHEDULES)}")
+
+
+def check(cfg: Any) -> None:
+  """The schedule's name; its other keys need the run's length (:func:`build_schedule`)."""
+  _check_name(cfg.optim.schedule.name)
+
+
 def build_schedule(schedule_cfg: Any, base_lr: float, steps_per_epoch: int,
                    total_steps: int) -> optax.Schedule:
   """Builds the learning-rate schedule described by ``optim.schedule.*``.
@@ -195,14 +206,9 @@ def build_schedule(schedule_cfg: Any, base_lr: float, steps_per_epoch: int,
     raise ValueError(
         f"steps_per_epoch ({steps_per_epoch}) and total_steps ({total_steps}) "
         "must be positive")
-  if isinstance(base_lr, bool) or not isinstance(
-      base_lr, (int, float)) or not 0 < base_lr < math.inf:
-    raise ConfigError("optim.lr", f"must be a number > 0, got {base_lr!r}")
-  base_lr = float(base_lr)
+  base_lr = float(base_lr)  # optim.lr: agejax.train.optim checks it
   name = schedule_cfg.name
-  if name not in SCHEDULES:
-    raise ConfigError(_config_key("name"),
-                      f"unknown schedule {name!r}; known: {list(SCHEDULES)}")
+  _check_name(name)
   warmup, warmup_key = warmup_steps(schedule_cfg, steps_per_epoch,
                                      total_steps)
   init_factor = _number(schedule_cfg, "warmup_init_factor")

@@ -19,16 +19,16 @@ from agejax import models
 from agejax.train import initial_weights
 from agejax.train import run_length
 from agejax.train import optim
-from agejax.train import schedules
 from agejax.train import steps
 
 
 def build_step_fns(cfg: ml_collections.ConfigDict, length: run_length.RunLength,
-                   schedule: Any = None) -> steps.StepStatics:
+                   sweep: Any = None) -> steps.StepStatics:
   """The model's structure and the optimizer, from shapes alone.
 
   The optimizer and its schedule count updates, not micro-batches.
-  ``schedule`` replaces the base learning rate ``optim.schedule`` describes.
+  ``sweep`` replaces the base schedule ``optim.schedule`` describes
+  (:func:`agejax.train.optim.learning_rates`).
   """
   abstract = models.abstract_model(cfg.model, cfg.data.image_size)
   _, abstract_params, _ = models.split_state(abstract)
@@ -36,15 +36,11 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: run_length.RunLength,
   # Groups with bn="frozen" (frozen groups by default) keep their statistics.
   models.freeze_batch_norm(abstract, optim.frozen_batch_norm(assignments))
   graphdef = models.split_state(abstract)[0]
-  if schedule is None:
-    schedule = schedules.build_schedule(cfg.optim.schedule, cfg.optim.lr,
-                                        length.updates_per_epoch, length.total_updates)
-  schedule = schedules.phase_scaled(schedule, length)
+  rates = optim.learning_rates(cfg.optim, length, assignments, sweep)
   return steps.StepStatics(
       graphdef=graphdef,
-      tx=optim.build_optimizer(cfg.optim, abstract_params, length.updates_per_epoch,
-                               length.total_updates, schedule),
-      schedule=schedule,
+      tx=optim.build_optimizer(cfg.optim, abstract_params, rates),
+      learning_rates=rates,
       assignments=assignments,
       ema_decay=float(cfg.optim.ema_decay),
       grad_accum_steps=length.grad_accum_steps)

@@ -44,7 +44,7 @@ class StepStatics:
   """What the steps close over: static structure, never traced."""
   graphdef: Any
   tx: optax.GradientTransformation
-  schedule: optax.Schedule
+  learning_rates: optim.LearningRates
   assignments: dict[str, optim.Assignment]
   ema_decay: float
   grad_accum_steps: int
@@ -161,8 +161,7 @@ def train_step(statics: StepStatics, state: TrainState, batch: dict[str, jax.Arr
     metrics[f"{BLOCK_UPDATE_RATIO}/{block}"] = ratio
   for block, norm in _trainable_norms(grads, statics.assignments, _by_block).items():
     metrics[f"{BLOCK_GRAD_NORM}/{block}"] = norm
-  for group, lr in optim.learning_rates(
-      statics.assignments, statics.schedule, state.step // statics.grad_accum_steps).items():
+  for group, lr in statics.learning_rates.at(state.step // statics.grad_accum_steps).items():
     metrics[f"lr/{group}"] = lr
   new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats,

@@ -42,12 +42,25 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from agejax.config import config_check
 from agejax.errors import CheckpointSaveFailed
 from agejax.errors import exception_chain
 from agejax.errors import TrainingDiverged
 
 # WORKDIR/checkpoints: the folder this module lays out (one orbax step folder per save).
 CHECKPOINTS_DIR = "checkpoints"
+BEST_METRICS = ("mae", "loss", "rmse")  # validation metrics, all lower-is-better
+
+RULES: dict[str, config_check.Rule] = {
+    "train.keep_checkpoints": config_check.POSITIVE,
+    "train.keep_best": config_check.NON_NEGATIVE,
+    "train.best_metric": config_check.one_of(BEST_METRICS),
+}
+
+
+def check(cfg: Any) -> None:
+  """The rules of which checkpoints a run keeps."""
+  config_check.check_rules(cfg, RULES)
 _STATE = "state"
 _EXTRA = "extra"
 

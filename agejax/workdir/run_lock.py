@@ -29,6 +29,10 @@ import socket
 import time
 from typing import Any
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from agejax.errors import WorkdirInUse
 
 LOCK_FILE = "run.lock"
@@ -137,3 +141,20 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def lock_for_every_process(workdir: str) -> WorkdirLock:
+  """Process 0 takes the workdir's lock; every process learns whether it got it."""
+  lock = WorkdirLock(workdir, enabled=jax.process_index() == 0)
+  refusal = None
+  try:
+    lock.acquire()
+  except WorkdirInUse as e:
+    refusal = e
+  if jax.process_count() > 1:  # all processes stop together, none waits in a collective
+    taken = multihost_utils.broadcast_one_to_all(np.int32(refusal is None))
+    if not int(taken) and refusal is None:
+      refusal = WorkdirInUse(workdir, "another run (process 0 holds the details)", lock.path)
+  if refusal is not None:
+    raise refusal
+  return lock
