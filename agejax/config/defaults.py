@@ -133,6 +133,10 @@ def default_config() -> ml_collections.ConfigDict:
   # train/validation gap. 0: off.
   c.train.train_eval_examples = 1024
   c.train.early_stop_patience = 0  # stop after P evaluations without improvement; 0: off
+  # Per-example loss weights by age against an imbalanced label histogram:
+  # none | inverse | sqrt_inverse | lds (agejax.train.loss_weights).
+  c.train.loss_weighting = "none"
+  c.train.lds_sigma = 2.0  # lds: the Gaussian smoothing the histogram, in years
   c.train.profile = False  # capture a profiler trace of a few steps into the workdir
 
   # --- optimizer -----------------------------------------------------------------

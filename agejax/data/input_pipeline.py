@@ -107,6 +107,20 @@ def _records(builder: tfds.core.DatasetBuilder, split: Any,
   return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _labels(records: tf.data.Dataset) -> np.ndarray:
+  """The float32 ``age`` of every record, in order (the images stay encoded)."""
+  batches = records.map(lambda r: r["age"]).batch(8192).as_numpy_iterator()
+  return np.concatenate(list(batches) or [np.zeros([0], np.float32)])
+
+
+def split_labels(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  """Every label (``data.label``) of ``split``, all processes' parts, in stored order."""
+  builder = catalog.prepared_builder(data_cfg.dataset, data_cfg.data_dir)
+  catalog.check_features(builder, data_cfg)
+  _count(data_cfg, split, split)  # a ConfigError naming the key for an unknown split
+  return _labels(_records(builder, split, data_cfg))
+
+
 def _rng_key(*parts: Any) -> tf.Tensor:
   """A stateless RNG key folded from integers (Python or tensors)."""
   return _fold(tf.constant([0, 0], tf.int64), *parts)
@@ -166,9 +180,7 @@ def _train_stream(records: tf.data.Dataset, data_cfg: ml_collections.ConfigDict,
   table of random draws, its k-th row going with the epoch's k-th example.
   """
   if data_cfg.balance_ages:
-    ages = np.concatenate([b["age"] for b in records.map(
-        lambda r: {"age": r["age"]}).batch(8192).as_numpy_iterator()])
-    factors = _repeat_factors(ages)
+    factors = _repeat_factors(_labels(records))
     indexed = records.enumerate()
 
   def epoch_length(epoch: int) -> int:

@@ -6,7 +6,7 @@ Keys and types come first (:mod:`agejax.config.config_check`, with its "did
 you mean"), then each owner's ``check(config)``: the dataset's name, the
 benchmark split, the input normalisation, the backbone, the head, the run's
 length, the loop's intervals, the checkpoints kept, the optimizer, the
-schedule's name and the initial weights. Rules that need the dataset, the
+schedule's name, the initial weights and the loss weighting. Rules that need the dataset, the
 parameter paths, the run's length or the devices are checked by the same
 owners once those are known, still before anything compiles.
 """
@@ -23,13 +23,14 @@ from agejax.data import folders
 from agejax.models import heads
 from agejax.train import cadence
 from agejax.train import initial_weights
+from agejax.train import loss_weights
 from agejax.train import optim
 from agejax.train import run_length
 from agejax.train import schedules
 from agejax.workdir import checkpointing
 
 OWNERS = (catalog, folders, augment, models, heads, run_length, cadence, checkpointing,
-          optim, schedules, initial_weights)
+          optim, schedules, initial_weights, loss_weights)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

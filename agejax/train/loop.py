@@ -170,7 +170,8 @@ class Run:
     self.console = console.TrainingConsole(workdir, self.length, self.step,
                                            enabled=self.is_chief)
     rows = _plan_rows(cfg, self.statics, self.state, self.imported)
-    self.console.start(_start_rows(cfg, rows, self.length, self.mesh, self.imported, workdir),
+    self.console.start(_start_rows(cfg, rows, self.statics, self.length, self.mesh, self.imported,
+                                   workdir),
                        planning.fine_tune_warning(cfg, rows), resumed_from=resumed_from)
     self.phase, self.train_iter = self._phase_batches(self.step)
     self.preemption = preemption.Preemption()
@@ -371,10 +372,12 @@ def _plan_rows(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,
                             bool(cfg.model.freeze_bn_stats))
 
 
-def _start_rows(cfg: ml_collections.ConfigDict, plan_rows: tuple, length: run_length.RunLength,
-                mesh: Any, imported: Any, workdir: str) -> list[tuple[str, str]]:
+def _start_rows(cfg: ml_collections.ConfigDict, plan_rows: tuple, statics: steps.StepStatics,
+                length: run_length.RunLength, mesh: Any, imported: Any, workdir: str
+                ) -> list[tuple[str, str]]:
   """The plan's description of the run, plus where it runs and writes."""
-  rows = planning.describe(cfg, plan_rows, length, initial_weights.describe(cfg.init, imported))
+  rows = planning.describe(cfg, plan_rows, length, initial_weights.describe(cfg.init, imported),
+                           statics.age_weights)
   devices = mesh.devices.flat
   first = next(iter(devices))
   rows.insert(rows.index(next(r for r in rows if r[0] == "batch")) + 1, (

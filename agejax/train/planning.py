@@ -24,6 +24,7 @@ from agejax import models
 from agejax import terminal
 from agejax.models import paths
 from agejax.train import initial_weights
+from agejax.train import loss_weights
 from agejax.train import run_length
 from agejax.train import optim
 from agejax.train import schedules
@@ -57,6 +58,7 @@ class Plan:
   # The base learning rate along the run (steps, lr); a group's is lr_mult x.
   lr_curve: tuple[np.ndarray, np.ndarray]
   group_lr_mults: dict[str, float]
+  age_weights: loss_weights.AgeWeights | None = None  # train.loss_weighting's table
 
   @property
   def trainable(self) -> int:
@@ -187,8 +189,12 @@ def _batch_norm_text(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) ->
 
 
 def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
-             length: run_length.RunLength, weights: str) -> list[tuple[str, str]]:
-  """The run's decisions as (name, text) rows: what --dry_run and the trainer print first."""
+             length: run_length.RunLength, weights: str,
+             age_weights: loss_weights.AgeWeights | None = None) -> list[tuple[str, str]]:
+  """The run's decisions as (name, text) rows: what --dry_run and the trainer print first.
+
+  ``age_weights``: the step's loss weights by age (``train.loss_weighting``).
+  """
   m, d, n = cfg.model, cfg.data, length
   labels = group_labels(rows)
   trainable = sum(r.size for r in rows if not r.frozen)
@@ -219,6 +225,7 @@ def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
       ("data", f"{d.dataset} {d.train_split} ({n.num_train_examples:,} examples) -> "
                f"{d.eval_split}, {d.image_size}px, {m.preprocessing} preprocessing"),
       ("augmentation", augmentation),
+      ("loss weights", age_weights.describe() if age_weights else "none (every example 1)"),
       ("batch", f"{cfg.train.batch_size} global"),
       ("length", f"{n.total_epochs:g} epochs = {n.total_steps:,} steps" + (
           f" of {n.steps_per_epoch:,} per epoch" if len(n.phases) == 1 else
@@ -298,7 +305,7 @@ def make_plan(cfg: ml_collections.ConfigDict, imported: Any = None) -> Plan:
   curve_steps = np.unique(np.linspace(0, length.total_steps, 400).astype(np.int64))
   updates = np.asarray([length.update_of_step(s) for s in curve_steps])
   curve = (curve_steps, np.asarray(jax.vmap(rates.base)(jnp.asarray(updates))))
-  return Plan(rows, length, milestones, state_floats, curve, group_mults)
+  return Plan(rows, length, milestones, state_floats, curve, group_mults, statics.age_weights)
 
 
 def plan_records(plan: Plan) -> list[dict[str, Any]]:
@@ -376,7 +383,8 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   print(format_plan(plan))
   print()
   print(terminal.block("run", describe(cfg, plan.rows, plan.length,
-                                        initial_weights.describe(cfg.init, imported))))
+                                        initial_weights.describe(cfg.init, imported),
+                                        plan.age_weights)))
   warning = fine_tune_warning(cfg, plan.rows)
   if warning:
     print(f"\n{warning}")

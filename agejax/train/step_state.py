@@ -2,7 +2,8 @@
 
 The trainer, the plan (``--dry_run``), the LR range test and the step
 benchmark all call these two functions, so what the plan shows is what the
-run does. Nothing here imports TensorFlow.
+run does. Nothing here imports TensorFlow (a ``train.loss_weighting`` other than
+``none`` reads the training labels through tf.data).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from jax.sharding import NamedSharding
 
 from agejax import models
 from agejax.train import initial_weights
+from agejax.train import loss_weights
 from agejax.train import run_length
 from agejax.train import optim
 from agejax.train import steps
@@ -43,7 +45,8 @@ def build_step_fns(cfg: ml_collections.ConfigDict, length: run_length.RunLength,
       learning_rates=rates,
       assignments=assignments,
       ema_decay=float(cfg.optim.ema_decay),
-      grad_accum_steps=length.grad_accum_steps)
+      grad_accum_steps=length.grad_accum_steps,
+      age_weights=loss_weights.for_run(cfg))
 
 
 def create_train_state(cfg: ml_collections.ConfigDict, statics: steps.StepStatics,

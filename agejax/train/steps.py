@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from agejax import models
+from agejax.train import loss_weights
 from agejax.train import optim
 from agejax.models import paths
 
@@ -48,6 +49,8 @@ class StepStatics:
   assignments: dict[str, optim.Assignment]
   ema_decay: float
   grad_accum_steps: int
+  # train.loss_weighting's table; None: every example weighs 1.
+  age_weights: loss_weights.AgeWeights | None = None
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -123,7 +126,10 @@ def train_step(statics: StepStatics, state: TrainState, batch: dict[str, jax.Arr
     params = paths.unflatten({**frozen, **trainable_params})
     model = models.merge_state(statics.graphdef, params, state.batch_stats)
     outputs = model(batch["image"], train=True, dropout_rng=key)
-    loss = _masked_mean(model.head.loss(outputs, batch["age"]), mask)
+    per_example = model.head.loss(outputs, batch["age"])
+    if statics.age_weights is not None:
+      per_example = per_example * statics.age_weights.of(batch["age"])
+    loss = _masked_mean(per_example, mask)
     age, _ = model.head.predict(outputs)
     return loss, (models.split_state(model)[2], age)
 
