@@ -2,10 +2,14 @@ r"""Evaluate a trained run's checkpoint on one or more dataset splits.
 
   python -m agejax.evaluate --workdir=DIR [--checkpoint=best|latest|STEP] \
       [--dataset=NAME:SPLIT ...] [--tta=none|flip] [--data_dir=D] \
-      [--label=FEATURE] [--label_std=FEATURE] [--batch_size=B]
+      [--label=FEATURE] [--label_std=FEATURE] [--batch_size=B] \
+      [--bands=0-12,13-17,18-24,25-34,35-44,45-54,55-64,65+] \
+      [--attribute=FEATURE ...] [--resamples=1000]
 
 Prints MAE, RMSE, bias, CS@5 (and the epsilon-error where the labels carry a
-std) per split, and writes JSON, predictions, figures and TensorBoard
+std) per split, then each split's age card (MAE and bias per age band,
+FATE's MAE 18-30, challenge-age and band-membership rates, MAE per
+gender/race/--attribute group, all with 95% bootstrap intervals), and writes JSON, predictions, figures and TensorBoard
 summaries under DIR/eval. See agejax.evaluation.evaluate_run for the labels, the
 file names and what each file holds. Exit codes: 0 done, 2 bad flags, config
 or checkpoint.
@@ -19,6 +23,8 @@ import sys
 from absl import flags
 
 from agejax import cli
+from agejax.errors import ConfigError
+from agejax.evaluation import age_card
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("workdir", None, "Training workdir to evaluate.", flag_values=FLAGS)
@@ -35,6 +41,14 @@ flags.DEFINE_string("label", None, "Label feature; default: the run's, or the da
 flags.DEFINE_string("label_std", None, "Label std feature for the epsilon-error; '' for none.",
                     flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", None, "Global batch; default: the run's.", flag_values=FLAGS)
+flags.DEFINE_string("bands", ",".join(map(age_card.band_label, age_card.DEFAULT_BANDS)),
+                    "The age card's bands of the true age: LO-HI or LO+, comma-separated.",
+                    flag_values=FLAGS)
+flags.DEFINE_multi_string("attribute", [], "A dataset feature the age card also groups by "
+                          "(gender, race and identity are read where present).",
+                          flag_values=FLAGS)
+flags.DEFINE_integer("resamples", age_card.RESAMPLES, "Bootstrap resamples of the age card.",
+                     lower_bound=1, flag_values=FLAGS)
 
 
 def _main(args: list[str]) -> None:
@@ -44,11 +58,18 @@ def _main(args: list[str]) -> None:
   from agejax.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
 
   tta = None if FLAGS.tta is None else FLAGS.tta == "flip"
-  results = evaluate_run.evaluate_run(FLAGS.workdir, FLAGS.checkpoint, FLAGS.dataset, tta,
-                             data_dir=FLAGS.data_dir, label=FLAGS.label,
-                             label_std=FLAGS.label_std, batch_size=FLAGS.batch_size)
+  try:
+    bands = age_card.parse_bands(FLAGS.bands)
+  except ValueError as e:
+    raise ConfigError("--bands", str(e)) from e
+  results = evaluate_run.evaluate_run(
+      FLAGS.workdir, FLAGS.checkpoint, FLAGS.dataset, tta, data_dir=FLAGS.data_dir,
+      label=FLAGS.label, label_std=FLAGS.label_std, batch_size=FLAGS.batch_size, bands=bands,
+      extra_attributes=FLAGS.attribute, resamples=FLAGS.resamples)
   if jax.process_index() == 0:
     print(evaluate_run.format_table(results))
+    for key, record in results.items():
+      print(f"\n{key}: " + age_card.format_card(record["card"]))
     print(f"\nwritten to {os.path.join(FLAGS.workdir, evaluate_run.EVAL_DIR)}")
 
 

@@ -29,7 +29,7 @@ STEPS = 16
 N_VALIDATION = 64  # synthetic_faces/tiny
 # 64 examples in batches of 24: the last batch carries 8 padding rows.
 BATCH = 24
-FIGURES = ("pred_vs_true", "mae_by_age", "cs", "error_hist")
+FIGURES = ("pred_vs_true", "mae_by_age", "cs", "error_hist", "card_bands", "card_challenge")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,8 @@ def test_every_metric_matches_numpy_on_the_saved_predictions(workdir, plain, dat
   assert (saved["checkpoint_step"], saved["tta"], saved["label"], saved["label_std"]) == (
       STEPS, "none", "age", "")
   rows = np.load(_stem(workdir, "synthetic_faces_tiny_validation_16_predictions.npz"))
-  assert sorted(rows.files) == ["loss", "pred", "spread", "std", "true"]
+  assert sorted(rows.files) == ["index", "loss", "pred", "spread", "std", "true"]
+  np.testing.assert_array_equal(rows["index"], np.arange(N_VALIDATION))
   pred, true = rows["pred"].astype(np.float64), rows["true"].astype(np.float64)
 
   # Every example once, in stored order, padding rows dropped.
@@ -218,3 +219,96 @@ def test_command_line(workdir):
     record = json.load(f)
   assert (record["checkpoint_step"], record["tta"], record["n"]) == (8, "flip", 64)
   assert math.isfinite(record["mae"])
+
+
+def _genders(data_dir, split):
+  builder = tfds.builder("synthetic_faces/tiny", data_dir=data_dir)
+  names = builder.info.features["gender"].names
+  return np.asarray([names[int(e["gender"])] for e in builder.as_dataset(
+      split=split, shuffle_files=False)])
+
+
+def _mean(values, where):
+  return float(np.mean(values[where]))
+
+
+def test_the_age_card_of_the_command_is_numpy_on_its_predictions(workdir, data_dir):
+  """Every card item against a plain numpy computation on the saved predictions."""
+  result = subprocess.run(
+      [sys.executable, "-m", "agejax.evaluate", f"--workdir={workdir}", "--checkpoint=16",
+       "--dataset=synthetic_faces/tiny:test", f"--batch_size={BATCH}",
+       "--bands=0-12,13-17,18-44,45+", "--resamples=300"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(_stem(workdir, "synthetic_faces_tiny_test_16.json")) as f:
+    card = json.load(f)["card"]
+  rows = np.load(_stem(workdir, "synthetic_faces_tiny_test_16_predictions.npz"))
+  pred, true = rows["pred"].astype(np.float64), rows["true"].astype(np.float64)
+  spread = rows["spread"].astype(np.float64)
+  gender = _genders(data_dir, "test")[rows["index"]]
+  errors, years = pred - true, np.floor(true)
+  assert card["bootstrap"] == {"resamples": 300, "seed": 0, "level": 0.95, "unit": "example",
+                               "units": 64}
+
+  bands = {"0-12": (years <= 12), "13-17": (years >= 13) & (years <= 17),
+           "18-44": (years >= 18) & (years <= 44), "45+": years >= 45}
+  shown = [b for b in bands if bands[b].any()]
+  assert [b["band"] for b in card["bands"]] == shown
+  for row in card["bands"]:
+    where = bands[row["band"]]
+    assert row["n"] == where.sum()
+    assert row["mae"] == pytest.approx(_mean(np.abs(errors), where), rel=1e-12)
+    assert row["bias"] == pytest.approx(_mean(errors, where), rel=1e-12)
+    assert row["mae_ci"][0] <= row["mae"] <= row["mae_ci"][1]
+
+  cells = [(years == a) & (gender == g) for a in range(18, 31) for g in ("female", "male")]
+  cells = [c for c in cells if c.any()]
+  assert card["mae_18_30"]["cells"] == len(cells) and card["mae_18_30"]["by"] == "sex x age"
+  assert card["mae_18_30"]["value"] == pytest.approx(
+      np.mean([_mean(np.abs(errors), c) for c in cells]), rel=1e-12)
+
+  for row, (a, c) in zip(card["challenge"], ((18, 21), (18, 25), (18, 30))):
+    assert (row["protected"], row["challenge"]) == (a, c)
+    assert row["fpr"] == pytest.approx(np.mean(pred[true < a] >= c), rel=1e-12)
+    assert row["n_minors"] == np.sum(true < a)
+    assert row["adult_pass_rate"] == pytest.approx(np.mean(pred[true >= c] >= c), rel=1e-12)
+  curve = card["challenge_curve"]["18"]
+  assert curve["challenge"] == list(range(18, 39))
+  assert curve["fpr"][7] == pytest.approx(np.mean(pred[true < 18] >= 25), rel=1e-12)
+
+  inside = (pred >= 13) & (pred < 17)
+  member = card["band_membership"]
+  for where, got in (((years >= 13) & (years <= 16), member.get("tpr")),
+                     ((years >= 8) & (years <= 12), member.get("below", {}).get("fpr")),
+                     ((years >= 17) & (years <= 22), member.get("above", {}).get("fpr"))):
+    if where.any():
+      assert got == pytest.approx(np.mean(inside[where]), rel=1e-12)
+
+  groups = card["groups"]["gender"]
+  maes = {g: _mean(np.abs(errors), gender == g) for g in ("female", "male")}
+  assert groups["groups"]["female"]["mae"] == pytest.approx(maes["female"], rel=1e-12)
+  assert groups["groups"]["male"]["n"] == np.sum(gender == "male")
+  assert groups["differential"] == pytest.approx(max(maes.values()) / min(maes.values()),
+                                                 rel=1e-12)
+  assert card["spread"]["within_1"] == pytest.approx(np.mean(np.abs(errors) <= spread), rel=1e-12)
+  assert card["spread"]["within_2"] == pytest.approx(np.mean(np.abs(errors) <= 2 * spread),
+                                                     rel=1e-12)
+  assert any(n.startswith("face_size:") for n in card["notes"])
+  # The console shows the card after the table.
+  lines = result.stdout.splitlines()
+  assert any(l.startswith("synthetic_faces/tiny:test: age card (95% intervals, 300 resamples")
+             for l in lines)
+  first = card["bands"][0]
+  assert any(l.split()[:3] == [first["band"], str(first["n"]), f"{first['mae']:.2f}"]
+             for l in lines)
+
+
+def test_a_bad_band_is_a_one_line_error(workdir):
+  result = subprocess.run(
+      [sys.executable, "-m", "agejax.evaluate", f"--workdir={workdir}", "--bands=0-12,x"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "agejax.evaluate: config error: --bands: band 'x' is not LO-HI or LO+ in whole years")

@@ -212,7 +212,12 @@ def test_eval_padding_masks_and_process_parts(data_dir):
   np.testing.assert_array_equal(_ids(single, masked=True), stored)
   np.testing.assert_array_equal(_ids(parts[0], masked=True), stored[:19])
   np.testing.assert_array_equal(_ids(parts[1], masked=True), stored[19:])
+  # index: the stored-order position, so other features join on it; -1 pads.
+  for batches, first in ((single, 0), (parts[0], 0), (parts[1], 19)):
+    index = np.concatenate([b["index"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(index, np.arange(first, first + len(index)))
   last = parts[1][-1]
+  np.testing.assert_array_equal(last["index"][2:], [-1, -1])
   np.testing.assert_array_equal(last["mask"], [True, True, False, False])
   np.testing.assert_array_equal(last["image"][2:], 0.0)
   np.testing.assert_array_equal(last["age"][2:], 0.0)

@@ -4,7 +4,9 @@ Each process reads its own contiguous part of the split (``tfds.even_splits``)
 and yields local batches of ``batch_size / process_count`` examples:
 ``image`` float32 [b, S, S, 3] normalised for ``model.preprocessing``, ``age``
 float32 (``data.label``), ``age_std`` float32 (``data.label_std`` or zeros),
-and, in evaluation, ``mask`` (bool: False on padding rows).
+and, in evaluation, ``mask`` (bool: False on padding rows) and ``index``
+(int32: the example's position in the split's stored order, -1 on padding),
+which joins a prediction to the example's other features.
 :func:`device_batches` turns them into global arrays sharded over a mesh.
 
 Determinism and exact restart. Nothing here uses stateful randomness:
@@ -222,6 +224,7 @@ class _SplitSource:
   decode: Callable[[tf.Tensor], tf.Tensor]
   preprocessing: str
   stored_as_jpeg: bool
+  first_index: int = 0  # stored-order position of this process's first example
 
 
 def _train_batches(src: _SplitSource, data_cfg: ml_collections.ConfigDict, seed: int,
@@ -271,17 +274,18 @@ def _eval_batches(src: _SplitSource) -> tf.data.Dataset:
   """Every example once in stored order (``eval_input``'s TF twin), padded to equal batches."""
   size = src.image_size
 
-  def prepare(record):
+  def prepare(position, record):
     image = eval_input.network_input_tf(src.decode(record["image"]), size, src.resize_side,
                                         src.preprocessing)
     return {"image": image, "age": record["age"],
-            "age_std": record["age_std"], "mask": tf.constant(True)}
+            "age_std": record["age_std"], "mask": tf.constant(True),
+            "index": tf.cast(position + src.first_index, tf.int32)}
 
-  ds = src.records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = src.records.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   num_batches = -(-max(src.counts) // src.local_batch)
   padding = {"image": tf.zeros([size, size, 3], tf.float32),
              "age": tf.zeros([], tf.float32), "age_std": tf.zeros([], tf.float32),
-             "mask": tf.constant(False)}
+             "mask": tf.constant(False), "index": tf.constant(-1, tf.int32)}
   pad_rows = num_batches * src.local_batch - src.counts[src.process_index]
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad_rows))
   return ds.batch(src.local_batch, drop_remainder=True)
@@ -333,6 +337,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
                       f"{process_count} processes")
   if max_examples and train:
     raise ValueError("max_examples applies to evaluation streams only")
+  first_index = sum(counts[:process_index])
   limit = -(-max_examples // process_count) if max_examples else 0
   if limit:
     counts = [min(c, limit) for c in counts]
@@ -349,7 +354,8 @@ def create_split(data_cfg: ml_collections.ConfigDict,
                         local_batch=local_batch, image_size=size, stored_shape=tuple(stored),
                         resize_side=resize_side, decode=decode, preprocessing=preprocessing,
                         stored_as_jpeg=getattr(builder.info.features["image"],
-                                               "encoding_format", None) == "jpeg")
+                                               "encoding_format", None) == "jpeg",
+                        first_index=first_index)
   if train:
     first = (start_step * local_batch if start_example is None
              else start_example // process_count)

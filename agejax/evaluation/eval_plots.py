@@ -108,9 +108,65 @@ def plot_error_hist(pred: Sequence[float], true: Sequence[float], out_path: str,
   return _save(fig, out_path)
 
 
+def _error_bars(values: Sequence[float], intervals: Sequence[Sequence[float]]) -> np.ndarray:
+  values = np.asarray(values, np.float64)
+  bounds = np.asarray(intervals, np.float64).reshape(-1, 2)
+  return np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values]))
+
+
+def plot_card_bands(card: Mapping[str, Any], out_path: str, title: str = "") -> str:
+  """MAE and bias per age band with their 95% intervals (the age card's first table)."""
+  bands = card["bands"]
+  names = [b["band"] for b in bands]
+  x = np.arange(len(names))
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), dpi=_DPI, sharex=True)
+  bars = top.bar(x, [b["mae"] for b in bands], color="tab:blue",
+                 yerr=_error_bars([b["mae"] for b in bands], [b["mae_ci"] for b in bands]),
+                 capsize=3)
+  top.bar_label(bars, labels=[f"n={b['n']}" for b in bands], fontsize=7, padding=6)
+  top.set_ylabel("MAE (years)")
+  top.margins(y=0.15)
+  bottom.axhline(0.0, color="black", linewidth=1)
+  bottom.errorbar(x, [b["bias"] for b in bands], capsize=3, marker="o", linestyle="none",
+                  yerr=_error_bars([b["bias"] for b in bands], [b["bias_ci"] for b in bands]),
+                  color="tab:red")
+  bottom.set_ylabel("bias: predicted - true")
+  bottom.set_xticks(x, names)
+  bottom.set_xlabel("true age band")
+  for ax in (top, bottom):
+    ax.grid(True, axis="y", alpha=0.3)
+  top.set_title(title or "MAE and bias by age band (95% bootstrap intervals)", fontsize=10)
+  return _save(fig, out_path)
+
+
+def plot_card_challenge(card: Mapping[str, Any], out_path: str, title: str = "") -> str:
+  """Minors estimated at or over the challenge age, and adults passing, against that age."""
+  fig, ax = plt.subplots(figsize=_SIZE, dpi=_DPI)
+  for protected, curve in card["challenge_curve"].items():
+    ages = curve["challenge"]
+    fpr = [np.nan if v is None else v for v in curve["fpr"]]
+    passed = [np.nan if v is None else v for v in curve["adult_pass_rate"]]
+    ax.plot(ages, fpr, marker="o", markersize=3, label=f"under {protected} estimated >= C")
+    ax.plot(ages, passed, linestyle="--", label="C and over estimated >= C")
+  for c in card["challenge"]:
+    if "fpr" in c:
+      ax.annotate(f"{c['fpr']:.3f}", (c["challenge"], c["fpr"]), textcoords="offset points",
+                  xytext=(4, 6), fontsize=8)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel("challenge age C")
+  ax.set_ylabel("fraction")
+  ax.set_title(title or "challenge-age decisions", fontsize=10)
+  ax.legend(fontsize=8)
+  ax.grid(True, alpha=0.3)
+  return _save(fig, out_path)
+
+
 def plot_all(pred: Sequence[float], true: Sequence[float], metrics: Mapping[str, Any],
              stem: str, title: str = "") -> dict[str, str]:
-  """Every figure of :data:`FIGURES` as ``<stem>_<name>.png``; name -> path."""
+  """Every figure of :data:`FIGURES` as ``<stem>_<name>.png``; name -> path.
+
+  The age card's two need ``metrics["card"]``; without it they are left out.
+  """
   os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
   path = lambda name: f"{stem}_{name}.png"
   suffix = f"\n{title}" if title else ""  # a second line: long names fit
@@ -122,6 +178,12 @@ def plot_all(pred: Sequence[float], true: Sequence[float], metrics: Mapping[str,
       "cs": plot_cs_curve(metrics["cs"], path("cs"), "cumulative score" + suffix),
       "error_hist": plot_error_hist(pred, true, path("error_hist"),
                                     "error distribution" + suffix),
+      **({"card_bands": plot_card_bands(
+              metrics["card"], path("card_bands"),
+              "MAE and bias by age band (95% intervals)" + suffix),
+          "card_challenge": plot_card_challenge(
+              metrics["card"], path("card_challenge"), "challenge-age decisions" + suffix)}
+         if "card" in metrics else {}),
   }
 
 

@@ -4,7 +4,8 @@ The library behind
 
   python -m agejax.evaluate --workdir=DIR [--checkpoint=best|latest|STEP] \
       [--dataset=NAME:SPLIT ...] [--tta=none|flip] [--data_dir=D] \
-      [--label=FEATURE] [--label_std=FEATURE] [--batch_size=B]
+      [--label=FEATURE] [--label_std=FEATURE] [--batch_size=B] \
+      [--bands=0-12,13-17,...,65+] [--attribute=FEATURE ...] [--resamples=1000]
 
 ``--dataset`` defaults to the run's ``data.dataset`` with ``data.eval_split``.
 NAME is a TFDS name with an optional config and version
@@ -35,10 +36,14 @@ appended with TTA so both variants can sit side by side):
 
 * ``<stem>.json``: the :func:`agejax.evaluation.age_metrics.summarize` metrics plus
   ``dataset``, ``split``, ``label``, ``label_std``, ``checkpoint_step``,
-  ``tta`` (``"none"`` or ``"flip"``), ``figures`` and ``predictions``;
-* ``<stem>_predictions.npz``: ``pred``, ``true``, ``std``, ``spread`` and ``loss``, one
-  entry per example (in stored order on one process);
-* ``<stem>_{pred_vs_true,mae_by_age,cs,error_hist}.png``;
+  ``tta`` (``"none"`` or ``"flip"``), ``card`` (the age card,
+  :mod:`agejax.evaluation.age_card`: bands, FATE's MAE 18-30, challenge
+  ages, band membership, groups by the dataset's attributes, face size,
+  the spread's calibration), ``figures`` and ``predictions``;
+* ``<stem>_predictions.npz``: ``pred``, ``true``, ``std``, ``spread``, ``loss`` and
+  ``index`` (the example's stored-order position), one entry per example;
+* ``<stem>_{pred_vs_true,mae_by_age,cs,error_hist,card_bands,card_challenge}.png``,
+  titled with the run and the dataset;
 * the scalars and the same figures in TensorBoard and ``metrics.jsonl`` under
   ``DIR/eval``, tagged ``<dataset>_<split>[_flip]`` at the checkpoint's step.
 """
@@ -58,7 +63,9 @@ from agejax import json_files
 from agejax import device_mesh
 from agejax.data import catalog
 from agejax.errors import ConfigError
+from agejax.evaluation import age_card
 from agejax.evaluation import age_metrics
+from agejax.evaluation import attributes
 from agejax.evaluation import eval_plots
 from agejax.evaluation import predictions
 from agejax.workdir import metric_io
@@ -160,8 +167,10 @@ def evaluate_run(workdir: str, which: str | int = "best",
                  datasets: Sequence[str] | None = None,
                  tta: bool | None = False, *, data_dir: str | None = None,
                  label: str | None = None, label_std: str | None = None,
-                 batch_size: int | None = None, write_files: bool = True
-                 ) -> dict[str, dict[str, Any]]:
+                 batch_size: int | None = None, write_files: bool = True,
+                 bands: Sequence[age_card.Band] = age_card.DEFAULT_BANDS,
+                 extra_attributes: Sequence[str] = (),
+                 resamples: int = age_card.RESAMPLES) -> dict[str, dict[str, Any]]:
   """Evaluates ``workdir``'s checkpoint ``which`` on each ``NAME:SPLIT`` of ``datasets``.
 
   Args:
@@ -173,6 +182,9 @@ def evaluate_run(workdir: str, which: str | int = "best",
     label, label_std: feature overrides (module doc); None: the defaults.
     batch_size: global batch; None: the run's ``train.batch_size``.
     write_files: write JSON, predictions, PNGs and TensorBoard (process 0).
+    bands: the age card's bands of the true age.
+    extra_attributes: dataset features the card also groups by.
+    resamples: the card's bootstrap resamples.
 
   Returns:
     ``{"NAME:SPLIT": record}``, each record what ``<stem>.json`` holds.
@@ -195,13 +207,20 @@ def evaluate_run(workdir: str, which: str | int = "best",
       name, split = parse_dataset(spec, cfg.data.eval_split)
       data = _data_config(cfg, name, split, data_dir, label, label_std)
       rows = predict(data, batch_size)
+      names = attributes.available(data, extra_attributes)
+      card = age_card.age_card(
+          rows["pred"], rows["true"], rows["spread"],
+          attributes.joined(attributes.read(data, split, names), rows["index"]),
+          bands=bands, resamples=resamples)
       record = {"dataset": name, "split": split, "label": data.label,
                 "label_std": data.label_std, "checkpoint_step": trained.step,
                 "tta": "flip" if tta else "none",
                 **age_metrics.summarize(rows["pred"], rows["true"],
-                                        rows["std"] if data.label_std else None)}
+                                        rows["std"] if data.label_std else None),
+                "card": card}
       if write:
-        _write(record, rows, out_dir, writer)
+        _write(record, rows, out_dir, writer, 
+               os.path.basename(os.path.normpath(workdir)))
       results[f"{name}:{split}"] = record
   finally:
     if writer is not None:
@@ -210,13 +229,13 @@ def evaluate_run(workdir: str, which: str | int = "best",
 
 
 def _write(record: dict[str, Any], rows: Mapping[str, np.ndarray], out_dir: str,
-           writer: Any) -> None:
+           writer: Any, run_name: str) -> None:
   """The JSON, predictions, figures and TensorBoard summaries of one evaluation."""
   tag = file_tag(record["dataset"], record["split"], record["tta"] == "flip")
   stem = os.path.join(out_dir, f"{tag}_{record['checkpoint_step']}")
   os.makedirs(out_dir, exist_ok=True)
   np.savez(f"{stem}_predictions.npz", **rows)
-  title = f"{record['dataset']}:{record['split']}, step {record['checkpoint_step']}"
+  title = f"{run_name}: {record['dataset']}:{record['split']}, step {record['checkpoint_step']}"
   if record["tta"] == "flip":
     title += ", flip TTA"
   figures = eval_plots.plot_all(rows["pred"], rows["true"], record, stem, title)

@@ -27,7 +27,7 @@ from agejax.evaluation import age_metrics
 from agejax.models import forward
 
 # The rows make_forward returns for every example of a padded batch.
-ROWS = ("pred", "spread", "loss", "true", "std", "mask")
+ROWS = ("pred", "spread", "loss", "true", "std", "mask", "index")
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,7 +42,8 @@ def make_forward(graphdef: Any, flip_tta: bool, mesh: Mesh) -> Callable[..., dic
     model = models.merge_state(graphdef, params, batch_stats)
     age, spread, outputs = forward.predict(model, batch["image"], flip_tta=flip_tta)
     return {"pred": age, "spread": spread, "loss": model.head.loss(outputs, batch["age"]),
-            "true": batch["age"], "std": batch["age_std"], "mask": batch["mask"]}
+            "true": batch["age"], "std": batch["age_std"], "mask": batch["mask"],
+            "index": batch["index"]}
 
   return jax.jit(rows, out_shardings=NamedSharding(mesh, P()))
 
@@ -53,7 +54,10 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
                   batch_size: int, batch_key: str = "train.batch_size",
                   max_examples: int = 0, show_progress: bool = False
                   ) -> dict[str, np.ndarray]:
-  """Every example of ``data.eval_split``: float32 arrays of :data:`ROWS` less ``mask``.
+  """Every example of ``data.eval_split``: arrays of :data:`ROWS` less ``mask``.
+
+  All float32 but ``index``, the int64 stored-order position of each example
+  (``agejax.evaluation.attributes`` joins the dataset's other features on it).
 
   ``batch_key`` is the config key or flag named when ``batch_size`` does not
   divide over the devices. ``max_examples`` > 0: about that many examples,
@@ -77,7 +81,8 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
     bar.close()
   rows = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
   keep = rows.pop("mask").astype(bool)
-  return {k: v[keep].astype(np.float32) for k, v in rows.items()}
+  return {k: v[keep].astype(np.int64 if k == "index" else np.float32)
+          for k, v in rows.items()}
 
 
 def scalar_metrics(rows: Mapping[str, np.ndarray], with_std: bool = False) -> dict[str, float]:
