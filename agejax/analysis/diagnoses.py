@@ -32,6 +32,12 @@ kind                   fires when
                        ``collapse_spread`` x the label std
 ``input_bound``        the median data wait exceeds ``input_bound_wait`` of the
                        step time
+``lr_decayed_too_early`` the learning rate fell below ``decayed_lr_fraction`` of
+                       its peak while validation was still improving by more
+                       than ``decayed_gain_before`` (relative) per evaluation
+                       over the last two evaluations before that step, and it
+                       improved by less than ``decayed_gain_after`` (relative)
+                       in the two or more evaluations after it
 =====================  ==========================================================
 """
 
@@ -46,8 +52,8 @@ import numpy as np
 from agejax.analysis import run_records
 from agejax.errors import UsageError
 
-KINDS = ("diverging", "overfitting", "plateau", "still_improving", "block_not_learning",
-         "collapse_to_mean", "input_bound")
+KINDS = ("diverging", "overfitting", "plateau", "still_improving", "lr_decayed_too_early",
+         "block_not_learning", "collapse_to_mean", "input_bound")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Thresholds:
   not_learning_factor: float = 1e-3
   collapse_spread: float = 0.25
   input_bound_wait: float = 0.05
+  decayed_lr_fraction: float = 0.01
+  decayed_gain_before: float = 0.01
+  decayed_gain_after: float = 0.01
 
   @classmethod
   def parse(cls, settings: list[str]) -> "Thresholds":
@@ -214,6 +223,32 @@ def _still_improving(run: run_records.Run, t: Thresholds) -> dict[str, Any] | No
           "lr_at_end_fraction_of_peak": (last / peak) if peak else None}
 
 
+def _lr_decayed_too_early(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  curves = [run.series(run_records.TRAIN, n) for n in run.names(run_records.TRAIN, run_records.LR)]
+  curves = [c for c in curves if len(c) and c.values.max() > 0]
+  val = run.series(run_records.VALIDATION, run.metric)
+  if not curves or len(val) < 5:
+    return None
+  lr = max(curves, key=lambda c: c.values.max())
+  peak_at = int(np.argmax(lr.values))
+  low = np.nonzero(lr.values[peak_at:] < t.decayed_lr_fraction * lr.values[peak_at])[0]
+  if not low.size:
+    return None
+  decayed_step = int(lr.steps[peak_at + low[0]])
+  before, after = val.values[val.steps <= decayed_step], val.values[val.steps > decayed_step]
+  if len(before) < 3 or len(after) < 2:
+    return None
+  pace_before = float(before[-3] - before[-1]) / 2 / max(abs(float(before[-3])), 1e-12)
+  gain_after = float(before[-1] - after.min()) / max(abs(float(before[-1])), 1e-12)
+  if pace_before <= t.decayed_gain_before or gain_after >= t.decayed_gain_after:
+    return None
+  return {"decayed_at_step": decayed_step, "lr_peak": float(lr.values[peak_at]),
+          "lr_then": float(lr.values[peak_at + low[0]]),
+          "gain_per_eval_before": pace_before, "gain_after": gain_after,
+          f"validation_{run.metric}_at_decay": float(before[-1]),
+          f"best_validation_{run.metric}_after": float(after.min())}
+
+
 def _block_not_learning(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
   names = run.names(run_records.TRAIN, run_records.BLOCK_UPDATE_RATIO)
   medians = {}
@@ -298,6 +333,15 @@ def _advice(kind: str, run: run_records.Run, evidence: dict[str, Any]) -> str:
            if frac is not None and frac < 0.05 else "the run stopped early")
     return (f"{why}; train longer (train.num_epochs={cfg.train.num_epochs * 2:g}) "
             "or resume from the latest checkpoint with a longer schedule")
+  if kind == "lr_decayed_too_early":
+    schedule = cfg.optim.schedule
+    return (f"the learning rate was cut to {_fmt(evidence['lr_then'])} at step "
+            f"{evidence['decayed_at_step']} while validation still gained "
+            f"{evidence['gain_per_eval_before']:.1%} per evaluation, and it has barely moved "
+            f"since: decay later or less (optim.schedule.name={schedule.name}; "
+            f"decay_every_epochs={schedule.decay_every_epochs:g}, "
+            f"decay_factor={schedule.decay_factor:g}; warmup_cosine over the whole run "
+            "decays gradually), or raise optim.lr")
   if kind == "block_not_learning":
     blocks = ", ".join(evidence["blocks"])
     return (f"{blocks} barely move: raise their lr_mult in optim.groups (e.g. 0.1 instead "
@@ -319,6 +363,7 @@ RULES: dict[str, Callable[[run_records.Run, Thresholds], dict[str, Any] | None]]
     "overfitting": _overfitting,
     "plateau": _plateau,
     "still_improving": _still_improving,
+    "lr_decayed_too_early": _lr_decayed_too_early,
     "block_not_learning": _block_not_learning,
     "collapse_to_mean": _collapse,
     "input_bound": _input_bound,
