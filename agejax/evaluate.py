@@ -9,8 +9,8 @@ r"""Evaluate a trained run's checkpoint on one or more dataset splits.
 Prints MAE, RMSE, bias, CS@5 (and the epsilon-error where the labels carry a
 std) per split, then each split's age card (MAE and bias per age band,
 FATE's MAE 18-30, challenge-age and band-membership rates, MAE per
-gender/race/--attribute group, all with 95% bootstrap intervals), and writes JSON, predictions, figures and TensorBoard
-summaries under DIR/eval. See agejax.evaluation.evaluate_run for the labels, the
+gender/race/--attribute group, all with 95% bootstrap intervals), and
+writes JSON, predictions, figures and TensorBoard summaries under DIR/eval. See agejax.evaluation.evaluate_run for the labels, the
 file names and what each file holds. Exit codes: 0 done, 2 bad flags, config
 or checkpoint.
 """

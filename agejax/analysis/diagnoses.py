@@ -197,12 +197,17 @@ def _plateau(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
           "lr_peak": peak}
 
 
-def _lr_peak_and_last(run: run_records.Run) -> tuple[float | None, float]:
+def _top_lr_curve(run: run_records.Run) -> run_records.Series | None:
+  """The logged learning rate of the group with the highest peak; None if none was logged."""
   curves = [run.series(run_records.TRAIN, n) for n in run.names(run_records.TRAIN, run_records.LR)]
   curves = [c for c in curves if len(c) and c.values.max() > 0]
-  if not curves:
+  return max(curves, key=lambda c: c.values.max()) if curves else None
+
+
+def _lr_peak_and_last(run: run_records.Run) -> tuple[float | None, float]:
+  top = _top_lr_curve(run)
+  if top is None:
     return None, 0.0
-  top = max(curves, key=lambda c: c.values.max())
   return float(top.values.max()), float(top.values[-1])
 
 
@@ -224,12 +229,10 @@ def _still_improving(run: run_records.Run, t: Thresholds) -> dict[str, Any] | No
 
 
 def _lr_decayed_too_early(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
-  curves = [run.series(run_records.TRAIN, n) for n in run.names(run_records.TRAIN, run_records.LR)]
-  curves = [c for c in curves if len(c) and c.values.max() > 0]
+  lr = _top_lr_curve(run)
   val = run.series(run_records.VALIDATION, run.metric)
-  if not curves or len(val) < 5:
+  if lr is None or len(val) < 5:
     return None
-  lr = max(curves, key=lambda c: c.values.max())
   peak_at = int(np.argmax(lr.values))
   low = np.nonzero(lr.values[peak_at:] < t.decayed_lr_fraction * lr.values[peak_at])[0]
   if not low.size:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import ml_collections
@@ -83,5 +82,4 @@ def load(workdir: str) -> Run:
   for record in metric_io.read_metrics(workdir):
     by_step.setdefault(record["split"], {})[int(record["step"])] = record
   records = {split: [rows[s] for s in sorted(rows)] for split, rows in by_step.items()}
-  name = os.path.basename(os.path.normpath(workdir)) or workdir
-  return Run(name, workdir, cfg, run_config.load_summary(workdir), records)
+  return Run(run_config.run_name(workdir), workdir, cfg, run_config.load_summary(workdir), records)

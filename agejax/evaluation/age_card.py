@@ -234,9 +234,10 @@ def _membership(boot, pred, true, band, neighbours):
 
 def _groups(boot, pred, true, values):
   errors = pred - true
+  labels = values.astype(str)
   rows = {}
-  for group in sorted({str(v) for v in values} - set(UNKNOWN)):
-    where = np.asarray([str(v) == group for v in values])
+  for group in sorted(set(labels.tolist()) - set(UNKNOWN)):
+    where = labels == group
     mae, mae_ci = boot.mean(np.abs(errors), where)
     rows[group] = {"n": int(where.sum()), "mae": mae, "mae_ci": mae_ci,
                    "bias": float(np.mean(errors[where]))}

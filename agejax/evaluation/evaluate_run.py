@@ -70,6 +70,7 @@ from agejax.evaluation import eval_plots
 from agejax.evaluation import predictions
 from agejax.workdir import metric_io
 from agejax.workdir import restore
+from agejax.workdir import run_config
 
 EVAL_DIR = "eval"
 TTA_MODES = ("none", "flip")
@@ -219,8 +220,7 @@ def evaluate_run(workdir: str, which: str | int = "best",
                                         rows["std"] if data.label_std else None),
                 "card": card}
       if write:
-        _write(record, rows, out_dir, writer, 
-               os.path.basename(os.path.normpath(workdir)))
+        _write(record, rows, out_dir, writer, run_config.run_name(workdir))
       results[f"{name}:{split}"] = record
   finally:
     if writer is not None:

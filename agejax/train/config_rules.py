@@ -6,9 +6,10 @@ Keys and types come first (:mod:`agejax.config.config_check`, with its "did
 you mean"), then each owner's ``check(config)``: the dataset's name, the
 benchmark split, the input normalisation, the backbone, the head, the run's
 length, the loop's intervals, the checkpoints kept, the optimizer, the
-schedule's name, the initial weights and the loss weighting. Rules that need the dataset, the
-parameter paths, the run's length or the devices are checked by the same
-owners once those are known, still before anything compiles.
+schedule's name, the initial weights and the loss weighting. Rules that
+need the dataset, the parameter paths, the run's length or the devices are
+checked by the same owners once those are known, still before anything
+compiles.
 """
 
 from __future__ import annotations

@@ -66,13 +66,13 @@ class AgeWeights:
 
   def describe(self) -> str:
     """The plan's row: the scheme and the range of the weights the training set meets."""
-    used = np.asarray(self.table)[np.asarray(self.present)]
+    years = np.flatnonzero(self.present)
+    used = np.asarray(self.table)[years]
+    low, high = int(np.argmin(used)), int(np.argmax(used))
     smoothing = f", sigma {self.sigma:g} years" if self.scheme == "lds" else ""
-    low, high = np.argmin(np.where(self.present, self.table, np.inf)), np.argmax(
-        np.where(self.present, self.table, -np.inf))
-    return (f"{self.scheme}{smoothing}: per-example weights {used.min():.3g} (age "
-            f"{self.min_age + low}) .. {used.max():.3g} (age {self.min_age + high}), "
-            "mean 1 over the training set")
+    return (f"{self.scheme}{smoothing}: per-example weights {used[low]:.3g} (age "
+            f"{self.min_age + years[low]}) .. {used[high]:.3g} (age "
+            f"{self.min_age + years[high]}), mean 1 over the training set")
 
 
 def year_bins(ages: Any, min_age: int, max_age: int) -> np.ndarray:

@@ -55,8 +55,12 @@ def load_summary(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def run_name(workdir: str) -> str:
+  """A run's name in titles and reports: its workdir's last component."""
+  return os.path.basename(os.path.normpath(workdir)) or workdir
+
+
 def title(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   """``run-name: resnet18 dex, momentum lr 0.1, batch 64``: what a run's figures are titled with."""
-  name = os.path.basename(os.path.normpath(workdir)) or workdir
-  return (f"{name}: {cfg.model.arch} {cfg.model.head}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
+  return (f"{run_name(workdir)}: {cfg.model.arch} {cfg.model.head}, {cfg.optim.name} lr {cfg.optim.lr:g}, "
           f"batch {cfg.train.batch_size}")
