@@ -72,6 +72,7 @@ def _batch() -> int | None:
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
   from agejax.serving import exporters  # pylint: disable=import-outside-toplevel
+  from agejax.serving import intervals  # pylint: disable=import-outside-toplevel
 
   out = os.path.abspath(FLAGS.output)
   meta = exporters.export(FLAGS.workdir, out, FLAGS.checkpoint, margin=FLAGS.margin,
@@ -101,6 +102,8 @@ def _main(args: list[str]) -> None:
     elif held:
       print(f"held-out MAE on {held['examples']} {held['split']} crops: {held['mae_exported']:.3f} "
             f"years quantised vs {held['mae_jax']:.3f} float ({held['mae_difference']:+.3f})")
+  note = intervals.fitted_for(FLAGS.workdir, meta["source"]["step"], meta["flip_tta"])[1]
+  print(note + (", in model.json" if "interval" in meta else ""))
   if FLAGS.format in _HOW_TO_CALL:
     print("call it:\n  " + _HOW_TO_CALL[FLAGS.format].format(out=out))
   print(f"predict: python -m agejax.predict --model={out} PHOTO.jpg")

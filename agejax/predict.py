@@ -5,8 +5,9 @@ r"""Ages of the faces in photos.
 
 PATHs are image files or folders (searched recursively). Each face found is
 cropped exactly as the training crops were and its age and spread printed,
-one line per face (``photos/a.jpg, 182 64 265 171, 34.2, 5.1``), or one JSON
-object per file with --json. See agejax.serving.photos for the details.
+one line per face (``photos/a.jpg, 182 64 265 171, 34.2, 5.1``, then the
+calibrated interval ``, 28.1-40.3 (90%)`` when the model has one), or one
+JSON object per file with --json. See agejax.serving.photos for the details.
 Exit codes: 0 done, 1 no file could be read, 2 bad flags or model.
 """
 

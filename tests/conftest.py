@@ -32,17 +32,35 @@ def tiny_data_dir(tmp_path_factory) -> str:
 TINY_RUN_STEPS = 16
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_data_dir) -> str:
-  """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input), once per process."""
+def _train_tiny(tmp_path_factory, data_dir: str, lr: float | None = None) -> str:
+  """A 16-step tiny run (evaluations and checkpoints at steps 8 and 16); its workdir."""
   from agejax.train import loop
   from configs import tiny
 
   cfg = tiny.get_config()
-  cfg.data.data_dir = tiny_data_dir
+  cfg.data.data_dir = data_dir
   cfg.train.num_train_steps = TINY_RUN_STEPS
   cfg.train.eval_every_steps = 8
   cfg.train.checkpoint_every_steps = 8
+  if lr is not None:
+    cfg.optim.lr = lr
   directory = str(tmp_path_factory.mktemp("run"))
   loop.train_and_evaluate(cfg, directory)
   return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data_dir) -> str:
+  """A 16-step tiny run on synthetic_faces/tiny (32 px stored, 32 px input), once per process."""
+  return _train_tiny(tmp_path_factory, tiny_data_dir)
+
+
+@pytest.fixture(scope="session")
+def varied_run(tmp_path_factory, tiny_data_dir) -> str:
+  """The same 16 steps at lr 0.005: its faces get different ages.
+
+  The tiny config's lr saturates the softmax within 16 steps, and every face
+  then gets the same age; what needs predictions that differ (flip TTA,
+  calibrated intervals) uses this run.
+  """
+  return _train_tiny(tmp_path_factory, tiny_data_dir, lr=0.005)

@@ -43,6 +43,7 @@ class FixtureRow:
   age: int | None  # None where no age can be computed
   gender: str
   fate: dict[str, str]  # config -> split kept in, or drop reason
+  box: tuple[float, float, float, float]  # face_location, pixels of the photo
 
 
 @dataclasses.dataclass
@@ -281,7 +282,8 @@ def _write_part(rng, source, specs, image_sizes, rows):
     rows.append(FixtureRow(
         source=source, file_name=file_name, case=spec.case, identity=identity,
         age=None if spec.dob is None or spec.dob_value is not None else spec.age,
-        gender=gender, fate={"clean": spec.clean or split, "raw": spec.raw or split}))
+        gender=gender, fate={"clean": spec.clean or split, "raw": spec.raw or split},
+        box=tuple(float(v) for v in box)))
 
   struct = {}
   for key, values in fields.items():

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -13,6 +14,7 @@ import builder_testing
 
 from agejax.data import face_crop
 from agejax.data import folders
+from agejax.evaluation import attributes
 from data_builders import age_csv
 from data_builders import common
 
@@ -208,6 +210,8 @@ def test_path_split_without_identity(dirs):
                  "validation": ["imgs/face_01.jpg", "imgs/face_43.jpg"],
                  "test": ["imgs/face_33.jpg"]}
   assert {ex["identity"] for ex in examples(builder, "train").values()} == {b""}
+  # Without a box the photo is the face: its shorter side.
+  assert {ex["face_size"] for ex in examples(builder, "train").values()} == {40}  # 40x40
   assert report(builder)["dropped"] == 0
 
 
@@ -228,6 +232,7 @@ def test_split_column_and_face_boxes(dirs):
   assert min(distance([16, 8, 40, 32], 0.0), distance([16, 8, 40, 32], 0.4),
              distance(None, 0.0)) > 10
   assert ex["gender"] == 2  # unknown: no gender column
+  assert ex["face_size"] == 24  # the box's shorter side: min(40 - 16, 32 - 8)
 
 
 def test_named_variant_loads_by_name(dirs):
@@ -236,6 +241,10 @@ def test_named_variant_loads_by_name(dirs):
   builder = tfds.builder("age_csv/boxes", data_dir=dirs[1])
   assert {s: builder.info.splits[s].num_examples for s in BOXES_SPLITS} == BOXES_SPLITS
   assert builder.info.features["image"].shape == (32, 32, 3)
+  # The age card reads face_size from the built variant, in stored order.
+  data_cfg = ml_collections.ConfigDict({"dataset": "age_csv/boxes", "data_dir": dirs[1]})
+  assert attributes.available(data_cfg) == ["identity", "gender", "face_size"]
+  assert attributes.read(data_cfg, "train", ["face_size"])["face_size"].tolist() == [24, 24]
 
 
 def test_missing_columns_are_named():

@@ -210,6 +210,9 @@ def test_examples_match_the_release(clean_build):
     assert genders[ex["gender"]] == row.gender
     assert ex["identity"].decode() == row.identity
     assert ("imdb", "wiki")[ex["source"]] == row.source
+    # The photo's face box, not the reduced decode's: the shorter side, rounded.
+    x1, y1, x2, y2 = row.box
+    assert ex["face_size"] == round(min(x2 - x1, y2 - y1))
   assert by_file[outcome.row("june_30").file_name][1]["age"] == 20
   assert by_file[outcome.row("july_1").file_name][1]["age"] == 19
   assert by_file[outcome.row("unknown_gender").file_name][1]["gender"] == 2
@@ -283,8 +286,8 @@ def test_a_user_config_changes_size_margin_and_thresholds(tar_release, tmp_path)
 
 def test_gcs_is_disabled():
   assert gcs_utils._is_gcs_disabled is True  # pylint: disable=protected-access
-  assert gcs_utils.is_dataset_on_gcs("imdb_wiki/clean/1.0.0") is False
-  assert gcs_utils.gcs_dataset_info_files("imdb_wiki/clean/1.0.0") is None
+  assert gcs_utils.is_dataset_on_gcs("imdb_wiki/clean/1.1.0") is False
+  assert gcs_utils.gcs_dataset_info_files("imdb_wiki/clean/1.1.0") is None
 
 
 def test_configs():
@@ -325,6 +328,6 @@ def test_tfds_build_command_without_network(tmp_path):
           "data_builders/imdb_wiki", f"--manual_dir={manual_dir}", f"--data_dir={data_dir}",
           "--config=raw"],
       cwd=REPO, check=True, capture_output=True, timeout=300)
-  report = json.loads((data_dir / "imdb_wiki/raw/1.0.0" / imdb_wiki.REPORT_FILE).read_text())
+  report = json.loads((data_dir / "imdb_wiki/raw/1.1.0" / imdb_wiki.REPORT_FILE).read_text())
   assert report["dropped_per_reason"] == RAW_DROPS
   assert report == outcome.report("raw")

@@ -30,8 +30,35 @@ def test_configs_are_the_documented_ones():
   configs = {c.name: c for c in synthetic_faces.Builder.BUILDER_CONFIGS}
   sizes = {name: (c.image_size, c.num_train, c.num_validation, c.num_test, c.seed)
            for name, c in configs.items()}
-  assert sizes == {"default": (64, 4096, 512, 512, 0), "tiny": (32, 256, 64, 64, 0)}
+  assert sizes == {"default": (64, 4096, 512, 512, 0), "tiny": (32, 256, 64, 64, 0),
+                   "thin_extremes": (64, 4096, 512, 512, 0),
+                   "tiny_thin_extremes": (32, 256, 64, 64, 0)}
+  assert {n: (c.keep_extremes, c.young_below, c.old_above) for n, c in configs.items()} == {
+      "default": (1.0, 13, 70), "tiny": (1.0, 13, 70), "thin_extremes": (0.1, 13, 70),
+      "tiny_thin_extremes": (0.1, 13, 70)}
   assert synthetic_faces.Builder.DEFAULT_CONFIG_NAME == "default"
+
+
+def test_a_thinned_train_split_keeps_its_middle_and_a_seeded_share_of_its_extremes(tmp_path):
+  thinned = dataclasses.replace(SMALL, name="thin", num_train=400, keep_extremes=0.25)
+  builder = synthetic_faces.Builder(data_dir=str(tmp_path), config=thinned)
+  builder.download_and_prepare()
+  generated = [faces.example(3, "train", i, 32) for i in range(400)]
+  extreme = [face.age < 13 or face.age > 70 for _, face in generated]
+  kept = [i for i in range(400) if not extreme[i] or faces.kept(3, i, generated[i][1].age,
+                                                                 0.25, 13, 70)]
+  ds = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+  got = sorted((int(ex["age"]), ex["image"]) for ex in tfds.as_numpy(ds))
+  assert got == sorted((generated[i][1].age, face_crop.encode_jpeg(generated[i][0]))
+                       for i in kept)
+  n_extreme = sum(extreme)  # 400 uniform ages 0..100: about 40% at the extremes
+  kept_extreme = len(kept) - (400 - n_extreme)
+  # Binomial(n_extreme, 0.25): within 4 of its std of the mean.
+  assert abs(kept_extreme - 0.25 * n_extreme) < 4 * (n_extreme * 0.25 * 0.75) ** 0.5
+  assert builder.info.splits["validation"].num_examples == 8  # other splits whole
+  with open(os.path.join(builder.data_dir, "cleaning_report.json")) as f:
+    assert json.load(f)["dropped_per_reason"] == {
+        "train face thinned at the age extremes": 400 - len(kept)}
 
 
 def test_same_seed_same_bytes():

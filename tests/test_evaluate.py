@@ -20,7 +20,6 @@ from agejax.evaluation import evaluate_run
 from agejax.data import input_pipeline
 from agejax.workdir import metric_io
 from agejax.workdir import restore
-from agejax.train import loop
 from agejax.errors import ConfigError
 from configs import tiny
 
@@ -38,17 +37,9 @@ def data_dir(tiny_data_dir):
 
 
 @pytest.fixture(scope="module")
-def workdir(data_dir, tmp_path_factory):
-  cfg = tiny.get_config()
-  cfg.data.data_dir = data_dir
-  cfg.train.num_train_steps = STEPS
-  cfg.train.eval_every_steps = 8
-  # The tiny config's lr saturates the softmax within 16 steps: every face
-  # then gets the same age, and flipping could not change a prediction.
-  cfg.optim.lr = 0.005
-  directory = str(tmp_path_factory.mktemp("run"))
-  loop.train_and_evaluate(cfg, directory)
-  return directory
+def workdir(varied_run):
+  """conftest's varied run: faces get different ages, so flipping changes them."""
+  return varied_run
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,18 @@ kind                   fires when
                        over the last two evaluations before that step, and it
                        improved by less than ``decayed_gain_after`` (relative)
                        in the two or more evaluations after it
+``extremes_biased``    at the last evaluation, the youngest or the oldest age band
+                       with at least ``extremes_min_examples`` validation faces
+                       is pulled toward the mean age: its mean error exceeds the
+                       overall mean error by more than ``extremes_bias`` years
+                       (youngest, estimated too old) or falls short of it by more
+                       (oldest, too young)
 =====================  ==========================================================
+
+``extremes_biased`` measures each band's bias against the overall bias, so
+a run that is simply too old everywhere is not pulled toward the mean; the
+bands are the age card's (:mod:`agejax.evaluation.age_card`), which
+validation logs as ``band_bias/<band>`` and ``band_n/<band>``.
 """
 
 from __future__ import annotations
@@ -51,9 +62,11 @@ import numpy as np
 
 from agejax.analysis import run_records
 from agejax.errors import UsageError
+from agejax.evaluation import age_card
 
+_BAND_BIAS, _BAND_N = "band_bias/", "band_n/"  # validation's per-band scalars
 KINDS = ("diverging", "overfitting", "plateau", "still_improving", "lr_decayed_too_early",
-         "block_not_learning", "collapse_to_mean", "input_bound")
+         "block_not_learning", "collapse_to_mean", "extremes_biased", "input_bound")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +92,8 @@ class Thresholds:
   decayed_lr_fraction: float = 0.01
   decayed_gain_before: float = 0.01
   decayed_gain_after: float = 0.01
+  extremes_bias: float = 3.0
+  extremes_min_examples: float = 5
 
   @classmethod
   def parse(cls, settings: list[str]) -> "Thresholds":
@@ -301,6 +316,35 @@ def _collapse(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
           "label_mean": float(last.get("true_mean", math.nan))}
 
 
+def _logged_bands(record: dict[str, Any], min_examples: float) -> list[tuple[str, float]]:
+  """``(band, bias)`` of a validation record's bands with enough faces, youngest first."""
+  found = []
+  for key, bias in record.items():
+    band = key[len(_BAND_BIAS):]
+    if key.startswith(_BAND_BIAS) and float(record.get(_BAND_N + band, 0)) >= min_examples:
+      found.append((age_card.parse_bands(band)[0], band, float(bias)))
+  return [(band, bias) for _, band, bias in sorted(found)]
+
+
+def _extremes_biased(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
+  records = run.records.get(run_records.VALIDATION, [])
+  last = next((r for r in reversed(records) if "mean_error" in r), None)
+  bands = _logged_bands(last, t.extremes_min_examples) if last else []
+  if len(bands) < 2:  # runs logged before validation had bands, or one band only
+    return None
+  overall = float(last["mean_error"])
+  (young, young_bias), (old, old_bias) = bands[0], bands[-1]
+  pulled = {}
+  if young_bias - overall > t.extremes_bias:
+    pulled[young] = young_bias
+  if overall - old_bias > t.extremes_bias:
+    pulled[old] = old_bias
+  if not pulled:
+    return None
+  return {"step": int(last["step"]), "band_bias": pulled, "overall_bias": overall,
+          f"validation_{run.metric}": float(last.get(run.metric, math.nan))}
+
+
 def _input_bound(run: run_records.Run, t: Thresholds) -> dict[str, Any] | None:
   wait = run.series(run_records.TRAIN, "data_wait_fraction")
   if not len(wait):
@@ -354,6 +398,13 @@ def _advice(kind: str, run: run_records.Run, evidence: dict[str, Any]) -> str:
     return ("the model predicts about the mean age for every face: check that the "
             "backbone learns (block update ratios), that init.pretrained loaded, and "
             "that optim.lr is not so high that the head sits at the prior; train longer")
+  if kind == "extremes_biased":
+    shown = ", ".join(f"{band} {bias:+.1f}" for band, bias in evidence["band_bias"].items())
+    return (f"the extreme ages are pulled toward the mean (mean error {shown} years against "
+            f"{evidence['overall_bias']:+.1f} overall): weight them up "
+            "(train.loss_weighting=lds, or sqrt_inverse), resample them (data.balance_ages="
+            "True), use a label-distribution head (model.head=dldl), or add training faces "
+            "at those ages; python -m agejax.evaluate prints the age card per band")
   if kind == "input_bound":
     return ("the input pipeline is the bottleneck: raise data.prefetch, use more CPU "
             "cores per GPU, cheaper augmentation (data.augment.rotation_degrees=0) or "
@@ -369,6 +420,7 @@ RULES: dict[str, Callable[[run_records.Run, Thresholds], dict[str, Any] | None]]
     "lr_decayed_too_early": _lr_decayed_too_early,
     "block_not_learning": _block_not_learning,
     "collapse_to_mean": _collapse,
+    "extremes_biased": _extremes_biased,
     "input_bound": _input_bound,
 }
 

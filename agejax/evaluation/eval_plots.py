@@ -161,11 +161,35 @@ def plot_card_challenge(card: Mapping[str, Any], out_path: str, title: str = "")
   return _save(fig, out_path)
 
 
+def plot_calibration(calibration: Mapping[str, Any], out_path: str, title: str = "") -> str:
+  """Realised coverage of the calibrated intervals per age band, against the target."""
+  bands = calibration["bands"]
+  x = np.arange(len(bands))
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), dpi=_DPI, sharex=True)
+  bars = top.bar(x, [b["coverage"] for b in bands], color="tab:green")
+  top.bar_label(bars, labels=[f"n={b['n']}" for b in bands], fontsize=7)
+  target = calibration["target"]
+  top.axhline(target, color="black", linestyle="--", linewidth=1,
+              label=f"target {target:.0%}; overall {calibration['coverage']:.1%}")
+  top.set_ylim(0.0, 1.1)
+  top.set_ylabel("coverage")
+  top.legend(fontsize=8, loc="lower right")
+  bottom.bar(x, [b["mean_width"] for b in bands], color="tab:gray")
+  bottom.set_ylabel("mean width (years)")
+  bottom.set_xticks(x, [b["band"] for b in bands])
+  bottom.set_xlabel("true age band")
+  for ax in (top, bottom):
+    ax.grid(True, axis="y", alpha=0.3)
+  top.set_title(title or "calibrated intervals by age band", fontsize=10)
+  return _save(fig, out_path)
+
+
 def plot_all(pred: Sequence[float], true: Sequence[float], metrics: Mapping[str, Any],
              stem: str, title: str = "") -> dict[str, str]:
   """Every figure of :data:`FIGURES` as ``<stem>_<name>.png``; name -> path.
 
-  The age card's two need ``metrics["card"]``; without it they are left out.
+  The age card's two need ``metrics["card"]``, the intervals' one
+  ``metrics["calibration"]``; without them they are left out.
   """
   os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
   path = lambda name: f"{stem}_{name}.png"
@@ -184,6 +208,10 @@ def plot_all(pred: Sequence[float], true: Sequence[float], metrics: Mapping[str,
           "card_challenge": plot_card_challenge(
               metrics["card"], path("card_challenge"), "challenge-age decisions" + suffix)}
          if "card" in metrics else {}),
+      **({"calibration": plot_calibration(
+              metrics["calibration"], path("calibration"),
+              f"{100 * metrics['calibration']['target']:g}% intervals: coverage by age band"
+              + suffix)} if "calibration" in metrics else {}),
   }
 
 

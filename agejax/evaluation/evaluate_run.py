@@ -5,7 +5,8 @@ The library behind
   python -m agejax.evaluate --workdir=DIR [--checkpoint=best|latest|STEP] \
       [--dataset=NAME:SPLIT ...] [--tta=none|flip] [--data_dir=D] \
       [--label=FEATURE] [--label_std=FEATURE] [--batch_size=B] \
-      [--bands=0-12,13-17,...,65+] [--attribute=FEATURE ...] [--resamples=1000]
+      [--bands=0-12,13-17,...,65+] [--attribute=FEATURE ...] [--resamples=1000] \
+      [--calibrate_on=SPLIT|NAME:SPLIT] [--coverage=0.9]
 
 ``--dataset`` defaults to the run's ``data.dataset`` with ``data.eval_split``.
 NAME is a TFDS name with an optional config and version
@@ -39,13 +40,26 @@ appended with TTA so both variants can sit side by side):
   ``tta`` (``"none"`` or ``"flip"``), ``card`` (the age card,
   :mod:`agejax.evaluation.age_card`: bands, FATE's MAE 18-30, challenge
   ages, band membership, groups by the dataset's attributes, face size,
-  the spread's calibration), ``figures`` and ``predictions``;
+  the spread's calibration), ``figures`` and ``predictions``; with
+  ``--calibrate_on``, ``calibration``: the interval fitted on that split
+  (:mod:`agejax.evaluation.conformal`) and its realised coverage on this
+  one, overall and per band, and the mean width;
 * ``<stem>_predictions.npz``: ``pred``, ``true``, ``std``, ``spread``, ``loss`` and
   ``index`` (the example's stored-order position), one entry per example;
-* ``<stem>_{pred_vs_true,mae_by_age,cs,error_hist,card_bands,card_challenge}.png``,
+* ``<stem>_{pred_vs_true,mae_by_age,cs,error_hist,card_bands,card_challenge}.png``
+  (and ``<stem>_calibration.png`` with ``--calibrate_on``),
   titled with the run and the dataset;
 * the scalars and the same figures in TensorBoard and ``metrics.jsonl`` under
-  ``DIR/eval``, tagged ``<dataset>_<split>[_flip]`` at the checkpoint's step.
+  ``DIR/eval``, tagged ``<dataset>_<split>[_flip]`` at the checkpoint's step;
+* with ``--calibrate_on``, ``DIR/calibration.json``: the fitted interval,
+  which ``agejax.export`` writes into ``model.json`` for that checkpoint
+  (:mod:`agejax.serving.intervals`).
+
+Calibration. ``--calibrate_on=validation`` (a split of the run's dataset, or
+``NAME:SPLIT``) fits split-conformal intervals at ``--coverage`` on that
+split's predictions and measures them on every evaluated split. The
+interval records the test-time augmentation it was fitted with, and export
+gives it only to a model served the same way.
 """
 
 from __future__ import annotations
@@ -66,8 +80,10 @@ from agejax.errors import ConfigError
 from agejax.evaluation import age_card
 from agejax.evaluation import age_metrics
 from agejax.evaluation import attributes
+from agejax.evaluation import conformal
 from agejax.evaluation import eval_plots
 from agejax.evaluation import predictions
+from agejax.serving import intervals
 from agejax.workdir import metric_io
 from agejax.workdir import restore
 from agejax.workdir import run_config
@@ -171,7 +187,8 @@ def evaluate_run(workdir: str, which: str | int = "best",
                  batch_size: int | None = None, write_files: bool = True,
                  bands: Sequence[age_card.Band] = age_card.DEFAULT_BANDS,
                  extra_attributes: Sequence[str] = (),
-                 resamples: int = age_card.RESAMPLES) -> dict[str, dict[str, Any]]:
+                 resamples: int = age_card.RESAMPLES, calibrate_on: str | None = None,
+                 coverage: float = conformal.DEFAULT_COVERAGE) -> dict[str, dict[str, Any]]:
   """Evaluates ``workdir``'s checkpoint ``which`` on each ``NAME:SPLIT`` of ``datasets``.
 
   Args:
@@ -186,6 +203,9 @@ def evaluate_run(workdir: str, which: str | int = "best",
     bands: the age card's bands of the true age.
     extra_attributes: dataset features the card also groups by.
     resamples: the card's bootstrap resamples.
+    calibrate_on: ``SPLIT`` or ``NAME:SPLIT`` to fit calibrated intervals on
+      (saved as the run's ``calibration.json`` when ``write_files``).
+    coverage: the intervals' target coverage.
 
   Returns:
     ``{"NAME:SPLIT": record}``, each record what ``<stem>.json`` holds.
@@ -204,21 +224,37 @@ def evaluate_run(workdir: str, which: str | int = "best",
   predict = make_predictor(trained, tta)
   results = {}
   try:
+    interval, calibration_split = None, None
+    if calibrate_on:
+      # A bare SPLIT names a split of the run's dataset; NAME:SPLIT any other.
+      calibration_split = (parse_dataset(calibrate_on, cfg.data.eval_split)
+                           if ":" in calibrate_on else (cfg.data.dataset, calibrate_on))
+      interval = _fit_interval(predict, _data_config(cfg, *calibration_split, data_dir, label,
+                                                     label_std), batch_size, coverage,
+                               trained.step, tta)
+      if write:
+        intervals.save(workdir, interval)
     for spec in specs:
       name, split = parse_dataset(spec, cfg.data.eval_split)
       data = _data_config(cfg, name, split, data_dir, label, label_std)
       rows = predict(data, batch_size)
       names = attributes.available(data, extra_attributes)
-      card = age_card.age_card(
-          rows["pred"], rows["true"], rows["spread"],
-          attributes.joined(attributes.read(data, split, names), rows["index"]),
-          bands=bands, resamples=resamples)
+      found = attributes.joined(attributes.read(data, split, names), rows["index"])
+      card = age_card.age_card(rows["pred"], rows["true"], rows["spread"], found,
+                               bands=bands, resamples=resamples)
       record = {"dataset": name, "split": split, "label": data.label,
                 "label_std": data.label_std, "checkpoint_step": trained.step,
                 "tta": "flip" if tta else "none",
                 **age_metrics.summarize(rows["pred"], rows["true"],
                                         rows["std"] if data.label_std else None),
                 "card": card}
+      if interval is not None:
+        boot = age_card.Bootstrap.over(found.get("identity"), rows["pred"].size, resamples)
+        record["calibration"] = {
+            "interval": interval, "in_sample": (name, split) == calibration_split,
+            **conformal.assess(rows["pred"], rows["true"], rows["spread"], interval,
+                               min_age=cfg.model.min_age, max_age=cfg.model.max_age,
+                               bands=bands, boot=boot)}
       if write:
         _write(record, rows, out_dir, writer, run_config.run_name(workdir))
       results[f"{name}:{split}"] = record
@@ -226,6 +262,20 @@ def evaluate_run(workdir: str, which: str | int = "best",
     if writer is not None:
       writer.close()
   return results
+
+
+def _fit_interval(predict: Callable[..., dict[str, np.ndarray]],
+                  data: ml_collections.ConfigDict, batch_size: int, coverage: float,
+                  step: int, tta: bool) -> dict[str, Any]:
+  """The conformal interval fitted on ``data``'s evaluation split (``--calibrate_on``)."""
+  rows = predict(data, batch_size)
+  try:
+    interval = conformal.fit(rows["pred"], rows["true"], rows["spread"], coverage,
+                             fitted_on=f"{data.dataset}:{data.eval_split}", step=step)
+  except ValueError as e:
+    raise ConfigError("--calibrate_on", str(e)) from e
+  interval["tta"] = "flip" if tta else "none"
+  return interval
 
 
 def _write(record: dict[str, Any], rows: Mapping[str, np.ndarray], out_dir: str,

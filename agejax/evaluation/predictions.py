@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from agejax import models
 from agejax import terminal
 from agejax import device_mesh
+from agejax.evaluation import age_card
 from agejax.evaluation import age_metrics
 from agejax.models import forward
 
@@ -86,11 +87,24 @@ def predict_split(forward_fn: Callable[..., dict[str, jax.Array]], params: Any,
 
 
 def scalar_metrics(rows: Mapping[str, np.ndarray], with_std: bool = False) -> dict[str, float]:
-  """The scalars of :func:`agejax.evaluation.age_metrics.summarize`, plus mean loss and spread."""
+  """The scalars of :func:`agejax.evaluation.age_metrics.summarize`, plus mean loss and spread.
+
+  Also the mean error (bias) and the example count of each of the age card's
+  default bands that has examples, as ``band_bias/<band>`` and
+  ``band_n/<band>`` (``band_bias/0-12``): what the report's
+  ``extremes_biased`` reads.
+  """
   summary = age_metrics.summarize(rows["pred"], rows["true"],
                                   rows["std"] if with_std else None)
   out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
   out["loss"] = float(np.mean(rows["loss"], dtype=np.float64))
   out["spread"] = float(np.mean(rows["spread"], dtype=np.float64))
   out["count"] = float(summary["n"])
+  for band in age_card.DEFAULT_BANDS:
+    where = age_card.in_band(np.asarray(rows["true"], np.float64), band)
+    if where.any():
+      label = age_card.band_label(band)
+      out[f"band_bias/{label}"] = age_metrics.mean_error(rows["pred"][where],
+                                                         rows["true"][where])
+      out[f"band_n/{label}"] = float(where.sum())
   return out

@@ -14,7 +14,10 @@ A bundle directory holds:
   * ``crop``: ``margin`` and ``stored_size`` of the face crops the model was
     trained on, and where they were read (``source``);
   * ``head``, ``min_age``, ``max_age``, ``ema``; ``source``: the workdir,
-    checkpoint step and dataset it came from.
+    checkpoint step and dataset it came from;
+  * ``interval`` (when the run has one for this checkpoint): the calibrated
+    interval's method, coverage, quantile and formula
+    (:mod:`agejax.serving.intervals`).
 
 ``model.json`` is written last: a directory with one is a complete bundle.
 """
@@ -33,6 +36,7 @@ import orbax.checkpoint as ocp
 
 import agejax
 from agejax import json_files
+from agejax.serving import intervals
 from agejax.serving import runtimes
 
 FORMAT = "agejax-model"
@@ -46,8 +50,8 @@ def is_bundle(path: str) -> bool:
 
 def metadata(cfg: ml_collections.ConfigDict, step: int, *, workdir: str = "",
              checkpoint: str = "", crop: dict[str, Any]) -> dict[str, Any]:
-  """The ``model.json`` of a run's config and checkpoint step."""
-  return {
+  """The ``model.json`` of a run's config and checkpoint step (and the run's interval)."""
+  meta = {
       "format": FORMAT,
       "format_version": VERSION,
       "agejax_version": agejax.__version__,
@@ -64,6 +68,11 @@ def metadata(cfg: ml_collections.ConfigDict, step: int, *, workdir: str = "",
                  "checkpoint": checkpoint, "step": int(step),
                  "dataset": str(cfg.data.dataset)},
   }
+  interval, _ = (intervals.fitted_for(workdir, step, bool(cfg.data.eval_flip_tta))
+                 if workdir else (None, ""))
+  if interval is not None:
+    meta["interval"] = interval
+  return meta
 
 
 def write(output: str, meta: dict[str, Any], params: Any, batch_stats: Any,

@@ -32,6 +32,7 @@ import numpy as np
 from agejax.data import eval_input
 from agejax.serving import bundle
 from agejax.serving import graph
+from agejax.serving import intervals
 from agejax.serving import runtimes
 
 DEFAULT_BATCH_SIZE = 16
@@ -103,6 +104,19 @@ class Crops:
   def _predict_stored(self, stored: np.ndarray) -> tuple[Any, Any]:
     """Ages and spreads of one full batch of uint8 stored-size crops."""
     raise NotImplementedError
+
+  @property
+  def interval(self) -> dict[str, Any] | None:
+    """The model's calibrated interval (``model.json``'s ``interval``), or None."""
+    return self.meta.get("interval")
+
+  def age_intervals(self, ages: np.ndarray, spreads: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(low, high)`` of each age by the model's interval formula; None without one."""
+    if self.interval is None:
+      return None
+    return intervals.bounds(ages, spreads, self.interval, self.meta["min_age"],
+                            self.meta["max_age"])
 
   def __call__(self, images: np.ndarray | Sequence[np.ndarray]
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -7,12 +7,14 @@ PATHs are image files or folders (searched recursively for image
 extensions). Each photo is searched for faces (``agejax.serving.face_detect``); each
 face is cropped exactly as the training crops were (``face_crop.crop_face``
 with the model's margin and stored size) and its age and spread predicted.
-One line per face::
+One line per face (box, age, spread, and the calibrated interval when the
+model has one, :mod:`agejax.serving.intervals`)::
 
-  photos/a.jpg, 182 64 265 171, 34.2, 5.1
+  photos/a.jpg, 182 64 265 171, 34.2, 5.1, 28.1-40.3 (90%)
 
 ``--json`` prints one JSON object per file instead (``file``, ``width``,
-``height``, ``faces``: ``box``, ``score``, ``age``, ``spread``; ``error``).
+``height``, ``faces``: ``box``, ``score``, ``age``, ``spread``, and with an
+interval ``interval`` [low, high] and ``coverage``; ``error``).
 ``--annotate DIR`` writes a PNG copy of each photo with boxes and ages drawn.
 ``--no_detect`` treats each image as one face crop already. A photo without a
 face prints ``no face found``; an unreadable file prints ``unreadable`` with
@@ -97,7 +99,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def annotate(image: np.ndarray, faces: list[dict]) -> Image.Image:
-  """A copy of ``image`` with each face's box and ``age ± spread`` drawn."""
+  """A copy of ``image`` with each face's box and ``age (low-high)`` or ``age ± spread`` drawn."""
   out = Image.fromarray(image)
   draw = ImageDraw.Draw(out)
   side = min(out.size)
@@ -106,7 +108,8 @@ def annotate(image: np.ndarray, faces: list[dict]) -> Image.Image:
   for face in faces:
     x1, y1, x2, y2 = face["box"]
     draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=(255, 40, 40), width=width)
-    label = f"{face['age']:.1f} ± {face['spread']:.1f}"
+    label = (f"{face['age']:.1f} ({face['interval'][0]:.0f}-{face['interval'][1]:.0f})"
+             if "interval" in face else f"{face['age']:.1f} ± {face['spread']:.1f}")
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     label_w, label_h = right - left + 2 * width, bottom - top + 2 * width
     # Above the box when it fits, inside its top edge otherwise.
@@ -141,10 +144,14 @@ def iter_predictions(predictor: inference.Predictor, paths: Sequence[str], *,
 
   def flush():
     ages, spreads = predictor([c for _, crops in pending for c in crops])
+    bounds = predictor.age_intervals(ages, spreads)
     i = 0
     for record, _ in pending:
       for face in record["faces"]:
         face["age"], face["spread"] = float(ages[i]), float(spreads[i])
+        if bounds is not None:
+          face["interval"] = [float(bounds[0][i]), float(bounds[1][i])]
+          face["coverage"] = float(predictor.interval["coverage"])
         i += 1
       if record.get("annotated"):
         os.makedirs(os.path.dirname(record["annotated"]), exist_ok=True)
@@ -204,4 +211,13 @@ def format_lines(record: dict[str, Any]) -> list[str]:
   if not record["faces"]:
     return [f"{record['file']}, no face found"]
   return [f"{record['file']}, {' '.join(str(v) for v in face['box'])}, "
-          f"{face['age']:.1f}, {face['spread']:.1f}" for face in record["faces"]]
+          f"{face['age']:.1f}, {face['spread']:.1f}" + _interval_text(face)
+          for face in record["faces"]]
+
+
+def _interval_text(face: dict[str, Any]) -> str:
+  """``, 28.1-40.3 (90%)`` for a model with a calibrated interval, else nothing."""
+  if "interval" not in face:
+    return ""
+  low, high = face["interval"]
+  return f", {low:.1f}-{high:.1f} ({100 * face['coverage']:g}%)"

@@ -165,8 +165,10 @@ def split_names(identity_folders: int = 0) -> tuple[str, ...]:
 class Builder(common.ReportingBuilder):
   """Face images listed in a CSV with their ages."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "CSV of path and age, optional identity, gender, split, face box."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "CSV of path and age, optional identity, gender, split, face box.",
+                   "1.1.0": "face_size: the face box's shorter side in pixels of the photo "
+                            "(the photo's shorter side for rows without a box)."}
   BUILDER_CONFIGS = [
       AgeCsvConfig(name="default", description="labels.csv, faces stored at 256x256.")]
   DEFAULT_CONFIG_NAME = "default"
@@ -184,6 +186,8 @@ class Builder(common.ReportingBuilder):
             # "" where the CSV names no person.
             identity=tfds.features.Text(),
             file_name=tfds.features.Text(),
+            # Without a box the photo is the face: its shorter side.
+            face_size=common.FACE_SIZE,
         ),
         supervised_keys=("image", "age"),
     )
@@ -228,7 +232,7 @@ class Builder(common.ReportingBuilder):
         self._report.drop("not_a_file")
         continue
       try:
-        image, box, _ = face_crop.decode_for_crop(file.read_bytes(), row.box,
+        image, box, (width, height) = face_crop.decode_for_crop(file.read_bytes(), row.box,
                                                   margin=config.margin, size=config.image_size,
                                                   reduced=config.reduced_decode)
         image = face_crop.crop(image, box, margin=config.margin, size=config.image_size)
@@ -240,4 +244,5 @@ class Builder(common.ReportingBuilder):
         continue
       self._report.keep(split)
       yield row.path, dict(image=face_crop.encode_jpeg(image), age=row.age, gender=row.gender,
-                           identity=row.identity, file_name=row.path)
+                           identity=row.identity, file_name=row.path,
+                           face_size=common.face_size(row.box or (0, 0, width, height)))

@@ -210,6 +210,7 @@ def process(task: Task, rules: Rules) -> tuple[str, dict] | str:
       source=task.source,
       file_name=task.file_name,
       face_score=task.face_score,
+      face_size=common.face_size(task.box),  # the photo's own pixels, not the reduced decode's
   )
 
 

@@ -86,8 +86,9 @@ def _beam_process(task: cleaning.Task, rules: cleaning.Rules):
 class Builder(common.ReportingBuilder):
   """IMDB-WIKI face crops with real ages, from the manually downloaded release."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: clean and raw configs, person-disjoint splits."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release: clean and raw configs, person-disjoint splits.",
+                   "1.1.0": "face_size: the source face box's shorter side in pixels."}
   BUILDER_CONFIGS = [
       ImdbWikiConfig(
           name="clean",
@@ -125,6 +126,7 @@ class Builder(common.ReportingBuilder):
             source=tfds.features.ClassLabel(names=release.SOURCES),
             file_name=tfds.features.Text(),
             face_score=tfds.features.Scalar(dtype=np.float32),
+            face_size=common.FACE_SIZE,
         ),
         supervised_keys=("image", "age"),
         homepage="https://data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki/",

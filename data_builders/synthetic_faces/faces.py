@@ -190,6 +190,20 @@ def example(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, F
   return draw_face(face, size, rng), face
 
 
+def kept(seed: int, index: int, age: int, keep_extremes: float, young_below: int,
+         old_above: int) -> bool:
+  """Whether training face ``index`` of age ``age`` stays in a thinned train split.
+
+  Every face between the extremes stays; one at an extreme stays with
+  probability ``keep_extremes``, by a draw of its own stream (not the
+  picture's: thinning changes which faces there are, never how they look).
+  """
+  if young_below <= age <= old_above or keep_extremes >= 1.0:
+    return True
+  return bool(np.random.default_rng([seed, SPLIT_CODES["train"], index, 1]).uniform()
+              < keep_extremes)
+
+
 def hair_brightness(images: np.ndarray) -> np.ndarray:
   """Mean grey value of the hair patch of [N, S, S, 3] images: follows age."""
   side = images.shape[1]

@@ -30,12 +30,21 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
     num_validation: examples in the validation split.
     num_test: examples in the test split.
     seed: the same seed gives the same pictures, bit for bit.
+    keep_extremes: the share of the generated training faces under
+      ``young_below`` or over ``old_above`` that the train split keeps (each
+      kept or dropped by its own seeded draw; the pictures and the other
+      splits are unchanged): a training set thin at the age extremes, as
+      the real ones are.
+    young_below, old_above: the extremes, in whole years.
   """
   image_size: int = 64
   num_train: int = 4096
   num_validation: int = 512
   num_test: int = 512
   seed: int = 0
+  keep_extremes: float = 1.0
+  young_below: int = 13
+  old_above: int = 70
 
 
 class Builder(common.ReportingBuilder):
@@ -47,6 +56,14 @@ class Builder(common.ReportingBuilder):
       SyntheticFacesConfig(name="default", description="4096/512/512 faces at 64x64, seed 0."),
       # For tests and smoke runs: builds in about a second.
       SyntheticFacesConfig(name="tiny", description="256/64/64 faces at 32x32, seed 0.",
+                           image_size=32, num_train=256, num_validation=64, num_test=64),
+      # The default faces with the training set thinned at both ends.
+      SyntheticFacesConfig(name="thin_extremes", keep_extremes=0.1,
+                           description="default, but the train split keeps 10% of the faces "
+                                       "under 13 and over 70."),
+      SyntheticFacesConfig(name="tiny_thin_extremes", keep_extremes=0.1,
+                           description="tiny, but the train split keeps 10% of the faces under "
+                                       "13 and over 70.",
                            image_size=32, num_train=256, num_validation=64, num_test=64),
   ]
   DEFAULT_CONFIG_NAME = "default"
@@ -69,5 +86,9 @@ class Builder(common.ReportingBuilder):
     config = self.builder_config
     for index in range(count):
       image, face = faces.example(config.seed, split, index, config.image_size)
+      if split == "train" and not faces.kept(config.seed, index, face.age, config.keep_extremes,
+                                             config.young_below, config.old_above):
+        self._report.drop("train face thinned at the age extremes")
+        continue
       self._report.keep(split)
       yield index, dict(image=face_crop.encode_jpeg(image), age=face.age, gender=face.gender)
