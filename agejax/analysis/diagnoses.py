@@ -400,11 +400,20 @@ def _advice(kind: str, run: run_records.Run, evidence: dict[str, Any]) -> str:
             "that optim.lr is not so high that the head sits at the prior; train longer")
   if kind == "extremes_biased":
     shown = ", ".join(f"{band} {bias:+.1f}" for band, bias in evidence["band_bias"].items())
+    # Only the remedies the run does not use yet.
+    weighting = cfg.train.get("loss_weighting", "none")
+    remedies = ["weight them up (train.loss_weighting=lds, or sqrt_inverse)"
+                if weighting == "none" else
+                f"weight them up more (train.loss_weighting={weighting} now; inverse weights "
+                "the rarest ages most)"]
+    if not cfg.data.balance_ages:
+      remedies.append("resample them (data.balance_ages=True)")
+    if cfg.model.head != "dldl":
+      remedies.append("use a label-distribution head (model.head=dldl)")
     return (f"the extreme ages are pulled toward the mean (mean error {shown} years against "
-            f"{evidence['overall_bias']:+.1f} overall): weight them up "
-            "(train.loss_weighting=lds, or sqrt_inverse), resample them (data.balance_ages="
-            "True), use a label-distribution head (model.head=dldl), or add training faces "
-            "at those ages; python -m agejax.evaluate prints the age card per band")
+            f"{evidence['overall_bias']:+.1f} overall): " + ", ".join(remedies) +
+            ", or add training faces at those ages; python -m agejax.evaluate prints the "
+            "age card per band")
   if kind == "input_bound":
     return ("the input pipeline is the bottleneck: raise data.prefetch, use more CPU "
             "cores per GPU, cheaper augmentation (data.augment.rotation_degrees=0) or "
