@@ -72,7 +72,7 @@ def _batch() -> int | None:
 def _main(args: list[str]) -> None:
   del args  # none: cli.run refuses them
   from agejax.serving import exporters  # pylint: disable=import-outside-toplevel
-  from agejax.serving import intervals  # pylint: disable=import-outside-toplevel
+  from agejax.evaluation import intervals  # pylint: disable=import-outside-toplevel
 
   out = os.path.abspath(FLAGS.output)
   meta = exporters.export(FLAGS.workdir, out, FLAGS.checkpoint, margin=FLAGS.margin,

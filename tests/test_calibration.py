@@ -14,7 +14,7 @@ from agejax import evaluate
 from agejax import export
 from agejax import predict
 from agejax.evaluation import conformal
-from agejax.serving import intervals
+from agejax.evaluation import intervals
 
 STEPS = 16
 N = 64  # synthetic_faces/tiny's validation and test splits

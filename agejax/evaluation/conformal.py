@@ -4,7 +4,7 @@ Following Angelopoulos and Bates, "A Gentle Introduction to Conformal
 Prediction and Distribution-Free Uncertainty Quantification" (2021),
 sections 1 and 2.3. On the calibration split's ``n`` examples the score of
 each is its error in units of the interval's scale
-(:func:`agejax.serving.intervals.scale`: ``max(spread, min_spread)`` for a
+(:func:`agejax.evaluation.intervals.scale`: ``max(spread, min_spread)`` for a
 head with a spread, "normalized"; 1 without one, "absolute"):
 
   ``s_i = |true_i - pred_i| / scale_i``
@@ -17,7 +17,7 @@ calibration split itself the share covered is exactly
 ``ceil((n + 1) * coverage) / n`` (without ties): what the tests check.
 
 The interval's formula, its JSON and where a run keeps it live in
-:mod:`agejax.serving.intervals`, which every runtime's client reads.
+:mod:`agejax.evaluation.intervals`, which every runtime's client reads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from agejax.evaluation import age_card
-from agejax.serving import intervals
+from agejax.evaluation import intervals
 
 DEFAULT_COVERAGE = 0.9
 
@@ -41,7 +41,7 @@ def method_for(spread: Any | None) -> str:
 
 def fit(pred: Any, true: Any, spread: Any | None, coverage: float = DEFAULT_COVERAGE, *,
         fitted_on: str = "", step: int = 0) -> dict[str, Any]:
-  """The interval (JSON-ready, :mod:`agejax.serving.intervals`' format) of one split.
+  """The interval (JSON-ready, :mod:`agejax.evaluation.intervals`' format) of one split.
 
   Raises:
     ValueError: ``coverage`` outside (0, 1), or too few examples for it

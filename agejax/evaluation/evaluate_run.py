@@ -53,7 +53,7 @@ appended with TTA so both variants can sit side by side):
   ``DIR/eval``, tagged ``<dataset>_<split>[_flip]`` at the checkpoint's step;
 * with ``--calibrate_on``, ``DIR/calibration.json``: the fitted interval,
   which ``agejax.export`` writes into ``model.json`` for that checkpoint
-  (:mod:`agejax.serving.intervals`).
+  (:mod:`agejax.evaluation.intervals`).
 
 Calibration. ``--calibrate_on=validation`` (a split of the run's dataset, or
 ``NAME:SPLIT``) fits split-conformal intervals at ``--coverage`` on that
@@ -83,7 +83,7 @@ from agejax.evaluation import attributes
 from agejax.evaluation import conformal
 from agejax.evaluation import eval_plots
 from agejax.evaluation import predictions
-from agejax.serving import intervals
+from agejax.evaluation import intervals
 from agejax.workdir import metric_io
 from agejax.workdir import restore
 from agejax.workdir import run_config
@@ -249,12 +249,9 @@ def evaluate_run(workdir: str, which: str | int = "best",
                                         rows["std"] if data.label_std else None),
                 "card": card}
       if interval is not None:
-        boot = age_card.Bootstrap.over(found.get("identity"), rows["pred"].size, resamples)
-        record["calibration"] = {
-            "interval": interval, "in_sample": (name, split) == calibration_split,
-            **conformal.assess(rows["pred"], rows["true"], rows["spread"], interval,
-                               min_age=cfg.model.min_age, max_age=cfg.model.max_age,
-                               bands=bands, boot=boot)}
+        record["calibration"] = _measure_interval(
+            rows, interval, (name, split) == calibration_split, cfg.model, bands,
+            age_card.Bootstrap.over(found.get("identity"), rows["pred"].size, resamples))
       if write:
         _write(record, rows, out_dir, writer, run_config.run_name(workdir))
       results[f"{name}:{split}"] = record
@@ -276,6 +273,16 @@ def _fit_interval(predict: Callable[..., dict[str, np.ndarray]],
     raise ConfigError("--calibrate_on", str(e)) from e
   interval["tta"] = "flip" if tta else "none"
   return interval
+
+
+def _measure_interval(rows: Mapping[str, np.ndarray], interval: dict[str, Any], in_sample: bool,
+                      model: ml_collections.ConfigDict, bands: Sequence[age_card.Band],
+                      boot: age_card.Bootstrap) -> dict[str, Any]:
+  """A record's ``calibration``: the interval and its coverage on this split."""
+  return {"interval": interval, "in_sample": in_sample,
+          **conformal.assess(rows["pred"], rows["true"], rows["spread"], interval,
+                             min_age=model.min_age, max_age=model.max_age, bands=bands,
+                             boot=boot)}
 
 
 def _write(record: dict[str, Any], rows: Mapping[str, np.ndarray], out_dir: str,

@@ -17,7 +17,7 @@ A bundle directory holds:
     checkpoint step and dataset it came from;
   * ``interval`` (when the run has one for this checkpoint): the calibrated
     interval's method, coverage, quantile and formula
-    (:mod:`agejax.serving.intervals`).
+    (:mod:`agejax.evaluation.intervals`).
 
 ``model.json`` is written last: a directory with one is a complete bundle.
 """
@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 
 import agejax
 from agejax import json_files
-from agejax.serving import intervals
+from agejax.evaluation import intervals
 from agejax.serving import runtimes
 
 FORMAT = "agejax-model"

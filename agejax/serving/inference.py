@@ -32,7 +32,7 @@ import numpy as np
 from agejax.data import eval_input
 from agejax.serving import bundle
 from agejax.serving import graph
-from agejax.serving import intervals
+from agejax.evaluation import intervals
 from agejax.serving import runtimes
 
 DEFAULT_BATCH_SIZE = 16

@@ -8,7 +8,7 @@ extensions). Each photo is searched for faces (``agejax.serving.face_detect``); 
 face is cropped exactly as the training crops were (``face_crop.crop_face``
 with the model's margin and stored size) and its age and spread predicted.
 One line per face (box, age, spread, and the calibrated interval when the
-model has one, :mod:`agejax.serving.intervals`)::
+model has one, :mod:`agejax.evaluation.intervals`)::
 
   photos/a.jpg, 182 64 265 171, 34.2, 5.1, 28.1-40.3 (90%)
 
