@@ -217,3 +217,16 @@ def test_inference(tmp_path):
     if record["variant"] != "tflite_dynamic":
       assert record["max_abs_age_vs_jax"] <= 1e-4
   assert records[-1]["photos_per_sec"] > 0
+
+
+def test_audit(tmp_path):
+  """Hashing speed, and the search finding every planted pair at each size."""
+  from agejax.benchmark import audit_bench
+  settings = audit_bench.AuditSettings(images=20, batch=8, sizes=(1000, 4000), repeats=1)
+  records = _round_trip(audit_bench.run(settings), audit_bench.COLUMNS, tmp_path)
+  _check(records[0], "audit_hash", ("images_per_sec",))
+  assert [(r["n"], r["planted_found"]) for r in records[1:]] == [(1000, "10/10"),
+                                                                 (4000, "40/40")]
+  for record in records[1:]:
+    _check(record, "audit_search", ("seconds",))
+    assert record["pairs"] >= 10

@@ -3,7 +3,7 @@
   python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]
 
 Runs the named sub-benchmarks (all when none is named), in the order
-step, peer, resume, input, build, e2e, inference, printing one table row per result and
+step, peer, resume, input, build, e2e, inference, audit, printing one table row per result and
 appending one JSON object per result to ``--output`` (JSON lines; stdout by
 default, with the table then on stderr). ``peer`` times agejax's compiled
 step alternately with the Keras peer, so asking for ``peer`` runs ``step``
@@ -23,7 +23,7 @@ from absl import flags
 from agejax import cli
 from agejax.errors import UsageError
 
-NAMES = ("step", "peer", "resume", "input", "build", "e2e", "inference")
+NAMES = ("step", "peer", "resume", "input", "build", "e2e", "inference", "audit")
 
 FLAGS = cli.new_flags()
 _f = dict(flag_values=FLAGS)
@@ -61,6 +61,11 @@ flags.DEFINE_string("e2e_data_dir", "", "e2e: TFDS data_dir (default: the config
 # inference
 flags.DEFINE_integer("inference_image_size", 112, "inference: crop side.", **_f)
 flags.DEFINE_integer("inference_batch", 32, "inference: crops per throughput call.", **_f)
+# audit
+flags.DEFINE_integer("audit_images", 2000, "audit: face crops hashed per timed run.", **_f)
+flags.DEFINE_list("audit_sizes", ["10000", "100000", "1000000"],
+                  "audit: numbers of hashes searched for close pairs.", **_f)
+flags.DEFINE_integer("audit_max_distance", 4, "audit: Hamming distance of the search.", **_f)
 
 
 def _main(names: list[str]) -> None:
@@ -74,6 +79,7 @@ def _main(names: list[str]) -> None:
     os.environ["JAX_PLATFORMS"] = args.platform
   # Imported after the platform is chosen: they import JAX.
   # pylint: disable=import-outside-toplevel
+  from agejax.benchmark import audit_bench
   from agejax.benchmark import build_bench
   from agejax.benchmark import common
   from agejax.benchmark import e2e
@@ -130,6 +136,10 @@ def _main(names: list[str]) -> None:
       out.write(inference_bench.run(inference_bench.InferenceSettings(
           arch=args.arch, image_size=args.inference_image_size, batch=args.inference_batch,
           repeats=args.repeats)), inference_bench.COLUMNS)
+    if "audit" in wanted:
+      out.write(audit_bench.run(audit_bench.AuditSettings(
+          images=args.audit_images, sizes=tuple(int(n) for n in args.audit_sizes),
+          max_distance=args.audit_max_distance, repeats=args.repeats)), audit_bench.COLUMNS)
   finally:
     out.close()
 
