@@ -82,11 +82,13 @@ def test_built_examples_are_the_generated_ones(tmp_path):
     assert json.load(f) == dict(total=56, kept=56, dropped=0, dropped_per_reason={},
                                 kept_per_split=dict(test=8, train=40, validation=8))
   ds = builder.as_dataset(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
-  got = sorted((int(ex["age"]), int(ex["gender"]), ex["image"]) for ex in tfds.as_numpy(ds))
+  got = sorted((int(ex["age"]), int(ex["gender"]), ex["image"], ex["key"].decode())
+               for ex in tfds.as_numpy(ds))
   want = []
   for index in range(8):
     image, face = faces.example(3, "validation", index, 32)
-    want.append((face.age, ["female", "male"].index(face.gender), face_crop.encode_jpeg(image)))
+    want.append((face.age, ["female", "male"].index(face.gender), face_crop.encode_jpeg(image),
+                 f"validation/{index:06d}"))
   assert got == sorted(want)
 
 

@@ -166,7 +166,7 @@ def test_a_full_disk_stops_at_the_failed_save_and_keeps_every_complete_checkpoin
 def test_a_corrupt_shard_is_named_with_how_to_rebuild(tiny_data_dir, tmp_path, damage):
   data_dir = str(tmp_path / "tfds")
   shutil.copytree(tiny_data_dir, data_dir)
-  version_dir = os.path.join(data_dir, "synthetic_faces", "tiny", "1.0.0")
+  version_dir = os.path.join(data_dir, "synthetic_faces", "tiny", "1.1.0")
   shard, = [os.path.join(version_dir, f) for f in os.listdir(version_dir)
             if "-train.tfrecord" in f]
   data = bytearray(open(shard, "rb").read())

@@ -24,7 +24,7 @@ from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("main", "evaluate", "predict", "export", "convert", "tune", "lr_find", "protocol",
-            "benchmark")
+            "benchmark", "audit")
 
 
 def _config(data_dir, **train_keys):

@@ -190,6 +190,11 @@ def example(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, F
   return draw_face(face, size, rng), face
 
 
+def key(split: str, index: int) -> str:
+  """The stable key of a generated face: ``train/000017``."""
+  return f"{split}/{index:06d}"
+
+
 def kept(seed: int, index: int, age: int, keep_extremes: float, young_below: int,
          old_above: int) -> bool:
   """Whether training face ``index`` of age ``age`` stays in a thinned train split.

@@ -50,8 +50,9 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
 class Builder(common.ReportingBuilder):
   """Cartoon faces whose age shows in proportions, grey hair and wrinkles."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Proportions, grey hair and wrinkles follow age; uniform ages 0..100."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Proportions, grey hair and wrinkles follow age; uniform ages 0..100.",
+                   "1.1.0": "key: each face's split and generated index (train/000017)."}
   BUILDER_CONFIGS = [
       SyntheticFacesConfig(name="default", description="4096/512/512 faces at 64x64, seed 0."),
       # For tests and smoke runs: builds in about a second.
@@ -71,7 +72,7 @@ class Builder(common.ReportingBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=common.face_features(size),
+        features=common.face_features(size, key=tfds.features.Text()),
         supervised_keys=("image", "age"),
     )
 
@@ -91,4 +92,5 @@ class Builder(common.ReportingBuilder):
         self._report.drop("train face thinned at the age extremes")
         continue
       self._report.keep(split)
-      yield index, dict(image=face_crop.encode_jpeg(image), age=face.age, gender=face.gender)
+      yield index, dict(image=face_crop.encode_jpeg(image), age=face.age, gender=face.gender,
+                        key=faces.key(split, index))

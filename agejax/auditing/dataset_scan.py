@@ -1,0 +1,149 @@
+"""One pass over every split of a built dataset: keys, labels and image fingerprints.
+
+Each example is named by its stable key, the release file it came from:
+the first of :data:`KEY_FEATURES` the dataset has (``file_name`` for
+imdb_wiki, appa_real, utkface and age_csv; facebase's ``source_path``;
+synthetic_faces' ``key``, its split and generated index). Images are
+decoded at their stored size, in batches, and fingerprinted three ways
+(:mod:`agejax.auditing.image_hashes`): the pixel digest (exact copies),
+the pHash of the image and of its mirror (candidates), and a signature,
+the 16 x 16 luma with its mean removed and unit norm, whose dot product
+(a correlation) confirms a candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+import tqdm
+
+from agejax.auditing import image_hashes
+from agejax.data import catalog
+from agejax.errors import UsageError
+
+KEY_FEATURES = ("file_name", "source_path", "key")
+SIGNATURE_SIDE = 16
+
+
+@dataclasses.dataclass
+class Scan:
+  """Per example, in split order then stored order."""
+  dataset: str
+  key_feature: str
+  label: str
+  keys: np.ndarray  # str
+  splits: np.ndarray  # str
+  positions: np.ndarray  # int64, stored-order index within its split
+  labels: np.ndarray  # float64
+  identities: np.ndarray | None  # str, where the dataset has them
+  digests: np.ndarray  # str
+  hashes: np.ndarray  # uint64 pHash
+  mirror_hashes: np.ndarray  # uint64 pHash of the flipped image
+  signatures: np.ndarray  # float16 [N, SIGNATURE_SIDE ** 2]
+
+  def __len__(self) -> int:
+    return len(self.keys)
+
+
+def key_feature(dataset: str, features: Sequence[str]) -> str:
+  for name in KEY_FEATURES:
+    if name in features:
+      return name
+  raise UsageError(f"--dataset={dataset}: it has no key feature ({' or '.join(KEY_FEATURES)}) "
+                    f"naming each example's source; rebuild it with this agejax")
+
+
+def signatures(images: np.ndarray) -> np.ndarray:
+  """float32 [N, 256]: the 16 x 16 luma, mean removed, unit norm (0 for a flat image)."""
+  small = image_hashes.area_resize(image_hashes.grey(images), SIGNATURE_SIDE,
+                                   SIGNATURE_SIDE).reshape(len(images), -1)
+  small -= small.mean(axis=1, keepdims=True)
+  norm = np.linalg.norm(small, axis=1, keepdims=True)
+  return small / np.where(norm > 0, norm, 1.0)
+
+
+def mirror_signatures(signature: np.ndarray) -> np.ndarray:
+  """The signatures of the mirrored images (the 16 x 16 grid flipped left to right)."""
+  side = SIGNATURE_SIDE
+  return signature.reshape(-1, side, side)[:, :, ::-1].reshape(-1, side * side)
+
+
+def _fingerprints(images: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+  return ([image_hashes.pixel_digest(x) for x in images], image_hashes.phash(images),
+          image_hashes.mirrored(image_hashes.phash, images),
+          signatures(images).astype(np.float16))
+
+
+def scan(dataset: str, data_dir: str, batch: int = 256, show_progress: bool = True) -> Scan:
+  """Reads and fingerprints every split of ``dataset`` (built under ``data_dir``)."""
+  builder = catalog.prepared_builder(dataset, data_dir)
+  features = builder.info.features
+  key = key_feature(dataset, list(features))
+  supervised = builder.info.supervised_keys[1] if builder.info.supervised_keys else "age"
+  label = supervised if isinstance(supervised, str) else "age"
+  columns: dict[str, list] = {n: [] for n in ("keys", "splits", "positions", "labels",
+                                              "identities", "digests", "hashes",
+                                              "mirror_hashes", "signatures")}
+  has_identity = "identity" in features
+  total = sum(s.num_examples for s in builder.info.splits.values())
+  bar = tqdm.tqdm(total=total, desc=f"scanning {dataset}", unit="image",
+                  disable=not show_progress)
+  for split in sorted(builder.info.splits):
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda e: {"image": tf.io.decode_image(e["image"], channels=3,
+                                                       expand_animations=False),
+                           "key": e[key], "label": tf.cast(e[label], tf.float64),
+                           "identity": e["identity"] if has_identity else tf.constant("")},
+                num_parallel_calls=tf.data.AUTOTUNE)
+    position = 0
+    for chunk in ds.batch(batch).prefetch(2).as_numpy_iterator():
+      count = len(chunk["key"])
+      digests, hashes, mirrors, sigs = _fingerprints(chunk["image"])
+      columns["keys"] += [k.decode("utf-8") for k in chunk["key"]]
+      columns["identities"] += [v.decode("utf-8") for v in chunk["identity"]]
+      columns["splits"] += [split] * count
+      columns["positions"].append(np.arange(position, position + count))
+      columns["labels"].append(chunk["label"])
+      columns["digests"] += digests
+      columns["hashes"].append(hashes)
+      columns["mirror_hashes"].append(mirrors)
+      columns["signatures"].append(sigs)
+      position += count
+      bar.update(count)
+  bar.close()
+  stack = lambda parts, dtype: (np.concatenate(parts).astype(dtype) if parts
+                                else np.zeros(0, dtype))
+  return Scan(
+      dataset=dataset, key_feature=key, label=label,
+      keys=np.asarray(columns["keys"], dtype=object),
+      splits=np.asarray(columns["splits"], dtype=object),
+      positions=stack(columns["positions"], np.int64),
+      labels=stack(columns["labels"], np.float64),
+      identities=np.asarray(columns["identities"], dtype=object) if has_identity else None,
+      digests=np.asarray(columns["digests"], dtype=object),
+      hashes=stack(columns["hashes"], np.uint64),
+      mirror_hashes=stack(columns["mirror_hashes"], np.uint64),
+      signatures=(np.concatenate(columns["signatures"]) if columns["signatures"]
+                  else np.zeros((0, SIGNATURE_SIDE ** 2), np.float16)))
+
+
+def read_images(dataset: str, data_dir: str, wanted: dict[str, set[int]]) -> dict[tuple, np.ndarray]:
+  """``{(split, position): uint8 image}`` of the examples ``wanted`` names, per split."""
+  builder = catalog.prepared_builder(dataset, data_dir)
+  out = {}
+  for split, positions in wanted.items():
+    if not positions:
+      continue
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.take(max(positions) + 1).enumerate().filter(
+        lambda i, _: tf.reduce_any(tf.equal(i, tf.constant(sorted(positions), tf.int64))))
+    for i, example in ds.as_numpy_iterator():
+      out[(split, int(i))] = tf.io.decode_image(example["image"], channels=3,
+                                                expand_animations=False).numpy()
+  return out

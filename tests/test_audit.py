@@ -1,0 +1,99 @@
+"""agejax.audit on a release with planted problems, built with the `tfds build` command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import audit_fixture
+from agejax import audit
+from agejax.auditing import dataset_scan
+from agejax.auditing import findings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = '{"name": "planted", "csv": "labels.csv", "image_size": 64}'
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp("audit")
+  planted = audit_fixture.write_release(str(root / "manual"))
+  subprocess.run([sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+                  "data_builders/age_csv", f"--manual_dir={root / 'manual'}",
+                  f"--data_dir={root / 'data'}", f"--config={CONFIG}"],
+                 cwd=REPO, check=True, capture_output=True, timeout=300)
+  return planted, str(root / "data"), root
+
+
+@pytest.fixture(scope="module")
+def audited(built):
+  planted, data_dir, root = built
+  out = str(root / "audit")
+  assert audit.main(["audit", "--dataset=age_csv/planted", f"--data_dir={data_dir}",
+                     f"--output={out}"]) == 0
+  with open(os.path.join(out, "audit.json")) as f:
+    return planted, json.load(f), out
+
+
+def test_planted_leaks_and_conflicts_are_found_and_nothing_else(audited):
+  planted, doc, _ = audited
+  pairs = {tuple(sorted(p["keys"])): p for p in doc["pairs"]}
+  leaks = {tuple(sorted(pair)) for pair in planted.leaks}
+  found = {k for k, p in pairs.items() if p["leak"]}
+  assert len(found & leaks) / len(leaks) >= 0.95
+  false = [k for k in pairs if k not in leaks and k not in {tuple(sorted(c)) for c in
+                                                              planted.conflicts}]
+  assert len(false) <= 0.01 * len(pairs)
+  conflicts = {tuple(sorted(pair)) for pair in planted.conflicts}
+  assert {k for k, p in pairs.items() if p["conflict"]} == conflicts
+  assert all(pairs[k]["kind"] == "exact" for k in conflicts)
+  mirrored = {tuple(sorted((a, b))) for a, b in planted.leaks if "mirrored" in b}
+  assert {k for k, p in pairs.items() if p["kind"] == "mirrored"} == mirrored
+  assert doc["counts"]["leaks"] == len(found) and doc["key_feature"] == "file_name"
+
+
+def test_the_exclusion_list_names_the_copy_outside_train_and_both_sides_of_a_conflict(audited):
+  planted, doc, out = audited
+  keys = findings.parse_exclusions(open(os.path.join(out, "exclude.txt")).read())
+  want = {copy for _, copy in planted.leaks} | {k for pair in planted.conflicts for k in pair}
+  assert set(keys) == want and len(keys) == len(want)
+  text = open(os.path.join(out, "exclude.txt")).read()
+  assert "# leak: mirrored duplicate of faces/" in text
+  assert "# conflict: exact duplicate of" in text
+
+
+def test_the_impossible_age_never_reaches_the_dataset_and_is_caught_in_a_scan(audited, built):
+  planted, doc, _ = audited
+  _, data_dir, _ = built
+  report = json.load(open(os.path.join(data_dir, "age_csv", "planted", "1.1.0",
+                                       "cleaning_report.json")))
+  assert report["dropped_per_reason"] == {"bad_age": 1}
+  assert doc["counts"]["impossible_labels"] == 0
+  assert sum(doc["examples"].values()) == planted.rows - 1
+  # A label the builder could not vouch for (apparent ages, other builders).
+  scan = dataset_scan.scan("age_csv/planted", data_dir, show_progress=False)
+  scan.labels[[3, 7]] = [np.nan, 150.0]
+  assert findings.impossible_labels(scan) == [3, 7]
+
+
+def test_the_histograms_are_the_splits_labels(audited, built):
+  _, doc, _ = audited
+  _, data_dir, _ = built
+  scan = dataset_scan.scan("age_csv/planted", data_dir, show_progress=False)
+  for split, h in doc["histograms"].items():
+    ages = scan.labels[scan.splits == split]
+    assert h["n"] == len(ages) == sum(h["years"])
+    assert h["bands"]["65+"] == pytest.approx(np.mean(ages >= 65))
+
+
+def test_the_html_is_self_contained(audited):
+  _, _, out = audited
+  html = open(os.path.join(out, "audit.html")).read()
+  # The histogram and the sheets of leaks and conflicts; the release has no
+  # other duplicate and no impossible label left to show.
+  assert html.count("data:image/png;base64,") == 3
+  assert "<h2>leaks: the same picture in two splits: 20</h2>" in html
+  assert "src=\"http" not in html
