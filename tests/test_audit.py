@@ -97,3 +97,64 @@ def test_the_html_is_self_contained(audited):
   assert html.count("data:image/png;base64,") == 3
   assert "<h2>leaks: the same picture in two splits: 20</h2>" in html
   assert "src=\"http" not in html
+
+
+def _planted_config(data_dir, exclude):
+  from configs import tiny
+  cfg = tiny.get_config()
+  cfg.data.dataset, cfg.data.data_dir = "age_csv/planted", data_dir
+  cfg.data.num_train_examples = 0  # from the built split, less the excluded
+  cfg.data.exclude = exclude
+  cfg.train.num_train_steps, cfg.train.eval_every_steps = 6, 6
+  cfg.train.train_eval_examples = 0
+  return cfg
+
+
+def test_a_run_with_the_exclusion_list_never_reads_the_excluded_examples(audited, built,
+                                                                          tmp_path):
+  from agejax.data import input_pipeline
+  from agejax.train import loop
+  from agejax.train import run_length
+
+  _, data_dir, _ = built
+  _, _, out = audited
+  exclude = os.path.join(out, "exclude.txt")
+  cfg = _planted_config(data_dir, exclude)
+  scan = dataset_scan.scan("age_csv/planted", data_dir, show_progress=False)
+  left_out = np.isin(scan.keys, findings.parse_exclusions(open(exclude).read()))
+  for split in ("train", "validation", "test"):
+    positions = set(scan.positions[(scan.splits == split) & ~left_out].tolist())
+    ds = input_pipeline.create_split(cfg.data, cfg.model, split, train=False, batch_size=16,
+                                     process_index=0, process_count=1)
+    seen = [int(i) for b in ds.as_numpy_iterator() for i, m in zip(b["index"], b["mask"]) if m]
+    # Every kept example once, at its stored position; no excluded one.
+    assert sorted(seen) == sorted(positions) and len(seen) == len(positions)
+    assert input_pipeline.num_examples(cfg.data, split) == len(positions)
+  assert run_length.num_train_examples(cfg) == int(np.sum((scan.splits == "train") & ~left_out))
+  # Two processes split the kept examples between them, each exactly once.
+  seen = []
+  for process in (0, 1):
+    ds = input_pipeline.create_split(cfg.data, cfg.model, "validation", train=False,
+                                     batch_size=16, process_index=process, process_count=2)
+    seen += [int(i) for b in ds.as_numpy_iterator() for i, m in zip(b["index"], b["mask"]) if m]
+  assert sorted(seen) == sorted(scan.positions[(scan.splits == "validation") & ~left_out])
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(cfg, workdir)
+  plan = open(os.path.join(workdir, "log.txt")).read()
+  counts = {s: int(np.sum((scan.splits == s) & left_out)) for s in ("test", "train",
+                                                                     "validation")}
+  assert (f"{exclude}: {sum(counts.values())} examples left out (test {counts['test']}, "
+          f"train {counts['train']}, validation {counts['validation']})") in plan
+
+
+def test_an_exclusion_list_naming_keys_the_dataset_lacks_is_a_config_error(built, tmp_path):
+  from agejax.errors import ConfigError
+  from agejax.train import loop
+
+  _, data_dir, _ = built
+  exclude = tmp_path / "exclude.txt"
+  exclude.write_text("# from another dataset\nfaces/0001.jpg\nnot/there.jpg\nnor/this.jpg\n")
+  with pytest.raises(ConfigError, match=r"data.exclude: 2 key\(s\) of .* are not in "
+                                        r"age_csv/planted \(file_name\): 'nor/this.jpg', "
+                                        r"'not/there.jpg'"):
+    loop.train_and_evaluate(_planted_config(data_dir, str(exclude)), str(tmp_path / "run"))

@@ -110,6 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the age distribution).
   c.data.balance_ages = False
   c.data.eval_flip_tta = False  # average predictions over the image and its mirror
+  # A file of example keys every split the run reads leaves out (agejax.audit's
+  # exclude.txt); '' for none.
+  c.data.exclude = ""
   # 0: read from the built dataset's metadata. Set it to plan (--dry_run) a
   # config whose dataset is not built on this machine.
   c.data.num_train_examples = 0

@@ -46,6 +46,7 @@ from agejax.data import catalog
 from agejax.data import damaged_shards
 from agejax.data import device_prefetch
 from agejax.data import eval_input
+from agejax.data import exclusions
 from agejax.errors import ConfigError
 
 
@@ -60,8 +61,8 @@ def _split_key(data_cfg: ml_collections.ConfigDict, split: str) -> str:
   return "data.dataset"
 
 
-def _count(data_cfg: ml_collections.ConfigDict, split: Any,
-           key_split: str) -> int:
+def _stored_count(data_cfg: ml_collections.ConfigDict, split: Any, key_split: str) -> int:
+  """Examples ``split`` holds as built (``data.exclude`` not applied)."""
   builder = catalog.prepared_builder(data_cfg.dataset, data_cfg.data_dir)
   try:
     return builder.info.splits[split].num_examples
@@ -70,6 +71,13 @@ def _count(data_cfg: ml_collections.ConfigDict, split: Any,
         _split_key(data_cfg, key_split),
         f"{key_split!r} is not a split of {data_cfg.dataset} "
         f"(it has {sorted(builder.info.splits)}): {e}") from e
+
+
+def _count(data_cfg: ml_collections.ConfigDict, split: Any, key_split: str) -> int:
+  """Examples a run reads of ``split``: the stored ones less ``data.exclude``'s."""
+  stored = _stored_count(data_cfg, split, key_split)
+  left_out = exclusions.excluded(data_cfg, split)
+  return stored - int(left_out.sum()) if left_out is not None else stored
 
 
 def num_examples(data_cfg: ml_collections.ConfigDict, split: str) -> int:
@@ -88,22 +96,29 @@ def _local_batch(batch_size: int, process_count: int) -> int:
 
 def _records(builder: tfds.core.DatasetBuilder, split: Any,
              data_cfg: ml_collections.ConfigDict, limit: int = 0) -> tf.data.Dataset:
-  """The part in stored order: encoded ``image``, float32 ``age``, ``age_std``.
+  """The part in stored order: encoded ``image``, float32 ``age``, ``age_std``, and
+  ``position`` (int64, the record's place in the part as stored).
 
-  ``limit`` > 0: its first ``limit`` records only. TFDS then must not cache
-  the part in memory: a cache read partly is discarded (and TF warns).
+  ``data.exclude``'s examples are left out. ``limit`` > 0: the first
+  ``limit`` records left only. TFDS then must not cache the part in memory:
+  a cache read partly is discarded (and TF warns).
   """
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()},
                           read_config=tfds.ReadConfig(try_autocache=not limit))
+  ds = ds.enumerate()
+  left_out = exclusions.excluded(data_cfg, split)
+  if left_out is not None:
+    keep = tf.constant(~left_out)
+    ds = ds.filter(lambda position, _: tf.gather(keep, position))
   if limit:
     ds = ds.take(limit)
   label, label_std = data_cfg.label, data_cfg.label_std
 
-  def select(example):
+  def select(position, example):
     std = (tf.cast(example[label_std], tf.float32) if label_std
            else tf.zeros([], tf.float32))
-    return {"image": example["image"],
+    return {"image": example["image"], "position": position,
             "age": tf.cast(example[label], tf.float32), "age_std": std}
 
   return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
@@ -274,14 +289,14 @@ def _eval_batches(src: _SplitSource) -> tf.data.Dataset:
   """Every example once in stored order (``eval_input``'s TF twin), padded to equal batches."""
   size = src.image_size
 
-  def prepare(position, record):
+  def prepare(record):
     image = eval_input.network_input_tf(src.decode(record["image"]), size, src.resize_side,
                                         src.preprocessing)
     return {"image": image, "age": record["age"],
             "age_std": record["age_std"], "mask": tf.constant(True),
-            "index": tf.cast(position + src.first_index, tf.int32)}
+            "index": tf.cast(record["position"] + src.first_index, tf.int32)}
 
-  ds = src.records.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = src.records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   num_batches = -(-max(src.counts) // src.local_batch)
   padding = {"image": tf.zeros([size, size, 3], tf.float32),
              "age": tf.zeros([], tf.float32), "age_std": tf.zeros([], tf.float32),
@@ -337,7 +352,7 @@ def create_split(data_cfg: ml_collections.ConfigDict,
                       f"{process_count} processes")
   if max_examples and train:
     raise ValueError("max_examples applies to evaluation streams only")
-  first_index = sum(counts[:process_index])
+  first_index = sum(_stored_count(data_cfg, p, split) for p in parts[:process_index])
   limit = -(-max_examples // process_count) if max_examples else 0
   if limit:
     counts = [min(c, limit) for c in counts]

@@ -20,6 +20,7 @@ from agejax import models
 from agejax.config import config_check
 from agejax.data import augment
 from agejax.data import catalog
+from agejax.data import exclusions
 from agejax.data import folders
 from agejax.models import heads
 from agejax.train import cadence
@@ -30,7 +31,7 @@ from agejax.train import run_length
 from agejax.train import schedules
 from agejax.workdir import checkpointing
 
-OWNERS = (catalog, folders, augment, models, heads, run_length, cadence, checkpointing,
+OWNERS = (catalog, folders, exclusions, augment, models, heads, run_length, cadence, checkpointing,
           optim, schedules, initial_weights, loss_weights)
 
 

@@ -22,6 +22,8 @@ import numpy as np
 from agejax import json_files
 from agejax import models
 from agejax import terminal
+from agejax.data import catalog
+from agejax.data import exclusions
 from agejax.models import paths
 from agejax.train import initial_weights
 from agejax.train import loss_weights
@@ -188,6 +190,14 @@ def _batch_norm_text(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow]) ->
   return text
 
 
+def _excluded_text(cfg: ml_collections.ConfigDict) -> str:
+  """``exclude.txt: 12 examples left out (train 4, validation 8)``; checks every key exists."""
+  counts = exclusions.per_split(catalog.prepared_builder(cfg.data.dataset, cfg.data.data_dir),
+                                cfg.data)
+  per = ", ".join(f"{split} {n:,}" for split, n in counts.items())
+  return f"{cfg.data.exclude}: {sum(counts.values()):,} examples left out ({per})"
+
+
 def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
              length: run_length.RunLength, weights: str,
              age_weights: loss_weights.AgeWeights | None = None) -> list[tuple[str, str]]:
@@ -224,6 +234,7 @@ def describe(cfg: ml_collections.ConfigDict, rows: Sequence[PlanRow],
       ("weights", weights),
       ("data", f"{d.dataset} {d.train_split} ({n.num_train_examples:,} examples) -> "
                f"{d.eval_split}, {d.image_size}px, {m.preprocessing} preprocessing"),
+      *([("excluded", _excluded_text(cfg))] if d.get("exclude") else []),
       ("augmentation", augmentation),
       ("loss weights", age_weights.describe() if age_weights else "none (every example 1)"),
       ("batch", f"{cfg.train.batch_size} global"),
