@@ -222,11 +222,18 @@ def test_inference(tmp_path):
 def test_audit(tmp_path):
   """Hashing speed, and the search finding every planted pair at each size."""
   from agejax.benchmark import audit_bench
-  settings = audit_bench.AuditSettings(images=20, batch=8, sizes=(1000, 4000), repeats=1)
+  settings = audit_bench.AuditSettings(images=20, batch=8, sizes=(1000, 4000), repeats=1,
+                                       choice_faces=30, choice_copies=10,
+                                       choice_thresholds=(8,))
   records = _round_trip(audit_bench.run(settings), audit_bench.COLUMNS, tmp_path)
   _check(records[0], "audit_hash", ("images_per_sec",))
-  assert [(r["n"], r["planted_found"]) for r in records[1:]] == [(1000, "10/10"),
+  assert [(r["n"], r["planted_found"]) for r in records[1:3]] == [(1000, "10/10"),
                                                                  (4000, "40/40")]
-  for record in records[1:]:
+  for record in records[1:3]:
     _check(record, "audit_search", ("seconds",))
     assert record["pairs"] >= 10
+  # One row per hash; a mirrored copy matches its original's mirror hash exactly.
+  choice = records[3:]
+  assert [r["hash"] for r in choice] == ["phash", "dhash", "ahash"]
+  assert all(r["recall"]["mirror"] == 1.0 and r["recall"]["brightness"] > 0.5
+             for r in choice)

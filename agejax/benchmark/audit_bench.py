@@ -10,6 +10,11 @@
   seconds, the pairs found and the planted ones recovered. An all-pairs
   comparison would grow as ``n^2`` (100x per 10x); the rows show how this
   grows.
+* ``hash_choice``: for each hash and threshold, the share of transformed
+  copies of ``choice_copies`` faces found (re-encoded at JPEG quality
+  70-95, shifted 1-4 px, scaled 0.9-1.1, brightness +-10%, mirrored, the
+  mirrored ones against the mirror hash) and the false pairs among
+  ``choice_faces`` distinct faces (a self search plus a mirror search).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from PIL import Image
 
 from agejax.benchmark import common
 
-COLUMNS = ("images_per_sec", "n", "seconds", "pairs", "planted_found")
+COLUMNS = ("images_per_sec", "n", "seconds", "pairs", "planted_found", "hash", "max_distance",
+           "recall", "false_pairs")
+TRANSFORMS = ("reencode", "shift", "scale", "brightness", "mirror")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +42,9 @@ class AuditSettings:
   sizes: Sequence[int] = (10_000, 100_000, 1_000_000)
   max_distance: int = 4
   repeats: int = 3
+  choice_faces: int = 1000
+  choice_copies: int = 200
+  choice_thresholds: Sequence[int] = (4, 8)
 
 
 def _jpegs(count: int, size: int) -> list[bytes]:
@@ -72,6 +82,58 @@ def planted_hashes(n: int, max_distance: int, seed: int = 0) -> tuple[np.ndarray
   return hashes, planted
 
 
+def _transformed(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+  from PIL import ImageEnhance  # pylint: disable=import-outside-toplevel
+  side = image.shape[0]
+  if kind == "reencode":
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=int(rng.integers(70, 96)))
+    return np.asarray(Image.open(buffer).convert("RGB"))
+  if kind == "shift":
+    dx, dy = rng.integers(1, 5, 2) * rng.choice([-1, 1], 2)
+    return np.roll(image, (int(dy), int(dx)), axis=(0, 1))
+  if kind == "scale":
+    width = int(round(side * rng.uniform(0.9, 1.1)))
+    scaled = np.asarray(Image.fromarray(image).resize((width, width), Image.BILINEAR))
+    canvas = np.zeros_like(image) + image.mean(axis=(0, 1)).astype(np.uint8)
+    cut, at = max(0, (width - side) // 2), max(0, (side - width) // 2)
+    part = scaled[cut:cut + side, cut:cut + side]
+    canvas[at:at + part.shape[0], at:at + part.shape[1]] = part
+    return canvas
+  if kind == "brightness":
+    return np.asarray(ImageEnhance.Brightness(Image.fromarray(image)).enhance(
+        rng.uniform(0.9, 1.1)))
+  return image[:, ::-1]
+
+
+def hash_choice(s: AuditSettings) -> list[dict[str, Any]]:
+  """Recall of transformed copies and false pairs among distinct faces, per hash and threshold."""
+  # pylint: disable=import-outside-toplevel
+  from agejax.auditing import hash_pairs
+  from agejax.auditing import image_hashes
+  from data_builders.synthetic_faces import faces
+  rng = np.random.default_rng(0)
+  originals = np.stack([faces.example(0, "validation", i, s.image_size)[0]
+                        for i in range(s.choice_faces)])
+  copies = {kind: np.stack([_transformed(x, kind, rng) for x in originals[:s.choice_copies]])
+            for kind in TRANSFORMS}
+  rows = []
+  for name, fn in image_hashes.HASHES.items():
+    hashes, mirrors = fn(originals), image_hashes.mirrored(fn, originals)
+    copy_hashes = {kind: fn(images) for kind, images in copies.items()}
+    for t in s.choice_thresholds:
+      recall = {kind: float(np.mean(image_hashes.hamming(
+          h, (mirrors if kind == "mirror" else hashes)[:s.choice_copies]) <= t))
+                for kind, h in copy_hashes.items()}
+      i, _, _ = hash_pairs.pairs(hashes, max_distance=t)
+      a, b, _ = hash_pairs.pairs(hashes, mirrors, max_distance=t)
+      rows.append(common.record("audit_hash_choice", {
+          "faces": s.choice_faces, "copies": s.choice_copies, "image_size": s.image_size}, {
+          "hash": name, "max_distance": t, "recall": recall,
+          "false_pairs": int(len(i) + np.sum(a != b))}))
+  return rows
+
+
 def run(s: AuditSettings) -> list[dict[str, Any]]:
   from agejax.auditing import hash_pairs  # pylint: disable=import-outside-toplevel
   jpegs = _jpegs(s.images, s.image_size)
@@ -88,4 +150,4 @@ def run(s: AuditSettings) -> list[dict[str, Any]]:
     results.append(common.record("audit_search", {**settings, "sizes": list(s.sizes)}, {
         "n": n, "seconds": elapsed, "pairs": int(len(i)),
         "planted_found": f"{len(found)}/{len(planted)}"}))
-  return results
+  return results + hash_choice(s)
