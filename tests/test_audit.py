@@ -12,6 +12,7 @@ import audit_fixture
 from agejax import audit
 from agejax.auditing import dataset_scan
 from agejax.auditing import findings
+from agejax.data import exclusions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = '{"name": "planted", "csv": "labels.csv", "image_size": 64}'
@@ -57,7 +58,7 @@ def test_planted_leaks_and_conflicts_are_found_and_nothing_else(audited):
 
 def test_the_exclusion_list_names_the_copy_outside_train_and_both_sides_of_a_conflict(audited):
   planted, doc, out = audited
-  keys = findings.parse_exclusions(open(os.path.join(out, "exclude.txt")).read())
+  keys = exclusions.parse_keys(open(os.path.join(out, "exclude.txt")).read())
   want = {copy for _, copy in planted.leaks} | {k for pair in planted.conflicts for k in pair}
   assert set(keys) == want and len(keys) == len(want)
   text = open(os.path.join(out, "exclude.txt")).read()
@@ -121,7 +122,7 @@ def test_a_run_with_the_exclusion_list_never_reads_the_excluded_examples(audited
   exclude = os.path.join(out, "exclude.txt")
   cfg = _planted_config(data_dir, exclude)
   scan = dataset_scan.scan("age_csv/planted", data_dir, show_progress=False)
-  left_out = np.isin(scan.keys, findings.parse_exclusions(open(exclude).read()))
+  left_out = np.isin(scan.keys, exclusions.parse_keys(open(exclude).read()))
   for split in ("train", "validation", "test"):
     positions = set(scan.positions[(scan.splits == split) & ~left_out].tolist())
     ds = input_pipeline.create_split(cfg.data, cfg.model, split, train=False, batch_size=16,

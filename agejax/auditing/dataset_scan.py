@@ -1,7 +1,7 @@
 """One pass over every split of a built dataset: keys, labels and image fingerprints.
 
 Each example is named by its stable key, the release file it came from:
-the first of :data:`KEY_FEATURES` the dataset has (``file_name`` for
+the first of :data:`agejax.data.exclusions.KEY_FEATURES` the dataset has (``file_name`` for
 imdb_wiki, appa_real, utkface and age_csv; facebase's ``source_path``;
 synthetic_faces' ``key``, its split and generated index). Images are
 decoded at their stored size, in batches, and fingerprinted three ways
@@ -23,9 +23,9 @@ import tqdm
 
 from agejax.auditing import image_hashes
 from agejax.data import catalog
+from agejax.data import exclusions
 from agejax.errors import UsageError
 
-KEY_FEATURES = ("file_name", "source_path", "key")
 SIGNATURE_SIDE = 16
 
 
@@ -50,11 +50,13 @@ class Scan:
 
 
 def key_feature(dataset: str, features: Sequence[str]) -> str:
-  for name in KEY_FEATURES:
-    if name in features:
-      return name
-  raise UsageError(f"--dataset={dataset}: it has no key feature ({' or '.join(KEY_FEATURES)}) "
-                    f"naming each example's source; rebuild it with this agejax")
+  """The dataset's key feature (``data.exclude``'s); UsageError when it has none."""
+  feature = exclusions.key_feature(features)
+  if feature is None:
+    raise UsageError(f"--dataset={dataset}: it has no key feature "
+                     f"({' or '.join(exclusions.KEY_FEATURES)}) naming each example's source; "
+                     "rebuild it with this agejax")
+  return feature
 
 
 def signatures(images: np.ndarray) -> np.ndarray:

@@ -141,15 +141,11 @@ def _years(value: float) -> str:
 
 
 def format_exclusions(dataset: str, excluded: dict[str, list[str]]) -> str:
-  """exclude.txt: ``# reason`` lines, then the key, for each example (``data.exclude`` reads it)."""
+  """exclude.txt: ``# reason`` lines, then the key, for each example
+  (``data.exclude`` reads it: :func:`agejax.data.exclusions.parse_keys`)."""""
   lines = [f"# agejax.audit of {dataset}: {len(excluded)} example(s) to leave out",
            "# one key per line; lines starting with # are comments"]
   for key in sorted(excluded):
     lines += [f"# {reason}" for reason in excluded[key]] + [key]
   return "\n".join(lines) + "\n"
 
-
-def parse_exclusions(text: str) -> list[str]:
-  """The keys of an exclusion file: every line that is neither blank nor a ``#`` comment."""
-  return [line.strip() for line in text.splitlines()
-          if line.strip() and not line.lstrip().startswith("#")]

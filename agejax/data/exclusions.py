@@ -35,34 +35,44 @@ def check(cfg: ml_collections.ConfigDict) -> None:
                        "'' or an existing file of example keys", path)
 
 
-def key_feature(dataset: str, features) -> str:
-  """The dataset's key feature (the first of :data:`KEY_FEATURES` it has)."""
-  for name in KEY_FEATURES:
-    if name in features:
-      return name
-  raise ConfigError("data.exclude", f"{dataset} has no key feature "
-                    f"({' or '.join(KEY_FEATURES)}); rebuild it with this agejax")
+def key_feature(features) -> str | None:
+  """The dataset's key feature: the first of :data:`KEY_FEATURES` it has (None: none)."""
+  return next((name for name in KEY_FEATURES if name in features), None)
+
+
+def _required_key_feature(dataset: str, features) -> str:
+  feature = key_feature(features)
+  if feature is None:
+    raise ConfigError("data.exclude", f"{dataset} has no key feature "
+                      f"({' or '.join(KEY_FEATURES)}); rebuild it with this agejax")
+  return feature
+
+
+def parse_keys(text: str) -> list[str]:
+  """The keys of an exclusion file's text: every line neither blank nor a ``#`` comment."""
+  return [line.strip() for line in text.splitlines()
+          if line.strip() and not line.lstrip().startswith("#")]
 
 
 @functools.lru_cache(maxsize=8)
 def read(path: str) -> frozenset[str]:
-  """The keys of an exclusion file: every line neither blank nor a ``#`` comment."""
+  """The keys of an exclusion file (:func:`parse_keys`)."""
   with open(path, encoding="utf-8") as f:
-    return frozenset(line.strip() for line in f
-                     if line.strip() and not line.lstrip().startswith("#"))
+    return frozenset(parse_keys(f.read()))
 
 
-def _keys(builder: tfds.core.DatasetBuilder, split: Any, feature: str) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _split_keys(data_dir: str, dataset: str, split: Any) -> np.ndarray:
+  """The key of every stored example of ``split``, read once per process (images stay encoded)."""
+  builder = catalog.prepared_builder(dataset, data_dir)
+  feature = _required_key_feature(dataset, builder.info.features)
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
   batches = ds.map(lambda e: e[feature]).batch(8192).as_numpy_iterator()
   return np.asarray([k.decode("utf-8") for batch in batches for k in batch], dtype=object)
 
 
-@functools.lru_cache(maxsize=64)
-def _mask(data_dir: str, dataset: str, split: Any, path: str) -> np.ndarray:
-  builder = catalog.prepared_builder(dataset, data_dir)
-  keys = _keys(builder, split, key_feature(dataset, builder.info.features))
+def _hits(keys: np.ndarray, path: str) -> np.ndarray:
   return np.isin(keys, np.asarray(sorted(read(path)), dtype=object))
 
 
@@ -72,7 +82,7 @@ def excluded(data_cfg: ml_collections.ConfigDict, split: Any) -> np.ndarray | No
   path = data_cfg.get("exclude", "")
   if not path:
     return None
-  return _mask(data_cfg.data_dir, data_cfg.dataset, split, os.path.abspath(path))
+  return _hits(_split_keys(data_cfg.data_dir, data_cfg.dataset, split), os.path.abspath(path))
 
 
 def per_split(builder: tfds.core.DatasetBuilder, data_cfg: ml_collections.ConfigDict
@@ -81,12 +91,12 @@ def per_split(builder: tfds.core.DatasetBuilder, data_cfg: ml_collections.Config
   path = data_cfg.get("exclude", "")
   if not path:
     return {}
-  feature = key_feature(data_cfg.dataset, builder.info.features)
+  feature = _required_key_feature(data_cfg.dataset, builder.info.features)
   wanted = read(os.path.abspath(path))
   found, counts = set(), {}
   for split in sorted(builder.info.splits):
-    keys = _keys(builder, split, feature)
-    hit = np.isin(keys, np.asarray(sorted(wanted), dtype=object))
+    keys = _split_keys(data_cfg.data_dir, data_cfg.dataset, split)
+    hit = _hits(keys, os.path.abspath(path))
     counts[split] = int(hit.sum())
     found.update(keys[hit].tolist())
   unknown = sorted(wanted - found)

@@ -100,8 +100,9 @@ def scalar_metrics(rows: Mapping[str, np.ndarray], with_std: bool = False) -> di
   out["loss"] = float(np.mean(rows["loss"], dtype=np.float64))
   out["spread"] = float(np.mean(rows["spread"], dtype=np.float64))
   out["count"] = float(summary["n"])
+  true = np.asarray(rows["true"], np.float64)
   for band in age_card.DEFAULT_BANDS:
-    where = age_card.in_band(np.asarray(rows["true"], np.float64), band)
+    where = age_card.in_band(true, band)
     if where.any():
       label = age_card.band_label(band)
       out[f"band_bias/{label}"] = age_metrics.mean_error(rows["pred"][where],
