@@ -9,7 +9,15 @@ CSV's own train/validation/test splits, plus, each under a new identity:
 * ``relabelled``: a byte-for-byte copy of a training face, in train, with
   its age 7 years off (a conflict: one picture, two ages);
 * ``impossible``: a face labelled 150 (age_csv's builder drops it as
-  ``bad_age``).
+  ``bad_age``);
+* ``noisy``: 5% of the distinct faces (none a planted copy's source) with
+  their age replaced by a random one, uniform over 0-100 at least
+  ``NOISE_MIN_YEARS`` from the true age (a real label error, not a
+  near-miss).
+
+Built with ``identity_folders=10`` (:data:`FOLDERS_CONFIG`) the same
+release becomes ten identity folders, the layout ``agejax.protocol``'s
+five splits take: out-of-fold predictions for every face.
 
 ``Planted`` records which keys (the CSV paths) each problem involves.
 """
@@ -26,8 +34,13 @@ from PIL import Image, ImageEnhance
 
 from data_builders.synthetic_faces import faces
 
-SPLITS = {"train": 120, "validation": 20, "test": 20}
+SPLITS = {"train": 300, "validation": 50, "test": 50}
 PLANTED = {"reencoded": 8, "brighter": 4, "mirrored": 8, "relabelled": 5}
+NOISY_SHARE = 0.05
+NOISE_MIN_YEARS = 10
+CONFIG = '{"name": "planted", "csv": "labels.csv", "image_size": 64}'
+FOLDERS_CONFIG = ('{"name": "planted_folders", "csv": "labels.csv", "image_size": 64, '
+                  '"identity_folders": 10}')
 
 
 @dataclasses.dataclass
@@ -35,6 +48,7 @@ class Planted:
   leaks: set  # {(train key, copy key)}
   conflicts: set  # {(train key, copy key)}
   impossible: list  # keys
+  noisy: dict  # key -> (true age, label written)
   rows: int
 
 
@@ -49,11 +63,12 @@ def _reencoded(image: np.ndarray, quality: int) -> np.ndarray:
   return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def write_release(root: str, seed: int = 0, size: int = 64) -> Planted:
+def write_release(root: str, seed: int = 0, size: int = 64, scale: int = 1) -> Planted:
+  """The release under ``root``; ``scale`` multiplies the distinct faces (not the copies)."""
   rows, index = [], 0
   images = {}
   for split, count in SPLITS.items():
-    for _ in range(count):
+    for _ in range(count * scale):
       image, face = faces.example(seed, "validation", index, size)
       path = f"faces/{index:04d}.jpg"
       _save(os.path.join(root, path), image)
@@ -61,7 +76,7 @@ def write_release(root: str, seed: int = 0, size: int = 64) -> Planted:
       rows.append((path, str(face.age), f"person {index}", split))
       index += 1
   train = [r for r in rows if r[3] == "train"]
-  planted = Planted(set(), set(), [], 0)
+  planted = Planted(set(), set(), [], {}, 0)
   source = iter(train)
   for kind, count in PLANTED.items():
     for k in range(count):
@@ -88,6 +103,15 @@ def write_release(root: str, seed: int = 0, size: int = 64) -> Planted:
   _save(os.path.join(root, "planted/impossible.jpg"), images[train[-1][0]][::-1])
   rows.append(("planted/impossible.jpg", "150", "impossible", "train"))
   planted.impossible.append("planted/impossible.jpg")
+  sources = {a for pair in planted.leaks | planted.conflicts for a in pair} | {train[-1][0]}
+  distinct = [r for r in range(index) if rows[r][0] not in sources]  # the drawn faces
+  rng = np.random.default_rng(seed)
+  for r in rng.choice(distinct, round(NOISY_SHARE * len(distinct)), replace=False):
+    path, age, identity, split = rows[r]
+    wrong = [a for a in range(101) if abs(a - int(age)) >= NOISE_MIN_YEARS]
+    label = int(rng.choice(wrong))
+    rows[r] = (path, str(label), identity, split)
+    planted.noisy[path] = (int(age), label)
   with open(os.path.join(root, "labels.csv"), "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["path", "age", "identity", "split"])

@@ -233,7 +233,13 @@ def test_audit(tmp_path):
     _check(record, "audit_search", ("seconds",))
     assert record["pairs"] >= 10
   # One row per hash; a mirrored copy matches its original's mirror hash exactly.
-  choice = records[3:]
+  choice = records[3:6]
   assert [r["hash"] for r in choice] == ["phash", "dhash", "ahash"]
   assert all(r["recall"]["mirror"] == 1.0 and r["recall"]["brightness"] > 0.5
              for r in choice)
+  # Both signatures confirm a mirrored copy against the flipped original
+  # exactly; false pairs are counted among the candidates.
+  signatures = records[6:]
+  assert [r["signature"] for r in signatures] == ["colour 8x8", "luma 16x16"]
+  assert all(r["recall"]["mirror"] == 1.0 and 0 <= r["false_pairs"] <= r["candidates"]
+             for r in signatures)

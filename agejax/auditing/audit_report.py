@@ -2,14 +2,18 @@
 
 ``audit.html`` holds, each image embedded: the age histogram of every split
 overlaid, with the band shares beside it; then a contact sheet per finding
-(leaks, conflicts, the other duplicates, impossible labels), the two images
-of a pair side by side with their keys, splits and labels, the worst first
-(at most ``SHEET_ROWS`` per sheet; audit.json lists every one).
+(leaks, conflicts, the other duplicates, impossible labels and, with
+predictions, label issues), the two images of a pair side by side with their
+keys, splits and labels, a label issue's image with its label and the
+predicted age, the worst first (at most ``SHEET_ROWS`` per sheet; audit.json
+lists every one). With predictions, ``label_scores.csv`` holds every
+example's label score, highest first.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import os
@@ -25,8 +29,10 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from agejax import json_files  # noqa: E402
 from agejax.auditing import dataset_scan  # noqa: E402
 from agejax.auditing import findings  # noqa: E402
+from agejax.auditing import label_issues  # noqa: E402
 
 JSON_FILE, HTML_FILE, EXCLUDE_FILE = "audit.json", "audit.html", "exclude.txt"
+SCORES_FILE = "label_scores.csv"  # with predictions: every example's label score
 SHEET_ROWS = 24
 _THUMB = 96
 
@@ -85,7 +91,8 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list]]:
       ("other duplicates (within a split)", [p for p in pairs
                                               if not p["leak"] and not p["conflict"]]),
       ("impossible labels", doc["impossible_labels"]),
-  ]
+  ] + ([("label issues: labels furthest from the predicted age", doc["label_issues"]["top"])]
+       if "label_issues" in doc else [])
 
 
 def write(out_dir: str, doc: dict[str, Any], scan: dataset_scan.Scan, data_dir: str,
@@ -108,10 +115,20 @@ def write(out_dir: str, doc: dict[str, Any], scan: dataset_scan.Scan, data_dir: 
            _bands_table(doc["histograms"])]
   for title, items in sections:
     parts.append(f"<h2>{html.escape(title)}: {len(items)}</h2>")
+    if items is doc.get("label_issues", {}).get("top"):
+      issues = doc["label_issues"]
+      parts.append(f"<p>{html.escape(issues['source'])}; score: |label - age| in "
+                   f"{issues['unit']}; {issues['over_threshold']} of {issues['predicted']} "
+                   f"above {issues['threshold']:g}; every score in {SCORES_FILE}</p>")
+      parts += [f"<p>{html.escape(note)}</p>" for note in issues["notes"]]
     rows = []
     for item in items[:SHEET_ROWS]:
-      caption = (_pair_caption(item) if "keys" in item
-                 else f"{item['key']} ({item['split']}): label {item['label']}")
+      if "keys" in item:
+        caption = _pair_caption(item)
+      elif "score" in item:
+        caption = label_issues.caption(item, doc["label_issues"]["unit"])
+      else:
+        caption = f"{item['key']} ({item['split']}): label {item['label']}"
       rows.append(([image_of(i) for i in _indices(item)], caption))
     if rows:
       parts.append(f'<img src="data:image/png;base64,{_png(_sheet(rows))}">')
@@ -119,7 +136,22 @@ def write(out_dir: str, doc: dict[str, Any], scan: dataset_scan.Scan, data_dir: 
                         "<title>agejax audit</title><body style='font-family:sans-serif'>"
                         + "\n".join(parts) + "</body>")
   json_files.write_json(paths[JSON_FILE], doc)
+  if "label_issues" in doc:
+    paths[SCORES_FILE] = os.path.join(out_dir, SCORES_FILE)
+    _write_scores(paths[SCORES_FILE], scan)
   return paths
+
+
+def _write_scores(path: str, scan: dataset_scan.Scan) -> None:
+  """label_scores.csv: key, split, label, age, spread, score; highest score first."""
+  score, _ = label_issues.scores(scan.labels, scan.ages, scan.spreads)
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(["key", "split", "label", "age", "spread", "score"])
+  for i in np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable"):
+    writer.writerow([scan.keys[i], scan.splits[i], f"{scan.labels[i]:g}", f"{scan.ages[i]:.3f}",
+                     f"{scan.spreads[i]:.3f}", f"{score[i]:.4f}"])
+  json_files.write_text(path, buffer.getvalue())
 
 
 def _indices(item: Mapping[str, Any]) -> list[int]:

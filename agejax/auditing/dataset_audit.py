@@ -13,14 +13,28 @@ import numpy as np
 
 from agejax.auditing import dataset_scan
 from agejax.auditing import findings
+from agejax.auditing import label_issues
 
 
-def audit(scan: dataset_scan.Scan, settings: findings.Settings = findings.Settings()
+def audit(scan: dataset_scan.Scan, settings: findings.Settings = findings.Settings(), *,
+          models: label_issues.Models | None = None, exclude_label_issues: bool = False
           ) -> tuple[dict[str, Any], dict[str, list[str]]]:
-  """``(document, exclusions)`` of a scanned dataset (:mod:`agejax.auditing.findings`)."""
+  """``(document, exclusions)`` of a scanned dataset (:mod:`agejax.auditing.findings`).
+
+  Where the scan has the predicted ages of ``models``, the labels
+  they disagree with most (:mod:`agejax.auditing.label_issues`), which the
+  exclusions list with ``exclude_label_issues``.
+  """
   pairs = findings.find_pairs(scan, settings)
   impossible = findings.impossible_labels(scan, settings)
-  excluded = findings.exclusions(scan, pairs, impossible)
+  issues = None
+  if models is not None:
+    issues, _ = label_issues.rank(scan, settings.label_issue_share, settings.label_issue_spreads,
+                                  settings.label_issue_years, models.source)
+    issues["notes"] = list(models.notes)
+  listed = [(row["key"], "label issue: " + label_issues.caption(row, issues["unit"]))
+            for row in issues["top"]] if issues and exclude_label_issues else []
+  excluded = findings.exclusions(scan, pairs, impossible, listed)
   doc: dict[str, Any] = {
       "dataset": scan.dataset, "key_feature": scan.key_feature, "label": scan.label,
       "examples": {s: int(np.sum(scan.splits == s)) for s in sorted(set(scan.splits.tolist()))},
@@ -29,12 +43,16 @@ def audit(scan: dataset_scan.Scan, settings: findings.Settings = findings.Settin
           **{kind: sum(p["kind"] == kind for p in pairs) for kind in findings.KINDS},
           "leaks": sum(p["leak"] for p in pairs),
           "conflicts": sum(p["conflict"] for p in pairs),
-          "impossible_labels": len(impossible), "excluded": len(excluded)},
+          "impossible_labels": len(impossible), "excluded": len(excluded),
+          **({"label_issues_listed": len(issues["top"]),
+              "label_issues_over_threshold": issues["over_threshold"]} if issues else {})},
       "pairs": pairs,
       "impossible_labels": [{"index": i, "key": scan.keys[i], "split": scan.splits[i],
                              "label": float(scan.labels[i])} for i in impossible],
       "histograms": findings.histograms(scan),
   }
+  if issues:
+    doc["label_issues"] = issues
   doc["summary"] = summary(doc)
   return doc, excluded
 
@@ -49,6 +67,11 @@ def summary(doc: dict[str, Any]) -> str:
            f"  leaks (a pair across splits): {c['leaks']}",
            f"  conflicts (a pair with two ages): {c['conflicts']}",
            f"  impossible labels: {c['impossible_labels']}"]
+  issues = doc.get("label_issues")
+  if issues:
+    lines.append(f"  label issues ({issues['source']}): {issues['over_threshold']} label(s) more "
+                 f"than {issues['threshold']:g} {issues['unit']} from the predicted age; the "
+                 f"{len(issues['top'])} furthest listed")
   for split, h in doc["histograms"].items():
     shares = h["bands"]
     lines.append(f"  {split}: {shares['0-12']:.1%} aged 0-12, {shares['65+']:.1%} aged 65+")

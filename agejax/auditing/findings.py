@@ -12,7 +12,8 @@
   age card's bands, so a split without children or the elderly shows.
 * **The exclusion list**: one member of every leak (the one outside
   ``train``; the later split's when neither is), both members of every
-  conflict, every impossible label; each with its reasons.
+  conflict, every impossible label, and where asked the listed label
+  issues; each with its reasons.
 
 The hash finds candidates; the signature decides. pHash within 8 bits
 keeps every re-encoded, brightened and mirrored copy of the measurement
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,6 +43,11 @@ class Settings:
   min_correlation: float = 0.99
   conflict_years: float = 0.5
   max_age: float = 120.0
+  # Label issues (agejax.auditing.label_issues): the share listed, and the
+  # score a label must pass to count, in spreads or, without one, years.
+  label_issue_share: float = 0.01
+  label_issue_spreads: float = 3.0
+  label_issue_years: float = 15.0
 
 
 def _exact_pairs(scan: dataset_scan.Scan) -> set[tuple[int, int]]:
@@ -115,9 +121,11 @@ def _split_rank(split: str) -> tuple[int, str]:
 
 
 def exclusions(scan: dataset_scan.Scan, pairs: list[dict[str, Any]],
-               impossible: list[int]) -> dict[str, list[str]]:
-  """``{key: [reasons]}`` of the examples training should leave out (module doc)."""
-  out: dict[str, list[str]] = {}
+               impossible: list[int], label_issues: Sequence[tuple[str, str]] = ()
+               ) -> dict[str, list[str]]:
+  """``{key: [reasons]}`` of the examples training should leave out (module doc);
+  ``label_issues``: ``(key, reason)`` of the label issues to leave out."""
+  out: dict[str, list[str]] = {key: [reason] for key, reason in label_issues}
   for pair in pairs:
     a, b = pair["index"]
     if pair["conflict"]:

@@ -15,6 +15,11 @@
   70-95, shifted 1-4 px, scaled 0.9-1.1, brightness +-10%, mirrored, the
   mirrored ones against the mirror hash) and the false pairs among
   ``choice_faces`` distinct faces (a self search plus a mirror search).
+* ``signature_choice``: what confirms a candidate. For the audit's colour
+  signature and a 16 x 16 luma one, at ``min_correlation``: the share of
+  the same transformed copies confirmed against their original, and the
+  false pairs confirmed among pHash candidates (within 8 bits) of
+  ``choice_faces`` distinct faces.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from PIL import Image
 from agejax.benchmark import common
 
 COLUMNS = ("images_per_sec", "n", "seconds", "pairs", "planted_found", "hash", "max_distance",
-           "recall", "false_pairs")
+           "signature", "recall", "false_pairs", "candidates")
 TRANSFORMS = ("reencode", "shift", "scale", "brightness", "mirror")
 
 
@@ -45,6 +50,7 @@ class AuditSettings:
   choice_faces: int = 1000
   choice_copies: int = 200
   choice_thresholds: Sequence[int] = (4, 8)
+  min_correlation: float = 0.99
 
 
 def _jpegs(count: int, size: int) -> list[bytes]:
@@ -106,17 +112,23 @@ def _transformed(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.n
   return image[:, ::-1]
 
 
-def hash_choice(s: AuditSettings) -> list[dict[str, Any]]:
-  """Recall of transformed copies and false pairs among distinct faces, per hash and threshold."""
-  # pylint: disable=import-outside-toplevel
-  from agejax.auditing import hash_pairs
-  from agejax.auditing import image_hashes
-  from data_builders.synthetic_faces import faces
+def _choice_images(s: AuditSettings) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """``choice_faces`` distinct faces, and each transformation of the first ``choice_copies``."""
+  from data_builders.synthetic_faces import faces  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   originals = np.stack([faces.example(0, "validation", i, s.image_size)[0]
                         for i in range(s.choice_faces)])
   copies = {kind: np.stack([_transformed(x, kind, rng) for x in originals[:s.choice_copies]])
             for kind in TRANSFORMS}
+  return originals, copies
+
+
+def hash_choice(s: AuditSettings, originals: np.ndarray, copies: dict[str, np.ndarray]
+                ) -> list[dict[str, Any]]:
+  """Recall of transformed copies and false pairs among distinct faces, per hash and threshold."""
+  # pylint: disable=import-outside-toplevel
+  from agejax.auditing import hash_pairs
+  from agejax.auditing import image_hashes
   rows = []
   for name, fn in image_hashes.HASHES.items():
     hashes, mirrors = fn(originals), image_hashes.mirrored(fn, originals)
@@ -131,6 +143,44 @@ def hash_choice(s: AuditSettings) -> list[dict[str, Any]]:
           "faces": s.choice_faces, "copies": s.choice_copies, "image_size": s.image_size}, {
           "hash": name, "max_distance": t, "recall": recall,
           "false_pairs": int(len(i) + np.sum(a != b))}))
+  return rows
+
+
+def _luma_signatures(images: np.ndarray) -> np.ndarray:
+  """The alternative measured: 16 x 16 luma, mean removed, unit norm."""
+  from agejax.auditing import image_hashes  # pylint: disable=import-outside-toplevel
+  small = image_hashes.area_resize(image_hashes.grey(images), 16, 16).reshape(len(images), -1)
+  small -= small.mean(axis=1, keepdims=True)
+  return small / np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-12)
+
+
+def signature_choice(s: AuditSettings, originals: np.ndarray, copies: dict[str, np.ndarray]
+                     ) -> list[dict[str, Any]]:
+  """Copies confirmed and false pairs confirmed, per signature (module doc)."""
+  # pylint: disable=import-outside-toplevel
+  from agejax.auditing import dataset_scan
+  from agejax.auditing import hash_pairs
+  from agejax.auditing import image_hashes
+  hashes = image_hashes.phash(originals)
+  i, j, _ = hash_pairs.pairs(hashes, max_distance=8)
+  a, b, _ = hash_pairs.pairs(hashes, image_hashes.mirrored(image_hashes.phash, originals),
+                             max_distance=8)
+  a, b = a[a != b], b[a != b]
+  mirrored = originals[:, :, ::-1]  # a mirror candidate is confirmed against the flipped image
+  rows = []
+  for name, fn in (("colour 8x8", dataset_scan.signatures), ("luma 16x16", _luma_signatures)):
+    sig, sig_mirrored = fn(originals), fn(mirrored)
+    correlation = lambda x, y: np.sum(x * y, axis=1)
+    recall = {kind: float(np.mean(correlation(
+        sig[:s.choice_copies], fn(images[:, :, ::-1] if kind == "mirror" else images))
+        >= s.min_correlation)) for kind, images in copies.items()}
+    false = (np.sum(correlation(sig[i], sig[j]) >= s.min_correlation)
+             + np.sum(correlation(sig[a], sig_mirrored[b]) >= s.min_correlation))
+    rows.append(common.record("audit_signature_choice", {
+        "faces": s.choice_faces, "copies": s.choice_copies, "image_size": s.image_size,
+        "min_correlation": s.min_correlation}, {
+        "signature": name, "recall": recall, "false_pairs": int(false),
+        "candidates": int(len(i) + len(a))}))
   return rows
 
 
@@ -150,4 +200,5 @@ def run(s: AuditSettings) -> list[dict[str, Any]]:
     results.append(common.record("audit_search", {**settings, "sizes": list(s.sizes)}, {
         "n": n, "seconds": elapsed, "pairs": int(len(i)),
         "planted_found": f"{len(found)}/{len(planted)}"}))
-  return results + hash_choice(s)
+  originals, copies = _choice_images(s)
+  return results + hash_choice(s, originals, copies) + signature_choice(s, originals, copies)

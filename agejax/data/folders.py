@@ -116,3 +116,8 @@ def apply_protocol_split(data_cfg) -> None:
   splits = dataset_splits(data_cfg.dataset, data_cfg.data_dir, data_cfg.protocol_split)
   data_cfg.train_split, data_cfg.eval_split, data_cfg.test_split = (
       splits["train"], splits["validation"], splits["test"])
+
+
+def split_parts(split: str) -> list[str]:
+  """The TFDS split names a split string reads: ``"folder8+train[:80%]"`` -> folder8, train."""
+  return [part.split("[")[0].strip() for part in split.split("+") if part.strip()]
