@@ -3,12 +3,14 @@ r"""Write a trained run's model for serving: an agejax bundle, a TF SavedModel, 
   python -m agejax.export --workdir=DIR --output=OUT [--format=bundle|saved_model|tflite|onnx] \
       [--checkpoint=best|latest|STEP] [--quantize=none|dynamic] [--batch=N|dynamic] \
       [--no_verify] [--margin=M] [--stored_size=S] [--overwrite]
+  python -m agejax.export --model=BUNDLE --output=OUT --format=saved_model|tflite|onnx ...
 
 ``bundle`` (the default) is agejax's own format: ``agejax.inference.load(OUT)``
 and ``python -m agejax.predict --model=OUT`` read it with JAX. The other
 formats hold the resize, centre crop and normalisation inside the graph and
 take uint8 RGB face crops (agejax.serving.formats says how each is made);
-``agejax.predict --model=OUT`` reads them too. Every format writes
+``agejax.predict --model=OUT`` reads them too. ``--model`` takes a bundle
+instead of a run (``agejax.convert --bundle``: DEX's released nets). Every format writes
 ``OUT/model.json``. Runtime formats are run once in their runtime against
 the JAX model on generated crops (``--verify``, on by default): a float
 model more than 1e-4 years off fails the export. Exit codes: 0 written,
@@ -27,6 +29,9 @@ from agejax import cli
 
 FLAGS = cli.new_flags()
 flags.DEFINE_string("workdir", None, "Training run directory.", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "An export bundle (agejax.convert --bundle, or a run's "
+                    "bundle) to write in a runtime format, instead of --workdir.",
+                    flag_values=FLAGS)
 flags.DEFINE_string("output", None, "Directory to write.", flag_values=FLAGS)
 flags.DEFINE_enum("format", "bundle", ["bundle", "saved_model", "tflite", "onnx"],
                   "What to write.", flag_values=FLAGS)
@@ -74,15 +79,22 @@ def _main(args: list[str]) -> None:
   from agejax.serving import exporters  # pylint: disable=import-outside-toplevel
   from agejax.evaluation import intervals  # pylint: disable=import-outside-toplevel
 
+  from agejax.errors import UsageError  # pylint: disable=import-outside-toplevel
+
+  if bool(FLAGS.workdir) == bool(FLAGS.model):
+    raise UsageError("give --workdir=RUN or --model=BUNDLE (one of them)")
+  source = FLAGS.workdir or FLAGS.model
+  if FLAGS.model and not os.path.isfile(os.path.join(FLAGS.model, "model.json")):
+    raise UsageError(f"--model={FLAGS.model}: no model.json there (not an export bundle)")
   out = os.path.abspath(FLAGS.output)
-  meta = exporters.export(FLAGS.workdir, out, FLAGS.checkpoint, margin=FLAGS.margin,
+  meta = exporters.export(source, out, FLAGS.checkpoint, margin=FLAGS.margin,
                        stored_size=FLAGS.stored_size, overwrite=FLAGS.overwrite,
                        fmt=FLAGS.format, quantize=FLAGS.quantize, batch=_batch(),
                        verify=FLAGS.verify)
   crop = meta["crop"]
   written = meta.get("export", {}).get("file", "bundle")
   print(f"exported {meta['model']['arch']} ({meta['head']} head) from step "
-        f"{meta['source']['step']} of {FLAGS.workdir} to {out} ({FLAGS.format}: {written}"
+        f"{meta['source']['step']} of {source} to {out} ({FLAGS.format}: {written}"
         f"{', int8 weights' if FLAGS.quantize == 'dynamic' else ''}) and model.json")
   print(f"input: face crops with margin {crop['margin']} stored at {crop['stored_size']} px "
         f"({crop['source']}), centre {meta['image_size']} px, {meta['preprocessing']} "
@@ -102,8 +114,9 @@ def _main(args: list[str]) -> None:
     elif held:
       print(f"held-out MAE on {held['examples']} {held['split']} crops: {held['mae_exported']:.3f} "
             f"years quantised vs {held['mae_jax']:.3f} float ({held['mae_difference']:+.3f})")
-  note = intervals.fitted_for(FLAGS.workdir, meta["source"]["step"], meta["flip_tta"])[1]
-  print(note + (", in model.json" if "interval" in meta else ""))
+  if FLAGS.workdir:
+    note = intervals.fitted_for(FLAGS.workdir, meta["source"]["step"], meta["flip_tta"])[1]
+    print(note + (", in model.json" if "interval" in meta else ""))
   if FLAGS.format in _HOW_TO_CALL:
     print("call it:\n  " + _HOW_TO_CALL[FLAGS.format].format(out=out))
   print(f"predict: python -m agejax.predict --model={out} PHOTO.jpg")
@@ -112,7 +125,7 @@ def _main(args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
   from agejax.serving.runtimes import MissingExtra  # pylint: disable=import-outside-toplevel
   return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.export",
-                 required=("workdir", "output"), user_errors=(ValueError, MissingExtra))
+                 required=("output",), user_errors=(ValueError, MissingExtra))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.max_age = 100
   # What the network was pretrained on, and so what the input pipeline feeds:
   # imagenet: RGB in [0, 1], minus ImageNet mean, over its std (torchvision,
-  # timm). caffe: BGR in [0, 255] minus the ImageNet mean (Keras, Caffe, DEX).
+  # timm). caffe: BGR in [0, 255] minus the ImageNet mean (Keras, Caffe
+  # ResNets). dex: the same minus ILSVRC 2012's mean image's (DEX's nets).
   c.model.preprocessing = "imagenet"
   c.model.regression_loss = "l1"  # l1 | l2 (head=regression)
   c.model.dldl_sigma = 2.0  # std (years) of the Gaussian label distribution

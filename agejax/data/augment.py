@@ -30,7 +30,9 @@ import tensorflow as tf
 
 from agejax.config import config_check
 
-PREPROCESSINGS = ("imagenet", "caffe")
+PREPROCESSINGS = ("imagenet", "caffe", "dex")
+# Both feed BGR in [0, 255] minus a mean, as Caffe nets were trained.
+_BGR = ("caffe", "dex")
 RULES: dict[str, config_check.Rule] = {
     "model.preprocessing": config_check.one_of(PREPROCESSINGS)}
 
@@ -45,6 +47,9 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 # Keras' preprocess_input(mode="caffe"): RGB -> BGR, minus the ImageNet mean in
 # [0, 255] units, no scaling (the Caffe ResNets and DEX's VGG-16 expect this).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# DEX's Caffe nets: the mean of ILSVRC 2012's mean image (Caffe's
+# ilsvrc_2012_mean.npy), per BGR channel.
+DEX_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
 # The columns of one image's uniforms: crop area, crop aspect (log), crop left
 # and top, flip, rotation angle, then brightness, contrast and saturation.
@@ -61,10 +66,10 @@ def normalize(images: Any, preprocessing: str) -> Any:
 
   Args:
     images: [..., 3] RGB values in [0, 255].
-    preprocessing: ``model.preprocessing``: imagenet or caffe.
+    preprocessing: ``model.preprocessing``: imagenet, caffe or dex.
 
   Returns:
-    float32 images of the same shape; BGR channel order for caffe.
+    float32 images of the same shape; BGR channel order for caffe and dex.
   """
   if preprocessing not in PREPROCESSINGS:  # a caller's bug: configs passed check()
     raise ValueError(f"unknown preprocessing {preprocessing!r}; use one of {PREPROCESSINGS}")
@@ -74,7 +79,7 @@ def normalize(images: Any, preprocessing: str) -> Any:
     x = images.astype(jnp.float32)
   else:
     x = np.asarray(images, np.float32)
-  if preprocessing == "caffe":
+  if preprocessing in _BGR:
     x = x[..., ::-1]
   return _shift_and_scale(x, preprocessing, tiles=1)
 
@@ -90,8 +95,9 @@ def _shift_and_scale(x: Any, preprocessing: str, tiles: int) -> Any:
   subtract then a multiply cannot be contracted into a fused multiply-add, so
   TF, numpy and XLA round it alike and stay bit-identical.
   """
-  if preprocessing == "caffe":
-    return x - np.tile(np.asarray(CAFFE_MEAN_BGR, np.float32), tiles)
+  if preprocessing in _BGR:
+    mean = CAFFE_MEAN_BGR if preprocessing == "caffe" else DEX_MEAN_BGR
+    return x - np.tile(np.asarray(mean, np.float32), tiles)
   mean = np.asarray(IMAGENET_MEAN_RGB, np.float64) * 255.0
   scale = 1.0 / (np.asarray(IMAGENET_STD_RGB, np.float64) * 255.0)
   return (x - np.tile(mean.astype(np.float32), tiles)) * np.tile(scale.astype(np.float32), tiles)
@@ -105,7 +111,7 @@ def _normalize_tf(x: tf.Tensor, preprocessing: str) -> tf.Tensor:
   width the image is viewed as rows and the constants are tiled W times.
   Each element still sees the same divide and subtract.
   """
-  if preprocessing == "caffe":
+  if preprocessing in _BGR:
     x = tf.reverse(x, axis=[-1])  # tf.reverse: a negative-stride slice is slow
   width = x.shape[-2] if x.shape.rank and x.shape.rank >= 2 else None
   if not width:

@@ -1,4 +1,5 @@
-"""ImageNet backbones from the files people have: Keras .h5, torchvision/timm .pth and .safetensors.
+"""Pretrained networks from the files people have: Keras .h5, torchvision/timm .pth and
+.safetensors, Caffe .caffemodel (DEX's age nets, head included).
 
 Nothing is downloaded: every reader takes a local file. :func:`read` detects
 the format from the file's first bytes, maps the tensors onto agejax's
@@ -27,7 +28,7 @@ from agejax import json_files
 from agejax.models import paths
 from agejax.pretrained.types import Imported, WeightImportError
 
-FORMATS = ("keras-h5", "torch", "safetensors")
+FORMATS = ("keras-h5", "torch", "safetensors", "caffe")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 META_FILE = "pretrained.json"
@@ -38,7 +39,10 @@ __all__ = ["Imported", "WeightImportError", "FORMATS", "detect_format", "read", 
 
 
 def detect_format(path: str) -> str:
-  """``keras-h5``, ``torch`` (torch.save zip) or ``safetensors``, from the first bytes."""
+  """``keras-h5``, ``torch`` (torch.save zip) or ``safetensors``, from the first bytes;
+  ``caffe`` by the ``.caffemodel`` suffix (protobuf has no magic bytes)."""
+  if path.endswith(".caffemodel"):
+    return "caffe"
   with open(path, "rb") as f:
     head = f.read(8)
   if head == _HDF5_MAGIC:
@@ -57,11 +61,12 @@ def detect_format(path: str) -> str:
 
 
 def read(path: str, fmt: str | None = None, arch: str | None = None,
-         image_size: int = 224) -> Imported:
+         image_size: int = 224, prototxt: str | None = None) -> Imported:
   """Imports a weights file (format detected unless ``fmt`` is given).
 
   ``image_size`` matters only for VGG-16 from torchvision, whose adaptive
   pool before fc6 is folded into fc6 for inputs other than 224-255 px.
+  ``prototxt`` is a Caffe model's network description (required for one).
   """
   if not os.path.isfile(path):
     raise WeightImportError(f"{path}: no such file")
@@ -72,6 +77,9 @@ def read(path: str, fmt: str | None = None, arch: str | None = None,
   elif fmt in ("torch", "safetensors"):
     from agejax.pretrained import torch_layout
     imported = torch_layout.read(path, arch=arch, image_size=image_size)
+  elif fmt == "caffe":
+    from agejax.pretrained import caffe
+    imported = caffe.read(path, prototxt or "")
   else:
     raise WeightImportError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if arch and imported.arch != arch:
@@ -87,7 +95,8 @@ def save_converted(imported: Imported, out_dir: str) -> str:
           "batch_stats": paths.unflatten(imported.batch_stats)}
   ocp.PyTreeCheckpointer().save(os.path.join(out_dir, STATE_ITEM), tree, force=True)
   meta = {"arch": imported.arch, "source": imported.source,
-          "model_overrides": imported.model_overrides}
+          "model_overrides": imported.model_overrides, "head": imported.head,
+          "image_size": imported.image_size, "margin": imported.margin}
   json_files.write_json(os.path.join(out_dir, META_FILE), meta)
   return out_dir
 
@@ -95,18 +104,28 @@ def save_converted(imported: Imported, out_dir: str) -> str:
 def load(path: str, image_size: int = 224) -> Imported:
   """A weights file, or a directory written by :func:`save_converted`."""
   if os.path.isfile(path):
+    if detect_format(path) == "caffe":
+      raise WeightImportError(f"{path}: convert a Caffe model first (python -m agejax.convert "
+                              "--input MODEL.caffemodel --prototxt NET.prototxt --output DIR) "
+                              "and use DIR")
     return read(path, image_size=image_size)
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
     raise WeightImportError(f"{path}: neither a weights file nor a converted directory "
                             f"(no {META_FILE})")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+    arch, overrides, source = meta["arch"], meta["model_overrides"], meta["source"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise WeightImportError(f"{meta_path}: not a converted-weights description ({e!r}); "
+                            "convert the weights again") from None
   tree = ocp.PyTreeCheckpointer().restore(os.path.join(os.path.abspath(path), STATE_ITEM))
   as_numpy = lambda t: {p: np.asarray(v) for p, v in paths.flatten(t or {}).items()}
-  return Imported(arch=meta["arch"], params=as_numpy(tree["params"]),
-                  batch_stats=as_numpy(tree.get("batch_stats")),
-                  model_overrides=meta["model_overrides"], source=meta["source"])
+  return Imported(arch=arch, params=as_numpy(tree["params"]),
+                  batch_stats=as_numpy(tree.get("batch_stats")), model_overrides=overrides,
+                  source=source, head=meta.get("head") or {},
+                  image_size=int(meta.get("image_size") or 0), margin=meta.get("margin"))
 
 
 def apply_overrides(model_cfg: ml_collections.ConfigDict, imported: Imported) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -15,18 +16,26 @@ from agejax.pretrained.types import Imported
 from agejax.pretrained import apply_overrides
 
 
-def backbone(imported: Imported, image_size: int) -> nnx.Module:
-  """The imported network (inference mode) with the weights loaded."""
+def model_config(imported: Imported) -> ml_collections.ConfigDict:
+  """The ``model`` config the imported network is: its arch, overrides and head."""
   model_cfg = defaults.default_config().model
   model_cfg.arch = imported.arch
   apply_overrides(model_cfg, imported)
-  graphdef, params, batch_stats = models.split_state(models.abstract_model(model_cfg, image_size))
+  model_cfg.update(imported.head)  # head, min_age, max_age of a file that brings its head
+  return model_cfg
+
+
+def backbone(imported: Imported, image_size: int) -> nnx.Module:
+  """The imported network (inference mode) with the weights loaded; the head is the
+  file's where it brings one, else zeros."""
+  graphdef, params, batch_stats = models.split_state(
+      models.abstract_model(model_config(imported), image_size))
   flat_params, flat_stats = paths.flatten(params), paths.flatten(batch_stats)
-  for path in flat_params:
-    if not path.startswith("head/"):
+  for path, value in flat_params.items():
+    if not path.startswith("head/") or imported.head:
       flat_params[path] = jnp.asarray(imported.params[path])
-  flat_params.update({p: jnp.zeros(v.shape, v.dtype)
-                      for p, v in flat_params.items() if p.startswith("head/")})
+    else:
+      flat_params[path] = jnp.zeros(value.shape, value.dtype)
   flat_stats = {p: jnp.asarray(imported.batch_stats[p]) for p in flat_stats}
   return models.merge_state(graphdef, paths.unflatten(flat_params), paths.unflatten(flat_stats))
 

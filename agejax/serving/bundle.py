@@ -128,3 +128,34 @@ def read(path: str) -> tuple[dict[str, Any], Any, Any]:
   return meta, tree["params"], tree.get("batch_stats") or {}
 
 
+
+
+def from_imported(imported: Any, output: str, source_file: str, image_size: int,
+                  overwrite: bool = False) -> str:
+  """A bundle of an imported network that brings its age head (DEX's Caffe nets).
+
+  The crop rule is the file's margin (DEX: 40%) stored at agejax's crop size
+  for the input (256 for 224, as the builders store), centre-cropped to the
+  network's input. Raises ``WeightImportError`` for a backbone without a head.
+  """
+  # pylint: disable=import-outside-toplevel
+  from agejax import models
+  from agejax.config import defaults
+  from agejax.data import face_crop
+  from agejax.pretrained import features
+  from agejax.pretrained.types import WeightImportError
+
+  if not imported.head:
+    raise WeightImportError(f"{source_file}: a {imported.source} {imported.arch} backbone has "
+                            "no age head to serve; train a run from it and export that")
+  cfg = defaults.default_config()
+  cfg.model = features.model_config(imported)
+  cfg.data.image_size = int(image_size)
+  cfg.data.dataset = ""
+  margin = face_crop.DEFAULT_MARGIN if imported.margin is None else float(imported.margin)
+  crop = {"margin": margin, "stored_size": int(image_size) * face_crop.DEFAULT_SIZE // 224,
+          "source": f"{imported.source} import: the file's margin, agejax's crop size"}
+  meta = metadata(cfg, 0, crop=crop)
+  meta["source"]["file"] = os.path.abspath(source_file)
+  _, params, batch_stats = models.split_state(features.backbone(imported, image_size))
+  return write(output, meta, params, batch_stats, overwrite=overwrite)

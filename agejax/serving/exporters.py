@@ -16,6 +16,7 @@ import ml_collections
 from agejax.errors import ExportMismatch
 from agejax.data import face_crop
 from agejax.serving import bundle
+from agejax.serving import runtimes
 
 
 def crop_rule(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -66,6 +67,10 @@ def export(workdir: str, output: str, checkpoint: str = "best", *,
 
   if fmt not in formats.FORMATS:
     raise ValueError(f"unknown --format {fmt!r}; use one of {', '.join(formats.FORMATS)}")
+  if bundle.is_bundle(workdir):
+    return _export_bundle(workdir, output, margin=margin, stored_size=stored_size,
+                          overwrite=overwrite, fmt=fmt, quantize=quantize, batch=batch,
+                          verify=verify)
   trained = restore.load_trained(workdir, checkpoint)
   crop = crop_rule(trained.config.data)
   if margin is not None:
@@ -82,14 +87,54 @@ def export(workdir: str, output: str, checkpoint: str = "best", *,
   meta = formats.export(meta, trained.params, trained.batch_stats, output, fmt,
                         quantize=quantize, batch=batch, overwrite=overwrite)
   if verify:
-    meta["verification"] = formats.verify(output, trained.params, trained.batch_stats)
-    if quantize != "none":
-      meta["verification"]["heldout"] = _heldout(output, trained)
-    formats.write_meta(output, meta)  # what was checked travels with the model
-    if not meta["verification"]["passed"]:
-      raise ExportMismatch(f"{output}: {fmt} ages differ from JAX's by up to "
-                       f"{meta['verification']['max_abs_age']:.2g} years (tolerance "
-                       f"{formats.TOLERANCE}); the export is kept for inspection")
+    _verify(output, meta, trained.params, trained.batch_stats, fmt, quantize,
+            lambda: _heldout(output, trained))
+  return meta
+
+
+def _verify(output: str, meta: dict[str, Any], params: Any, batch_stats: Any, fmt: str,
+            quantize: str, heldout: Any) -> None:
+  """Adds ``verification`` to ``meta`` and the written model.json; raises on a mismatch.
+
+  ``heldout()`` gives a quantised model's held-out MAE record.
+  """
+  from agejax.serving import formats  # pylint: disable=g-import-not-at-top
+
+  meta["verification"] = formats.verify(output, params, batch_stats)
+  if quantize != "none":
+    meta["verification"]["heldout"] = heldout()
+  formats.write_meta(output, meta)  # what was checked travels with the model
+  if not meta["verification"]["passed"]:
+    raise ExportMismatch(f"{output}: {fmt} ages differ from JAX's by up to "
+                         f"{meta['verification']['max_abs_age']:.2g} years (tolerance "
+                         f"{formats.TOLERANCE}); the export is kept for inspection")
+
+
+def _export_bundle(path: str, output: str, *, margin: float | None, stored_size: int | None,
+                   overwrite: bool, fmt: str, quantize: str, batch: int | None,
+                   verify: bool) -> dict[str, Any]:
+  """A bundle (``agejax.convert --bundle``, or an exported run) in a runtime format."""
+  from agejax.serving import formats  # pylint: disable=g-import-not-at-top
+
+  meta, params, batch_stats = bundle.read(path)
+  if runtimes.runtime_of(meta) != "bundle":
+    raise ValueError(f"{path} is a {runtimes.runtime_of(meta)} export, not a bundle: export "
+                     "from the bundle or the run it came from")
+  if fmt == "bundle":
+    raise ValueError(f"{path} is already a bundle; choose --format=saved_model, tflite or onnx")
+  meta = {k: v for k, v in meta.items() if k not in ("export", "verification")}
+  meta["crop"] = dict(meta["crop"])
+  if margin is not None:
+    meta["crop"].update(margin=float(margin), source=meta["crop"]["source"] + " + --margin")
+  if stored_size is not None:
+    meta["crop"].update(stored_size=int(stored_size),
+                        source=meta["crop"]["source"] + " + --stored_size")
+  meta = formats.export(meta, params, batch_stats, output, fmt, quantize=quantize, batch=batch,
+                        overwrite=overwrite)
+  if verify:
+    _verify(output, meta, params, batch_stats, fmt, quantize,
+            lambda: {"split": "", "skipped": "a bundle has no validation split; export from "
+                     "its run to measure one"})
   return meta
 
 
