@@ -144,3 +144,111 @@ def test_convert_writes_a_directory_init_pretrained_reads_with_its_head(tmp_path
   feats = np.load(tmp_path / "feats.npy")
   assert np.abs(feats - cv_fc7).max() / np.abs(cv_fc7).max() < 1e-4
   assert os.path.exists(out / "pretrained.json")
+
+
+@pytest.fixture(scope="module")
+def dex_bundle(tmp_path_factory):
+  """A converted random-weight DEX-layout net, as a directory and as a bundle."""
+  root = tmp_path_factory.mktemp("dex")
+  proto, model = caffe_writer.write(root, width=4, image_size=IMAGE_SIZE)
+  assert _convert(f"--input={model}", f"--prototxt={proto}", f"--output={root / 'converted'}",
+                  f"--bundle={root / 'bundle'}") == 0
+  return proto, model, str(root / "converted"), str(root / "bundle")
+
+
+def _astronaut_face():
+  from skimage import data
+  return data.astronaut()[30:230, 130:300]  # her face and some margin, 200 x 170
+
+
+def test_predict_runs_dex_from_its_bundle_and_matches_opencv(dex_bundle, tmp_path, capsys):
+  import json
+
+  from PIL import Image
+  from agejax import predict
+  from agejax.data import eval_input, face_crop
+  from skimage import data
+
+  proto, model, _, bundle_dir = dex_bundle
+  meta = json.load(open(os.path.join(bundle_dir, "model.json")))
+  assert (meta["preprocessing"], meta["head"], meta["image_size"]) == ("dex", "dex", IMAGE_SIZE)
+  assert meta["crop"]["margin"] == 0.4 and meta["crop"]["stored_size"] == 73  # 256/224 of 64
+  Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+  assert predict.main(["predict", f"--model={bundle_dir}", str(tmp_path / "astronaut.png"),
+                       "--json"]) == 0
+  record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert len(record["faces"]) == 1 and 0 <= record["faces"][0]["age"] <= 100
+  # A crop given as is: the network sees it resized to the stored size, centre-cropped.
+  Image.fromarray(_astronaut_face()).save(tmp_path / "face.png")
+  assert predict.main(["predict", f"--model={bundle_dir}", str(tmp_path / "face.png"),
+                       "--no_detect", "--json"]) == 0
+  age = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["faces"][0]["age"]
+  stored = face_crop.crop_face(_astronaut_face(), None, size=73)
+  seen = np.asarray(eval_input.center_crop(stored[None].astype(np.float32), IMAGE_SIZE, 73))
+  cv_age = _opencv(proto, model, np.round(seen).astype(np.uint8))[2][0]
+  assert abs(age - cv_age) < 1e-3 + 0.005  # predict prints ages rounded to 2 decimals
+
+
+def test_export_takes_the_bundle_and_onnx_verifies(dex_bundle, tmp_path, capsys):
+  pytest.importorskip("onnxruntime")
+  from agejax import export
+
+  _, _, _, bundle_dir = dex_bundle
+  out = tmp_path / "onnx"
+  assert export.main(["export", f"--model={bundle_dir}", f"--output={out}", "--format=onnx"]) == 0
+  printed = capsys.readouterr().out
+  assert "verified on" in printed and os.path.exists(out / "model.onnx")
+  assert export.main(["export", f"--model={bundle_dir}", f"--output={out}",
+                      "--workdir=x"]) == 2
+
+
+def test_a_run_from_converted_dex_keeps_its_head(dex_bundle, tiny_data_dir, tmp_path):
+  from agejax.serving import bundle, inference
+  from agejax.train import loop
+  from configs import tiny
+
+  _, _, converted, bundle_dir = dex_bundle
+  cfg = tiny.get_config()
+  cfg.data.data_dir = tiny_data_dir
+  cfg.model.arch, cfg.model.head = "vgg16", "dex"
+  cfg.data.image_size = IMAGE_SIZE
+  cfg.init.pretrained = converted
+  # The run's one step leaves the imported model as it was: everything frozen
+  # but one bias at a learning rate of 1e-9 times the base (a run must train
+  # something).
+  cfg.optim.groups = ((r"^stage1/conv1/bias$", {"lr_mult": 1e-9}), (r".*", {"freeze": True}))
+  cfg.train.num_train_steps = cfg.train.eval_every_steps = 1
+  cfg.optim.schedule.warmup_steps = 0
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(cfg, workdir)
+  crops = np.random.default_rng(3).integers(0, 256, (5, 73, 73, 3), np.uint8)
+  run = inference.load(workdir)
+  run_ages, _ = run(crops)
+  # The imported weights, fed as the run feeds its network (its crop rule).
+  _, params, batch_stats = bundle.read(bundle_dir)
+  dex_ages, _ = inference.Predictor(run.meta, params, batch_stats)(crops)
+  np.testing.assert_allclose(run_ages, dex_ages, atol=1e-5)
+  assert np.ptp(dex_ages) > 0.1
+
+
+def test_the_dex_fine_tuning_config_takes_the_converted_model_head_included(dex_bundle):
+  from agejax import models
+  from agejax.models import paths
+  from agejax.train import initial_weights
+  from configs import appa_real_finetune
+
+  _, _, converted, _ = dex_bundle
+  cfg = appa_real_finetune.get_config("dex")
+  assert (cfg.model.arch, cfg.model.head, cfg.model.min_age, cfg.model.max_age) == (
+      "vgg16", "dex", 0, 100)
+  cfg.init.pretrained = converted
+  cfg.data.image_size = IMAGE_SIZE  # the test net's input (DEX's: 224)
+  imported = initial_weights.prepare_pretrained(cfg)
+  assert (cfg.model.preprocessing, cfg.model.width) == ("dex", 4)
+  _, params, _ = models.split_state(models.abstract_model(cfg.model, IMAGE_SIZE))
+  shapes = {p: tuple(v.shape) for p, v in paths.flatten(params).items()}
+  sources = initial_weights.sources(cfg.init, shapes, imported)
+  assert set(sources.values()) == {initial_weights.PRETRAINED}  # the head too
+  assert "dex head of ages 0-100, kept" in initial_weights.describe(cfg.init, imported)
+  with pytest.raises(ValueError, match="unknown variant"):
+    appa_real_finetune.get_config("vgg")

@@ -77,10 +77,12 @@ def normalize(images: Any, preprocessing: str) -> Any:
     return _normalize_tf(tf.cast(images, tf.float32), preprocessing)
   if isinstance(images, jax.Array):  # also inside jit (prediction, export)
     x = images.astype(jnp.float32)
+    if preprocessing in _BGR:  # lax.rev: indexing lowers to a gather TFLite rejects
+      x = jax.lax.rev(x, (x.ndim - 1,))
   else:
     x = np.asarray(images, np.float32)
-  if preprocessing in _BGR:
-    x = x[..., ::-1]
+    if preprocessing in _BGR:
+      x = x[..., ::-1]
   return _shift_and_scale(x, preprocessing, tiles=1)
 
 

@@ -78,7 +78,11 @@ def center_crop(x: jax.Array, image_size: int, stored: int) -> jax.Array:
   if side != stored:
     x = jax.image.resize(x, (x.shape[0], side, side, x.shape[3]), "linear", antialias=True)
   offset = (side - image_size) // 2
-  return x[:, offset:offset + image_size, offset:offset + image_size, :]
+  # lax slices, not indexing: with a symbolic batch (jax2tf export) indexing
+  # lowers to a gather the TFLite converter rejects.
+  for axis in (1, 2):
+    x = jax.lax.slice_in_dim(x, offset, offset + image_size, axis=axis)
+  return x
 
 
 def network_input(images: jax.Array, image_size: int, stored: int,

@@ -208,7 +208,11 @@ def describe(init_cfg: ml_collections.ConfigDict, imported: pretrained.Imported 
   elif init_cfg.pretrained:
     tensors = len(imported.params) + len(imported.batch_stats) if imported else 0
     source = f"{imported.source}, {tensors} tensors, " if imported else ""
-    text = f"{init_cfg.pretrained} ({source}backbone; the age head starts fresh)"
+    head = imported.head if imported else {}
+    kept = (f"backbone and {head['head']} head of ages {head['min_age']}-{head['max_age']}, "
+            "kept where the run's head is the same" if head else
+            "backbone; the age head starts fresh")
+    text = f"{init_cfg.pretrained} ({source}{kept})"
   else:
     return "random init"
   if init_cfg.include or init_cfg.exclude:
