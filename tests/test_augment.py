@@ -69,7 +69,8 @@ def test_constants_are_the_published_ones():
   assert augment.IMAGENET_MEAN_RGB == (0.485, 0.456, 0.406)
   assert augment.IMAGENET_STD_RGB == (0.229, 0.224, 0.225)
   assert augment.CAFFE_MEAN_BGR == (103.939, 116.779, 123.68)
-  assert augment.PREPROCESSINGS == ("imagenet", "caffe")
+  assert augment.DEX_MEAN_BGR == (104.00698793, 116.66876762, 122.67891434)
+  assert augment.PREPROCESSINGS == ("imagenet", "caffe", "dex")
 
 
 def test_caffe_pure_red_is_bgr_minus_mean():
@@ -92,11 +93,24 @@ def test_imagenet_known_pixel():
   np.testing.assert_allclose(out[0, 0], [2.2489083, 0.2051822, -1.8044444], rtol=1e-6)
 
 
-@pytest.mark.parametrize("preprocessing", ["imagenet", "caffe"])
+def test_dex_is_bgr_minus_the_ilsvrc_mean_image_mean_in_numpy_jax_and_tf():
+  pixel = np.array([[[255, 128, 0]]], np.uint8)
+  expected = np.float32([0, 128, 255]) - np.float32([104.00698793, 116.66876762, 122.67891434])
+  for x in (pixel, jnp.asarray(pixel), tf.constant(pixel)):
+    np.testing.assert_array_equal(np.asarray(augment.normalize(x, "dex"))[0, 0], expected)
+  # Under jit too (prediction and export trace it).
+  jitted = jax.jit(lambda x: augment.normalize(x, "dex"))(jnp.asarray(pixel))
+  np.testing.assert_array_equal(np.asarray(jitted)[0, 0], expected)
+
+
+@pytest.mark.parametrize("preprocessing", ["imagenet", "caffe", "dex"])
 def test_tensorflow_and_numpy_agree_exactly(preprocessing):
   image = _gradient(6, 5)
   np.testing.assert_array_equal(
       augment.normalize(tf.constant(image), preprocessing).numpy(),
+      augment.normalize(image, preprocessing))
+  np.testing.assert_array_equal(
+      np.asarray(augment.normalize(jnp.asarray(image), preprocessing)),
       augment.normalize(image, preprocessing))
   # Floats in [0, 255] give what their uint8 values give.
   np.testing.assert_array_equal(
@@ -108,7 +122,7 @@ def test_unknown_preprocessing_names_the_key():
   cfg = defaults.default_config()
   cfg.model.preprocessing = "torch"
   with pytest.raises(ConfigError, match=r"^model\.preprocessing: must be one of imagenet, "
-                     r"caffe, got 'torch'$"):
+                     r"caffe, dex, got 'torch'$"):
     augment.check(cfg)
   with pytest.raises(ValueError, match=r"unknown preprocessing 'torch'"):
     augment.normalize(np.zeros([1, 1, 3]), "torch")

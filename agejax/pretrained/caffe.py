@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from agejax.models import vgg
-from agejax.pretrained import protobuf_wire as wire
+from agejax.pretrained import protobuf_wire
 from agejax.pretrained.types import Imported, WeightImportError
 
 SOURCE = "caffe"
@@ -249,14 +249,14 @@ _BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE = 5, 7, 8
 
 def _blob(data: memoryview) -> tuple[tuple[int, ...], np.ndarray]:
   """``(shape, float32 values)`` of a BlobProto."""
-  msg = wire.grouped(data)
+  msg = protobuf_wire.grouped(data)
   if _BLOB_SHAPE in msg:
-    shape = tuple(wire.varints(wire.grouped(msg[_BLOB_SHAPE][-1][1]).get(1, [])))
+    shape = tuple(protobuf_wire.varints(protobuf_wire.grouped(msg[_BLOB_SHAPE][-1][1]).get(1, [])))
   else:
     shape = tuple(int(msg[f][-1][1]) if f in msg else 1
                   for f in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH))
-  values = (wire.floats(msg[_BLOB_DATA]) if _BLOB_DATA in msg
-            else wire.doubles(msg.get(_BLOB_DOUBLE, [])).astype(np.float32))
+  values = (protobuf_wire.floats(msg[_BLOB_DATA]) if _BLOB_DATA in msg
+            else protobuf_wire.doubles(msg.get(_BLOB_DOUBLE, [])).astype(np.float32))
   return shape, values
 
 
@@ -270,18 +270,18 @@ def read_blobs(path: str) -> dict[str, list[tuple[tuple[int, ...], np.ndarray]]]
   out: dict[str, list[tuple[tuple[int, ...], np.ndarray]]] = {}
   layer_messages = 0
   try:
-    for number, kind, value in wire.fields(memoryview(buffer)):
-      if number not in _LAYER_FIELDS or kind != wire.BYTES:
+    for number, kind, value in protobuf_wire.fields(memoryview(buffer)):
+      if number not in _LAYER_FIELDS or kind != protobuf_wire.BYTES:
         continue
       layer_messages += 1
       name_field, blobs_field = _LAYER_FIELDS[number]
-      layer = wire.grouped(value)
-      name = wire.text(layer[name_field][-1][1]) if name_field in layer else ""
-      blobs = [_blob(v) for k, v in layer.get(blobs_field, []) if k == wire.BYTES]
+      layer = protobuf_wire.grouped(value)
+      name = protobuf_wire.text(layer[name_field][-1][1]) if name_field in layer else ""
+      blobs = [_blob(v) for k, v in layer.get(blobs_field, []) if k == protobuf_wire.BYTES]
       if blobs:
         # np.array copies: the values must outlive the file's mapping.
         out[name] = [(shape, np.array(values, np.float32)) for shape, values in blobs]
-  except wire.WireError as e:
+  except protobuf_wire.WireError as e:
     raise WeightImportError(f"{where}: not a readable Caffe model ({e}; truncated or not a "
                             ".caffemodel)") from None
   if not layer_messages:
