@@ -17,6 +17,7 @@ from agejax.train import initial_weights
 from agejax import models
 from agejax.models import paths
 from agejax import pretrained
+from agejax.pretrained import torch_pickle
 from agejax.errors import ConfigError
 from configs import tiny
 
@@ -34,7 +35,12 @@ def test_format_is_detected_from_the_first_bytes(tmp_path):
   assert pretrained.detect_format(str(tmp_path / "w.weights")) == "keras-h5"
   assert pretrained.detect_format(str(tmp_path / "w.bin")) == "torch"
   assert pretrained.detect_format(str(tmp_path / "w.dat")) == "safetensors"
-  with pytest.raises(pretrained.WeightImportError, match="not a Keras HDF5, torch.save zip"):
+  (tmp_path / "w.legacy").write_bytes(torch_pickle.LEGACY_MAGIC + b"rest of the stream")
+  assert pretrained.detect_format(str(tmp_path / "w.legacy")) == "torch"
+  (tmp_path / "net.caffemodel").write_bytes(b"")
+  assert pretrained.detect_format(str(tmp_path / "net.caffemodel")) == "caffe"
+  with pytest.raises(pretrained.WeightImportError,
+                     match=r"not a Keras HDF5, torch.save \(zip or legacy\) or safetensors"):
     pretrained.detect_format(str(tmp_path / "w.txt"))
 
 

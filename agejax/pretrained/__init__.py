@@ -39,16 +39,19 @@ __all__ = ["Imported", "WeightImportError", "FORMATS", "detect_format", "read", 
 
 
 def detect_format(path: str) -> str:
-  """``keras-h5``, ``torch`` (torch.save zip) or ``safetensors``, from the first bytes;
+  """``keras-h5``, ``torch`` (torch.save zip or legacy) or ``safetensors``, from the first bytes;
   ``caffe`` by the ``.caffemodel`` suffix (protobuf has no magic bytes)."""
   if path.endswith(".caffemodel"):
     return "caffe"
+  from agejax.pretrained import torch_pickle  # pylint: disable=import-outside-toplevel
+
   with open(path, "rb") as f:
-    head = f.read(8)
-  if head == _HDF5_MAGIC:
+    head = f.read(len(torch_pickle.LEGACY_MAGIC))
+  if head.startswith(_HDF5_MAGIC):
     return "keras-h5"
-  if head[:4] == _ZIP_MAGIC:
-    return "torch"
+  if head[:4] == _ZIP_MAGIC or head.startswith(torch_pickle.LEGACY_MAGIC):
+    return "torch"  # torch.save's zip format, or its legacy stream
+  head = head[:8]
   if len(head) == 8 and int.from_bytes(head, "little") < os.path.getsize(path):
     # safetensors: an 8-byte little-endian header length, then a JSON header.
     with open(path, "rb") as f:
@@ -56,8 +59,8 @@ def detect_format(path: str) -> str:
       if f.read(1) == b"{":
         return "safetensors"
   raise WeightImportError(
-      f"{path}: not a Keras HDF5, torch.save zip or safetensors file (first bytes {head!r}); "
-      "legacy (non-zip) torch files can be re-saved with torch.save(sd, f) in torch >= 1.6")
+      f"{path}: not a Keras HDF5, torch.save (zip or legacy) or safetensors file (first bytes "
+      f"{head!r}); a Caffe model is a .caffemodel with its --prototxt")
 
 
 def read(path: str, fmt: str | None = None, arch: str | None = None,

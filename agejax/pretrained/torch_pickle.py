@@ -68,7 +68,8 @@ STORAGE_DTYPES = {
 }
 
 # The first bytes of the pre-1.6 (non-zip) format: a pickled magic number.
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+# The first bytes of a legacy torch.save stream: protocol 2, then its magic number.
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 _RESAVE_HINT = (
     "re-save the weights alone with a recent PyTorch: "
@@ -348,9 +349,9 @@ def unpickle(path: str) -> Any:
       global outside the allowed few (nothing from the pickle runs).
   """
   with open(path, "rb") as f:
-    head = f.read(len(_LEGACY_MAGIC))
+    head = f.read(len(LEGACY_MAGIC))
   if not zipfile.is_zipfile(path):
-    if head.startswith(_LEGACY_MAGIC):
+    if head.startswith(LEGACY_MAGIC):
       return _unpickle_legacy(path)
     raise WeightImportError(f"{path}: not a torch.save file (neither a zip nor the "
                             "legacy format)")
