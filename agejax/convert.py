@@ -101,8 +101,8 @@ def _main(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.convert", required=("input",),
-                 uses_tensorflow=False)
+  # TF comes in with the input normalisation (agejax.data.augment): imported up front, quietly.
+  return cli.run(_main, FLAGS, __doc__, argv, prog="agejax.convert", required=("input",))
 
 
 if __name__ == "__main__":

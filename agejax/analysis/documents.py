@@ -49,9 +49,15 @@ def differing_config(runs: Sequence[run_records.Run]) -> dict[str, list[Any]]:
   return out
 
 
+def _md(text: Any) -> str:
+  """Text from a run (its name, config values) as Markdown shows it: viewers render raw
+  HTML, so ``<script>`` becomes text; a ``|`` would cut a table cell."""
+  return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
 def _table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
 
 
@@ -80,7 +86,7 @@ def write(runs: Sequence[run_records.Run], found: Sequence[diagnoses.Diagnosis],
   json_files.write_json(paths["json"], doc, default=str)
 
   metric = runs[0].metric
-  md = [f"# agejax report: {' vs '.join(r.name for r in runs)}", "",
+  md = [f"# agejax report: {_md(' vs '.join(r.name for r in runs))}", "",
         _table_md([*_RUN_HEADER[:3], f"best {metric} (step)", f"final {metric} (step)"],
                   _run_rows(records)), ""]
   if differing:
@@ -88,7 +94,8 @@ def write(runs: Sequence[run_records.Run], found: Sequence[diagnoses.Diagnosis],
            _table_md(["key", *[r.name for r in runs]],
                      [[k, *map(str, v)] for k, v in differing.items()]), ""]
   md += ["## Diagnoses", ""]
-  md += [f"- **{d.run}: {d.kind}**: " + d.line().split(": ", 1)[1].replace("\n  -> ", ". *Do:* ")
+  md += [f"- **{_md(d.run)}: {_md(d.kind)}**: "
+         + _md(d.line().split(": ", 1)[1]).replace("\n  -&gt; ", ". *Do:* ")
          for d in found] or ["No diagnosis: nothing in the curves calls for a change."]
   md += ["", "## Figures", ""]
   md += [f"![{name}]({os.path.relpath(p, out_dir)})" for name, p in figures.items()]

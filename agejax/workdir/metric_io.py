@@ -17,6 +17,7 @@ import math
 import os
 from typing import Any, Mapping
 
+from absl import logging
 from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
@@ -142,9 +143,29 @@ def create_writer(workdir: str, is_chief: bool) -> metric_writers.MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of ``workdir/metrics.jsonl`` in the order written."""
+  """The records of ``workdir/metrics.jsonl`` in the order written.
+
+  A line that is not a JSON object (the half-written last line a run killed
+  mid-write leaves) is left out, and a warning says which.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records, bad = [], []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        record = None
+      if isinstance(record, dict):
+        records.append(record)
+      else:
+        bad.append(number)
+  if bad:
+    logging.warning("%s: line %s %s not a JSON record (a run killed while writing leaves a "
+                    "half-written last line); left out", path, ", ".join(map(str, bad[:5])),
+                    "is" if len(bad) == 1 else "are")
+  return records

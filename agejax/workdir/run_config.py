@@ -10,6 +10,7 @@ import json
 import os
 
 import ml_collections
+from absl import logging
 
 from agejax import json_files
 from agejax.config import defaults
@@ -34,8 +35,13 @@ def load(workdir: str) -> ml_collections.ConfigDict:
   if not exists(workdir):
     raise FileNotFoundError(f"{path(workdir)} not found: {workdir} is not an agejax "
                             "training workdir")
-  with open(path(workdir)) as f:
-    return defaults.from_json(f.read())
+  try:
+    with open(path(workdir), encoding="utf-8") as f:
+      return defaults.from_json(f.read())
+  except (ValueError, UnicodeDecodeError, TypeError, AttributeError) as e:
+    from agejax.errors import UsageError  # pylint: disable=import-outside-toplevel
+    raise UsageError(f"{path(workdir)} is not a readable agejax config ({type(e).__name__}: "
+                     f"{str(e)[:120]}); the run's config is damaged") from None
 
 
 SUMMARY_FILE = "summary.json"
@@ -51,8 +57,16 @@ def load_summary(workdir: str) -> dict | None:
   summary_path = os.path.join(workdir, SUMMARY_FILE)
   if not os.path.exists(summary_path):
     return None
-  with open(summary_path) as f:
-    return json.load(f)
+  try:
+    with open(summary_path, encoding="utf-8") as f:
+      summary = json.load(f)
+  except (ValueError, UnicodeDecodeError):
+    summary = None
+  if not isinstance(summary, dict):
+    logging.warning("%s is not a readable summary; the run reads as one without it "
+                    "(killed, or still running)", summary_path)
+    return None
+  return summary
 
 
 def run_name(workdir: str) -> str:

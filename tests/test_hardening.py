@@ -1,0 +1,81 @@
+"""Damaged run files and bad inputs, through the real commands: one line, the right exit code.
+
+Each case runs ``python -m agejax.X`` as a user would, in a fresh process,
+and checks the exit code, the line's first words and that stderr holds that
+line and nothing else (warnings a command prints on success aside).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *args, cwd=REPO):
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  result = subprocess.run([sys.executable, "-m", f"agejax.{module}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+  return result.returncode, result.stdout, result.stderr.strip().splitlines()
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+  """A copy of a finished tiny run, to damage."""
+  copy = str(tmp_path / "run")
+  shutil.copytree(tiny_run, copy)
+  return copy
+
+
+def test_report_reads_a_run_whose_last_metrics_line_is_half_written(run_copy):
+  path = os.path.join(run_copy, "metrics.jsonl")
+  lines = open(path).read().splitlines()
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
+  code, out, err = _run("report", f"--workdir={run_copy}")
+  assert code == 0, err
+  assert any(f"{path}: line {len(lines) + 1} is not a JSON record" in line for line in err)
+  records = json.load(open(os.path.join(run_copy, "report", "report.json")))["runs"]
+  assert records[0]["step"] == records[0]["final_step"] == 16 and "report:" in out
+
+
+def test_report_reads_a_run_whose_summary_is_garbage(run_copy):
+  with open(os.path.join(run_copy, "summary.json"), "w") as f:
+    f.write("{not json")
+  code, _, err = _run("report", f"--workdir={run_copy}")
+  assert code == 0, err
+  assert any("summary.json is not a readable summary" in line for line in err)
+
+
+def test_a_garbage_config_is_blamed_on_the_file_not_a_flag(run_copy):
+  config = os.path.join(run_copy, "config.json")
+  with open(config, "w") as f:
+    f.write("garbage")
+  code, _, err = _run("evaluate", f"--workdir={run_copy}")
+  assert code == 2
+  assert err == [f"agejax.evaluate: {config} is not a readable agejax config (JSONDecodeError: "
+                 "Expecting value: line 1 column 1 (char 0)); the run's config is damaged"]
+
+
+def test_the_markdown_report_escapes_html_from_the_run(tiny_run, tmp_path):
+  named = str(tmp_path / "<img src=x onerror=alert(1)>")
+  shutil.copytree(tiny_run, named)
+  code, _, err = _run("report", f"--workdir={named}")
+  assert code == 0, err
+  md = open(os.path.join(named, "report", "report.md")).read()
+  assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+
+
+def test_a_converted_directory_with_a_garbage_description_is_one_line(tmp_path):
+  converted = tmp_path / "converted"
+  converted.mkdir()
+  (converted / "pretrained.json").write_text("{garbage")
+  code, _, err = _run("convert", f"--input={converted}", f"--output={tmp_path / 'out'}")
+  assert code == 2
+  assert len(err) == 1 and err[0].startswith(
+      f"agejax.convert: cannot import: {converted / 'pretrained.json'}: not a converted-weights "
+      "description")
