@@ -22,9 +22,15 @@ FLAGS = cli.new_flags()
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True,
                                           flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Where lr_find.png and lr_find.json go.", flag_values=FLAGS)
-flags.DEFINE_integer("steps", 200, "Optimizer updates in the sweep.", flag_values=FLAGS)
-flags.DEFINE_float("min_lr", 1e-6, "Base learning rate at the first step.", flag_values=FLAGS)
-flags.DEFINE_float("max_lr", 10.0, "Base learning rate at the last step.", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 200, "Optimizer updates in the sweep.", lower_bound=2,
+                     flag_values=FLAGS)
+flags.DEFINE_float("min_lr", 1e-6, "Base learning rate at the first step.", lower_bound=1e-12,
+                   flag_values=FLAGS)
+flags.DEFINE_float("max_lr", 10.0, "Base learning rate at the last step.", lower_bound=1e-12,
+                   flag_values=FLAGS)
+flags.register_multi_flags_validator(
+    ["min_lr", "max_lr"], lambda v: v["max_lr"] > v["min_lr"],
+    message="--max_lr must be above --min_lr", flag_values=FLAGS)
 
 
 def _main(args: list[str]) -> None:

@@ -79,3 +79,33 @@ def test_a_converted_directory_with_a_garbage_description_is_one_line(tmp_path):
   assert len(err) == 1 and err[0].startswith(
       f"agejax.convert: cannot import: {converted / 'pretrained.json'}: not a converted-weights "
       "description")
+
+
+@pytest.mark.parametrize("module,args,first_words", [
+    ("lr_find", ["--config=configs/tiny.py", "--workdir=WORK", "--steps=-5"],
+     "agejax.lr_find: flag --steps=-5: -5 is not integer >= 2"),
+    ("lr_find", ["--config=configs/tiny.py", "--workdir=WORK", "--min_lr=1", "--max_lr=0.1"],
+     "agejax.lr_find: flags min_lr=1.0, max_lr=0.1: --max_lr must be above --min_lr"),
+    ("benchmark", ["step", "--repeats=-1"],
+     "agejax.benchmark: flag --repeats=-1: -1 is not a positive integer"),
+    ("tune", ["--config=configs/tiny.py", "--workdir_root=WORK", "--study=s",
+              "--storage=notaurl"],
+     "agejax.tune: --storage: not a database URL (like sqlite:///study.db or"),
+    ("tune", ["--config=configs/tiny.py", "--workdir_root=WORK", "--study=s",
+              "--storage=sqlite:///WORK"],  # a folder, not a database file
+     "agejax.tune: could not create or join study 's' in sqlite:///WORK: "),
+], ids=["lr_find-steps", "lr_find-range", "benchmark-repeats", "tune-not-a-url",
+        "tune-unreachable"])
+def test_bad_flags_are_refused_before_any_work(module, args, first_words, tmp_path):
+  work = str(tmp_path / "work")
+  code, _, err = _run(module, *[a.replace("WORK", work) for a in args])
+  assert len(err) == 1 and err[0].startswith(first_words.replace("WORK", work)), err
+  assert code == (1 if module == "tune" and "sqlite" in args[-1] else 2)
+  assert not os.path.exists(os.path.join(work, "trial_0"))  # no trial started
+
+
+def test_database_urls_are_shown_without_their_password():
+  from agejax.tools import optuna_search
+  assert (optuna_search.shown_url("postgresql+psycopg2://u:secret@127.0.0.1:1/db")
+          == "postgresql+psycopg2://u:***@127.0.0.1:1/db")
+  assert optuna_search.shown_url("sqlite:///study.db") == "sqlite:///study.db"

@@ -28,44 +28,44 @@ NAMES = ("step", "peer", "resume", "input", "build", "e2e", "inference", "audit"
 FLAGS = cli.new_flags()
 _f = dict(flag_values=FLAGS)
 flags.DEFINE_string("output", "", "JSON lines file to append to (default: stdout).", **_f)
-flags.DEFINE_integer("repeats", 5, "Timed runs; the median is reported.", **_f)
+flags.DEFINE_integer("repeats", 5, "Timed runs; the median is reported.", lower_bound=1, **_f)
 flags.DEFINE_enum("platform", None, ["cpu", "gpu"], "JAX platform (default: JAX's choice).", **_f)
 # step and peer
 flags.DEFINE_string("arch", "resnet50", "step/peer: model.arch.", **_f)
-flags.DEFINE_integer("width", 64, "step: model.width (64 = published).", **_f)
-flags.DEFINE_integer("image_size", 112, "step/peer: input side.", **_f)
-flags.DEFINE_integer("batch_size", 16, "step/peer: global batch.", **_f)
+flags.DEFINE_integer("width", 64, "step: model.width (64 = published).", lower_bound=1, **_f)
+flags.DEFINE_integer("image_size", 112, "step/peer: input side.", lower_bound=32, **_f)
+flags.DEFINE_integer("batch_size", 16, "step/peer: global batch.", lower_bound=1, **_f)
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                   "step/peer: compute dtype (default: bfloat16 on gpu, else float32).", **_f)
-flags.DEFINE_integer("steps", 5, "step/peer: train steps per timed run.", **_f)
-flags.DEFINE_integer("warmup", 2, "step/peer: untimed runs before timing.", **_f)
-flags.DEFINE_integer("matmul_size", 2048, "step: side of the peak matmul.", **_f)
+flags.DEFINE_integer("steps", 5, "step/peer: train steps per timed run.", lower_bound=1, **_f)
+flags.DEFINE_integer("warmup", 2, "step/peer: untimed runs before timing.", lower_bound=0, **_f)
+flags.DEFINE_integer("matmul_size", 2048, "step: side of the peak matmul.", lower_bound=1, **_f)
 flags.DEFINE_string("freeze", "", "step: also time the step with the parameters matching "
                     "this regex frozen (e.g. '^(stem|stage1|stage2)/'), alternately with "
                     "full fine-tuning.", **_f)
-flags.DEFINE_integer("resume_steps", 20, "resume: steps of the run (checkpoint halfway).", **_f)
+flags.DEFINE_integer("resume_steps", 20, "resume: steps of the run (checkpoint halfway).", lower_bound=2, **_f)
 flags.DEFINE_enum("framework", "keras", ["keras", "torch", "all"],
                   "peer: the framework(s) agejax's step is compared with.", **_f)
 flags.DEFINE_bool("peer_jit", False, "peer: Keras compile(jit_compile=True).", **_f)
 # input
-flags.DEFINE_integer("input_images", 5000, "input: rows of the generated release.", **_f)
-flags.DEFINE_integer("input_image_size", 224, "input: crop side.", **_f)
-flags.DEFINE_integer("input_batch_size", 32, "input: batch.", **_f)
-flags.DEFINE_integer("input_batches", 30, "input: batches per timed run.", **_f)
+flags.DEFINE_integer("input_images", 5000, "input: rows of the generated release.", lower_bound=1, **_f)
+flags.DEFINE_integer("input_image_size", 224, "input: crop side.", lower_bound=1, **_f)
+flags.DEFINE_integer("input_batch_size", 32, "input: batch.", lower_bound=1, **_f)
+flags.DEFINE_integer("input_batches", 30, "input: batches per timed run.", lower_bound=1, **_f)
 # build
-flags.DEFINE_integer("build_images", 1000, "build: rows of the generated release.", **_f)
+flags.DEFINE_integer("build_images", 1000, "build: rows of the generated release.", lower_bound=1, **_f)
 # e2e
 flags.DEFINE_string("e2e_config", None, "e2e: config file (default: configs/demo.py).", **_f)
-flags.DEFINE_integer("e2e_steps", 100, "e2e: training steps.", **_f)
+flags.DEFINE_integer("e2e_steps", 100, "e2e: training steps.", lower_bound=1, **_f)
 flags.DEFINE_string("e2e_data_dir", "", "e2e: TFDS data_dir (default: the config's).", **_f)
 # inference
-flags.DEFINE_integer("inference_image_size", 112, "inference: crop side.", **_f)
-flags.DEFINE_integer("inference_batch", 32, "inference: crops per throughput call.", **_f)
+flags.DEFINE_integer("inference_image_size", 112, "inference: crop side.", lower_bound=1, **_f)
+flags.DEFINE_integer("inference_batch", 32, "inference: crops per throughput call.", lower_bound=1, **_f)
 # audit
-flags.DEFINE_integer("audit_images", 2000, "audit: face crops hashed per timed run.", **_f)
+flags.DEFINE_integer("audit_images", 2000, "audit: face crops hashed per timed run.", lower_bound=1, **_f)
 flags.DEFINE_list("audit_sizes", ["10000", "100000", "1000000"],
                   "audit: numbers of hashes searched for close pairs.", **_f)
-flags.DEFINE_integer("audit_max_distance", 4, "audit: Hamming distance of the search.", **_f)
+flags.DEFINE_integer("audit_max_distance", 4, "audit: Hamming distance of the search.", lower_bound=0, upper_bound=32, **_f)
 
 
 def _main(names: list[str]) -> None:

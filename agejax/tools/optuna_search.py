@@ -65,13 +65,34 @@ def default_storage(workdir_root: str) -> str:
   return f"sqlite:///{os.path.abspath(os.path.join(workdir_root, 'study.db'))}"
 
 
+def shown_url(storage: str) -> str:
+  """The storage URL as agejax prints it: the password hidden (``***``).
+
+  Raises:
+    UsageError: ``storage`` is not a database URL.
+  """
+  import sqlalchemy.engine  # optuna's RDB storage is built on SQLAlchemy
+  import sqlalchemy.exc
+
+  try:
+    return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+  except (sqlalchemy.exc.ArgumentError, ValueError):
+    raise UsageError("--storage: not a database URL (like sqlite:///study.db or "
+                     "postgresql+psycopg2://user@host/db)") from None
+
+
 def create_study(study: str, storage: str) -> optuna.Study:
   """The study, created or joined (several workers may call this at once).
 
   Minimised: every metric agejax ranks checkpoints by is lower-is-better.
+
+  Raises:
+    UsageError: ``storage`` is not a database URL, or its driver is missing.
+    RunFailed: the database cannot be reached (its URL shown without password).
   """
   import sqlalchemy.exc  # optuna's RDB storage is built on SQLAlchemy
 
+  shown = shown_url(storage)
   sqlite_file = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else None
   _require_driver(storage)
   engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite_file else {}
@@ -82,11 +103,12 @@ def create_study(study: str, storage: str) -> optuna.Study:
             study_name=study, load_if_exists=True, direction="minimize",
             storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
       # Workers starting together on a server database race to create the
       # schema or the study; the loser finds it there on the next attempt.
+      last = str(getattr(e, "orig", e)).strip().splitlines()[0][:200]
       time.sleep(0.5 * (attempt + 1))
-  raise RuntimeError(f"could not create or join study {study!r} in {storage}")
+  raise RunFailed(f"could not create or join study {study!r} in {shown}: {last}")
 
 
 # URL scheme -> (the Python driver SQLAlchemy loads for it, the extra installing it).
