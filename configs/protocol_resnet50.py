@@ -21,7 +21,9 @@ otherwise. Set ``init.pretrained`` to the ImageNet ResNet-50 you have.
 """
 
 from agejax.config.defaults import default_config
-from configs import imdb_wiki_resnet50
+from agejax.config.defaults import sibling
+
+imdb_wiki_resnet50 = sibling(__file__, "imdb_wiki_resnet50")
 
 RECIPES = ("benchmark", "dex")
 

@@ -109,3 +109,18 @@ def test_database_urls_are_shown_without_their_password():
   assert (optuna_search.shown_url("postgresql+psycopg2://u:secret@127.0.0.1:1/db")
           == "postgresql+psycopg2://u:***@127.0.0.1:1/db")
   assert optuna_search.shown_url("sqlite:///study.db") == "sqlite:///study.db"
+
+
+@pytest.mark.parametrize("name", sorted(n[:-3] for n in os.listdir(os.path.join(REPO, "configs"))
+                                        if n.endswith(".py") and n != "__init__.py"))
+def test_shipped_configs_load_from_any_working_directory(name, tmp_path):
+  """Loaded by path from another folder, as config_flags loads --config=/path/x.py."""
+  script = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('c', {REPO + '/configs/' + name + '.py'!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "print(m.get_config().model.arch)\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip()

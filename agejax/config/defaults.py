@@ -213,3 +213,19 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   cfg = default_config()
   cfg.update_from_flattened_dict(flatten(json.loads(text)))
   return cfg
+
+
+def sibling(config_file: str, name: str) -> Any:
+  """The config module ``name`` in the folder of ``config_file`` (a config's ``__file__``).
+
+  Configs load each other by path, not as the ``configs`` package, so a
+  config file works from any working directory and from a copy elsewhere.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"agejax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
