@@ -34,6 +34,8 @@ flags.DEFINE_string("annotate", None, "Write copies with boxes and ages drawn in
 flags.DEFINE_bool("no_detect", False, "The images are face crops already: one face each.",
                   flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 16, "Faces per compiled batch.", flag_values=FLAGS)
+flags.DEFINE_bool("trust_model", False, "Run a SavedModel without checking its ops (one you "
+                  "built yourself: a SavedModel is a program).", flag_values=FLAGS)
 flags.DEFINE_integer("max_side", 1024, "Photos are scaled to this longer side for detection.",
                      flag_values=FLAGS)
 flags.DEFINE_integer("min_face_size", 20, "Smallest face looked for, pixels of the scaled photo.",
@@ -54,7 +56,7 @@ def _main(paths: list[str]) -> None:
 
   try:
     predictor = inference.load(FLAGS.model or FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                               batch_size=FLAGS.batch_size)
+                               batch_size=FLAGS.batch_size, trust_model=FLAGS.trust_model)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(f"cannot load the model: {e}") from e
   options = face_detect.DetectorOptions(max_side=FLAGS.max_side,

@@ -124,3 +124,73 @@ def test_shipped_configs_load_from_any_working_directory(name, tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip()
+
+
+def _tf_saved_model(path, serve):
+  """A SavedModel whose serving signature is ``serve`` (uint8 crops -> age, spread)."""
+  import tensorflow as tf
+
+  module = tf.Module()
+  module.serve = tf.function(serve, input_signature=[
+      tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
+  tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def _model_json(path, **export):
+  meta = {"format": "agejax-model", "format_version": 1, "image_size": 32,
+          "preprocessing": "imagenet", "head": "dex", "min_age": 0, "max_age": 100,
+          "crop": {"margin": 0.4, "stored_size": 32, "source": "test"},
+          "export": {"format": "saved_model", "file": "saved_model.pb",
+                     "input": {"shape": ["N", 32, 32, 3]}, **export}}
+  with open(os.path.join(path, "model.json"), "w") as f:
+    json.dump(meta, f)
+  return meta
+
+
+def test_a_saved_model_that_writes_a_file_is_refused_and_writes_nothing(tmp_path):
+  import tensorflow as tf
+  from PIL import Image
+
+  model = str(tmp_path / "model")
+  written = tmp_path / "outside.txt"
+
+  def serve(images):
+    tf.io.write_file(str(written), "pwned")
+    size = tf.cast(tf.strings.length(tf.io.read_file("/etc/hostname")), tf.float32)
+    age = tf.fill(tf.shape(images)[:1], size)
+    return {"age": age, "spread": age}
+
+  _tf_saved_model(model, serve)
+  _model_json(model)
+  Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
+  code, _, err = _run("predict", f"--model={model}", str(tmp_path / "face.png"), "--no_detect")
+  assert code == 2 and len(err) == 1, err
+  assert err[0].startswith(f"agejax.predict: {model}: the SavedModel's serving function runs op ")
+  assert ("WriteFile" in err[0] or "ReadFile" in err[0]) and not written.exists()
+  # The user's own model, trusted: it runs (and here does what it says).
+  code, _, err = _run("predict", f"--model={model}", str(tmp_path / "face.png"), "--no_detect",
+                      "--trust_model")
+  assert code == 0, err
+  assert written.exists()
+
+
+@pytest.mark.parametrize("change,key", [
+    (lambda m: m["export"].update(file="../other/model.tflite", format="tflite"), "export.file"),
+    (lambda m: m["export"].update(file="/etc/passwd", format="tflite"), "export.file"),
+    (lambda m: m.pop("crop"), "crop"),
+    (lambda m: m.update(crop="x"), "crop"),
+    (lambda m: m["crop"].update(stored_size=200000), "crop.stored_size"),
+    (lambda m: m["export"].pop("file"), "export.file"),
+], ids=["relative-outside", "absolute", "no-crop", "crop-string", "huge-crop", "no-file"])
+def test_a_damaged_or_hostile_model_json_is_one_line_naming_the_key(tmp_path, change, key):
+  from PIL import Image
+
+  model = tmp_path / "model"
+  model.mkdir()
+  meta = _model_json(str(model))
+  change(meta)
+  (model / "model.json").write_text(json.dumps(meta))
+  Image.new("RGB", (32, 32)).save(tmp_path / "face.png")
+  code, _, err = _run("predict", f"--model={model}", str(tmp_path / "face.png"), "--no_detect")
+  assert code == 2 and len(err) == 1, err
+  assert err[0].startswith(f"agejax.predict: {model / 'model.json'}: {key} must be "), err

@@ -24,7 +24,6 @@ A bundle directory holds:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
@@ -108,8 +107,7 @@ def write(output: str, meta: dict[str, Any], params: Any, batch_stats: Any,
 def read(path: str) -> tuple[dict[str, Any], Any, Any]:
   """``(model.json, params, batch_stats)`` of an exported bundle."""
   path = os.path.abspath(path)
-  with open(os.path.join(path, runtimes.MODEL_FILE)) as f:
-    meta = json.load(f)
+  meta = runtimes.read_meta(path)
   if meta.get("format") != FORMAT:
     raise ValueError(f"{path}/{runtimes.MODEL_FILE} is not an agejax model bundle")
   if "export" in meta:

@@ -192,7 +192,7 @@ class RuntimePredictor(Crops):
 
 
 def load(path: str, checkpoint: str = "best",
-         batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+         batch_size: int = DEFAULT_BATCH_SIZE, trust_model: bool = False) -> Predictor:
   """A predictor from an exported model or a training workdir.
 
   Args:
@@ -201,13 +201,15 @@ def load(path: str, checkpoint: str = "best",
       training workdir (its ``config.json`` and checkpoints).
     checkpoint: workdir only: ``best``, ``latest`` or a step number.
     batch_size: crops per compiled batch.
+    trust_model: run a SavedModel without checking its ops
+      (:mod:`agejax.serving.model_safety`).
 
   Raises:
     FileNotFoundError: ``path`` is neither.
   """
   if bundle.is_bundle(path):
     if runtimes.runtime_of(runtimes.read_meta(path)) != "bundle":
-      return RuntimePredictor(*runtimes.load(path), batch_size=batch_size)
+      return RuntimePredictor(*runtimes.load(path, trust=trust_model), batch_size=batch_size)
     return Predictor(*bundle.read(path), batch_size=batch_size)
   # Imported here: a bundle needs neither the training code nor TFDS.
   from agejax.serving import exporters  # pylint: disable=import-outside-toplevel
