@@ -194,3 +194,70 @@ def test_a_damaged_or_hostile_model_json_is_one_line_naming_the_key(tmp_path, ch
   code, _, err = _run("predict", f"--model={model}", str(tmp_path / "face.png"), "--no_detect")
   assert code == 2 and len(err) == 1, err
   assert err[0].startswith(f"agejax.predict: {model / 'model.json'}: {key} must be "), err
+
+
+def _stale_lock(workdir, **fields):
+  from agejax.workdir import run_lock
+  import socket
+  import time
+  os.makedirs(workdir, exist_ok=True)
+  record = {"host": socket.gethostname(), "pid": 2 ** 22 + 17, "job": None,
+            "since": time.time() - 7200, "heartbeat": time.time() - 7200, **fields}
+  with open(os.path.join(workdir, run_lock.LOCK_FILE), "w") as f:
+    json.dump(record, f)
+
+
+def _race(workdir, barrier, results):
+  from agejax.errors import WorkdirInUse
+  from agejax.workdir import run_lock
+  barrier.wait()
+  try:
+    run_lock.WorkdirLock(workdir).acquire()
+    results.put(1)
+  except WorkdirInUse:
+    results.put(0)
+
+
+def test_two_processes_on_one_stale_lock_exactly_one_takes_it(tmp_path):
+  import multiprocessing
+  context = multiprocessing.get_context("fork")
+  rounds = 200
+  for k in range(rounds):
+    workdir = str(tmp_path / f"round{k}")
+    _stale_lock(workdir)
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_race, args=(workdir, barrier, results)) for _ in range(2)]
+    for w in workers:
+      w.start()
+    for w in workers:
+      w.join(30)
+    assert sorted([results.get(timeout=5), results.get(timeout=5)]) == [0, 1], k
+
+
+def test_a_same_host_lock_of_a_live_unrelated_pid_with_an_old_heartbeat_is_taken_over(tmp_path):
+  from agejax.workdir import run_lock
+  workdir = str(tmp_path / "run")
+  _stale_lock(workdir, pid=1)  # PID 1 lives; the dead run's number was reused
+  lock = run_lock.WorkdirLock(workdir).acquire()
+  assert json.load(open(lock.path))["pid"] == os.getpid()
+  lock.release()
+  # A fresh heartbeat from a live PID is honoured.
+  _stale_lock(workdir, pid=1, heartbeat=__import__("time").time())
+  with pytest.raises(Exception, match="is in use by PID 1"):
+    run_lock.WorkdirLock(workdir).acquire()
+
+
+def test_an_empty_lock_blocks_only_until_it_is_old(tmp_path):
+  import time
+  from agejax.errors import WorkdirInUse
+  from agejax.workdir import run_lock
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  empty = workdir / run_lock.LOCK_FILE
+  empty.write_text("")
+  with pytest.raises(WorkdirInUse, match="an unreadable lock"):
+    run_lock.WorkdirLock(str(workdir)).acquire()
+  old = time.time() - run_lock.STALE_AFTER_S - 60
+  os.utime(empty, (old, old))
+  run_lock.WorkdirLock(str(workdir)).acquire().release()
+  assert not empty.exists()

@@ -16,13 +16,27 @@ run that died (kill -9, a node lost) is taken over when it is provably stale:
 * its heartbeat (refreshed at every log step) is older than
   :data:`STALE_AFTER_S`: its holder stopped long ago, wherever it ran.
 
+* its heartbeat (or, for an empty or unreadable lock, the file's time) is
+  older than :data:`STALE_AFTER_S`: on the same host too, where a live PID
+  may be another program that reused the dead run's number.
+
 Otherwise the lock is honoured; deleting the file is the manual override.
+
+Taking over is atomic: the check, the removal and the new lock happen under
+an exclusive ``flock`` on ``DIR/run.lock.guard``, so of two processes that
+find one stale lock at once exactly one takes it. ``flock`` is local to a
+host on most shared filesystems, but Linux's NFS client maps it to NFS byte-
+range locks (NFSv4, or v3 with lockd), which the server arbitrates across
+hosts; where the filesystem has no locks, the takeover runs without the
+guard, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -33,9 +47,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from agejax.errors import WorkdirInUse
+from agejax.errors import RunFailed, WorkdirInUse
 
 LOCK_FILE = "run.lock"
+GUARD_FILE = "run.lock.guard"
 STALE_AFTER_S = 30 * 60  # no heartbeat for this long: the holder is gone
 _JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
 
@@ -52,6 +67,14 @@ def _alive(pid: int) -> bool:
   except PermissionError:  # another user's live process
     return True
   return True
+
+
+def _owner(path: str) -> str:
+  try:
+    import pwd  # pylint: disable=import-outside-toplevel
+    return pwd.getpwuid(os.stat(path).st_uid).pw_name
+  except (KeyError, OSError, ImportError):
+    return "another user"
 
 
 def _holder_text(holder: dict[str, Any]) -> str:
@@ -74,17 +97,26 @@ class WorkdirLock:
                     "since": time.time()}
 
   def _stale(self, holder: dict[str, Any]) -> bool:
-    if holder.get("host") == self._record["host"] and isinstance(holder.get("pid"), int):
-      return not _alive(holder["pid"])
+    same_host = holder.get("host") == self._record["host"]
+    if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+      return True
     if holder.get("job") and holder.get("job") == self._record["job"]:
       return True
     heartbeat = holder.get("heartbeat", holder.get("since"))
     return isinstance(heartbeat, (int, float)) and time.time() - heartbeat > STALE_AFTER_S
 
+  def _old_file(self) -> bool:
+    """An empty or unreadable lock whose file has not changed for STALE_AFTER_S."""
+    try:
+      return time.time() - os.stat(self.path).st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+      return True
+
   def _read(self) -> dict[str, Any] | None:
     try:
       with open(self.path, encoding="utf-8") as f:
-        return json.load(f)
+        holder = json.load(f)
+      return holder if isinstance(holder, dict) else {}
     except FileNotFoundError:
       return None
     except (OSError, ValueError):
@@ -95,29 +127,63 @@ class WorkdirLock:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump({**self._record, "heartbeat": time.time()}, f)
 
+  @contextlib.contextmanager
+  def _guard(self):
+    """An exclusive flock on the guard file for the takeover (none where unsupported)."""
+    try:
+      fd = os.open(os.path.join(self._workdir, GUARD_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+      yield
+      return
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+      except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+          raise
+      yield
+    finally:
+      os.close(fd)  # closing releases the flock
+
+  def _create(self) -> bool:
+    """Creates the lock; False when one exists. A failed write leaves no lock behind."""
+    try:
+      self._write(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+      return True
+    except FileExistsError:
+      return False
+    except OSError as e:  # created, then the disk was full: an empty lock would block reruns
+      with contextlib.suppress(OSError):
+        os.remove(self.path)
+      raise RunFailed(f"cannot write the run lock {self.path}: {e.strerror or e}") from None
+
   def acquire(self) -> "WorkdirLock":
     """Takes the lock; raises WorkdirInUse when another live run holds it."""
     if not self._enabled:
       return self
     os.makedirs(self._workdir, exist_ok=True)
-    for _ in range(3):  # a stale lock removed under us by another taker: try again
+    if self._create():
+      self._held = True
+      return self
+    with self._guard():  # the takeover: decided and done by one process at a time
+      holder = self._read()
+      if holder and not self._stale(holder):
+        raise WorkdirInUse(self._workdir, _holder_text(holder), self.path)
+      if holder == {} and not self._old_file():
+        raise WorkdirInUse(self._workdir, "an unreadable lock", self.path)
       try:
-        self._write(os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        self._held = True
-        return self
-      except FileExistsError:
-        holder = self._read()
-        if holder is None:
-          continue  # released between our two calls
-        if holder and not self._stale(holder):
-          raise WorkdirInUse(self._workdir, _holder_text(holder), self.path)
-        if not holder:
-          raise WorkdirInUse(self._workdir, "an unreadable lock", self.path)
-        try:
-          os.remove(self.path)  # provably stale: its run is gone
-        except FileNotFoundError:
-          pass
-    raise WorkdirInUse(self._workdir, "runs racing for it", self.path)
+        os.remove(self.path)  # provably stale: its run is gone
+      except FileNotFoundError:
+        pass
+      except PermissionError:
+        owner = _owner(self.path)
+        raise WorkdirInUse(self._workdir, f"a stale lock owned by {owner} that this user cannot "
+                           "remove", self.path) from None
+      if not self._create():
+        raise WorkdirInUse(self._workdir, "a run that started while this one took over",
+                           self.path)
+    self._held = True
+    return self
 
   def heartbeat(self) -> None:
     """Refreshes the lock's time stamp (cheap; the trainer calls it at log steps)."""
