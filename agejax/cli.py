@@ -25,6 +25,7 @@ import importlib.util
 import logging as pylogging
 import os
 import sys
+import warnings
 import traceback
 from typing import Callable, Sequence
 
@@ -64,8 +65,18 @@ def quiet_libraries(verbosity: int, uses_tensorflow: bool = True) -> None:
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # Libraries' Python warnings about their own internals (orbax's "Sharding
+    # info not provided", TFLite's deprecation notice) are not the user's to
+    # act on; agejax's own warnings go through absl logging and stay.
+    for module in ("orbax", "tensorflow", "tf_keras", "keras", "jax", "flax", "optax",
+                   "ai_edge_litert", "onnxruntime", "tensorflow_datasets"):
+      warnings.filterwarnings("ignore", module=module + r"(\.|$)")
     if uses_tensorflow:
       _import_tensorflow_quietly()
+  if not flags.FLAGS.is_parsed():
+    # The commands parse their own FlagValues; absl's global ones stay unparsed,
+    # and absl then prefixes log lines with "Logging before flag parsing".
+    flags.FLAGS.mark_as_parsed()
   logging.use_absl_handler()  # absl's log lines on stderr, as absl.app would set up
   logging.set_verbosity(logging.DEBUG if verbosity >= 2 else
                         logging.INFO if verbosity == 1 else logging.WARNING)

@@ -216,6 +216,9 @@ def _race(workdir, barrier, results):
     results.put(1)
   except WorkdirInUse:
     results.put(0)
+  # Both stay alive until both have decided: a holder that exited would
+  # rightly be a dead run whose lock the other takes over.
+  barrier.wait()
 
 
 def test_two_processes_on_one_stale_lock_exactly_one_takes_it(tmp_path):
