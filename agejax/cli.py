@@ -21,6 +21,7 @@ command decides what else it needs.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging as pylogging
 import os
@@ -73,6 +74,9 @@ def quiet_libraries(verbosity: int, uses_tensorflow: bool = True) -> None:
       warnings.filterwarnings("ignore", module=module + r"(\.|$)")
     if uses_tensorflow:
       _import_tensorflow_quietly()
+  # A log file on a full disk must not print "--- Logging error ---" tracebacks:
+  # the command's own error says what happened.
+  pylogging.raiseExceptions = verbosity >= 1
   if not flags.FLAGS.is_parsed():
     # The commands parse their own FlagValues; absl's global ones stay unparsed,
     # and absl then prefixes log lines with "Logging before flag parsing".
@@ -152,6 +156,25 @@ def _loaded_config_error(fv: flags.FlagValues, path: str | None) -> errors.Confi
   return None
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> errors.RunFailed | None:
+  """The one-line error of a full disk or quota anywhere in ``error``'s chain (a log
+  file, TensorBoard's writer, a JSON file); None for any other error."""
+  for link in errors.exception_chain(error):
+    text = str(link)
+    if (isinstance(link, OSError) and link.errno in _FULL) or "No space left on device" in text:
+      where = getattr(link, "filename", None) or next(
+          (w for w in text.replace(";", " ").split() if w.startswith("/")), "")
+      failed = errors.RunFailed(
+          f"no space left on device{f' writing {where}' if where else ''}; free space (or fix "
+          "the mount), then run the same command again (complete checkpoints are kept)")
+      failed.__cause__ = error
+      return failed
+  return None
+
+
 def report(prog: str, error: BaseException, verbosity: int) -> int:
   """Prints ``error`` as one line (with its traceback at ``verbosity >= 1``)."""
   if verbosity >= 1:
@@ -219,6 +242,13 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
     except (FileNotFoundError, FileExistsError, NotADirectoryError, *user_errors) as e:
       report(prog, e, verbosity)
       return errors.EXIT_USAGE
+    except Exception as e:  # pylint: disable=broad-except
+      full = disk_full(e)
+      if full is None:
+        raise
+      if verbosity < 1:  # writer threads failing on the same disk as they stop: said already
+        logging.set_verbosity(logging.FATAL)
+      return report(prog, full, verbosity)
   finally:
     sys.argv = saved_argv
     fv.unparse_flags()  # the command can run again in this process

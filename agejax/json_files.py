@@ -9,10 +9,13 @@ as a complete, garbled record).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from typing import Any
+
+from agejax.errors import RunFailed
 
 
 def write_text(path: str, text: str) -> None:
@@ -26,9 +29,12 @@ def write_text(path: str, text: str) -> None:
       f.write(text)
     os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide results from a shared group
     os.replace(temporary, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(temporary):
       os.remove(temporary)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+      raise RunFailed(f"cannot write {path}: {e.strerror}; free space (or fix the mount), "
+                      "then run the same command again") from None
     raise
 
 

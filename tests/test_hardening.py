@@ -264,3 +264,20 @@ def test_an_empty_lock_blocks_only_until_it_is_old(tmp_path):
   os.utime(empty, (old, old))
   run_lock.WorkdirLock(str(workdir)).acquire().release()
   assert not empty.exists()
+
+
+def test_a_disk_full_at_start_is_one_line_and_leaves_no_lock(tiny_data_dir, tmp_path):
+  from test_failures import _small_tmpfs
+  workdir = str(tmp_path / "full")
+  if not _small_tmpfs(workdir, "8k"):
+    pytest.skip("mounting a small tmpfs needs root")
+  try:
+    code, _, err = _run("main", "--config=configs/tiny.py", f"--workdir={workdir}/run",
+                        f"--config.data.data_dir={tiny_data_dir}")
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("agejax.main: no space left on device") and \
+        err[0].endswith("; free space (or fix the mount), then run the same command again "
+                        "(complete checkpoints are kept)"), err
+    assert not os.path.exists(os.path.join(workdir, "run", "run.lock"))
+  finally:
+    subprocess.run(["umount", workdir], check=False)
