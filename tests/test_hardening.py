@@ -281,3 +281,12 @@ def test_a_disk_full_at_start_is_one_line_and_leaves_no_lock(tiny_data_dir, tmp_
     assert not os.path.exists(os.path.join(workdir, "run", "run.lock"))
   finally:
     subprocess.run(["umount", workdir], check=False)
+
+
+def test_an_export_prints_nothing_on_stderr(tiny_run, tmp_path):
+  """Orbax's sharding warning and TFLite's deprecation notice stay off stderr."""
+  pytest.importorskip("tensorflow")
+  code, out, err = _run("export", f"--workdir={tiny_run}", f"--output={tmp_path / 'tfl'}",
+                        "--format=tflite")
+  assert code == 0 and err == [], err
+  assert "verified on" in out

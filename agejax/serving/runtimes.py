@@ -13,12 +13,14 @@ SavedModel, ``ai-edge-litert`` (or TensorFlow's own ``tf.lite``) for TFLite,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Callable
 
 import numpy as np
 
+from agejax import terminal
 from agejax.errors import UsageError
 
 MODEL_FILE = "model.json"
@@ -125,7 +127,12 @@ def tflite_interpreter(file: str, threads: int | None = None) -> Any:
     except ImportError as e:
       raise MissingExtra("running a TFLite model", e) from e
     Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
-  return Interpreter(model_path=file, num_threads=threads)
+  quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "2"  # the commands' default
+  with (terminal.native_stderr_discarded() if quiet else contextlib.nullcontext()):
+    # The runtime's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate".
+    interpreter = Interpreter(model_path=file, num_threads=threads)
+    interpreter.allocate_tensors()
+  return interpreter
 
 
 def _tflite(file: str, threads: int | None = None) -> Runner:
