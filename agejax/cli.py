@@ -252,3 +252,7 @@ def run(main: Callable[[list[str]], int | None], fv: flags.FlagValues, doc: str,
   finally:
     sys.argv = saved_argv
     fv.unparse_flags()  # the command can run again in this process
+    # ml_collections defines a flag per --config.key override as it parses; a
+    # later run in this process (another config file) would define it again.
+    for name in [n for n in fv if n.startswith("config.")]:
+      delattr(fv, name)

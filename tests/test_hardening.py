@@ -290,3 +290,11 @@ def test_an_export_prints_nothing_on_stderr(tiny_run, tmp_path):
                         "--format=tflite")
   assert code == 0 and err == [], err
   assert "verified on" in out
+
+
+def test_a_command_runs_again_in_one_process_with_another_config_file(tmp_path):
+  """Override flags of one --config file do not collide with the next run's."""
+  from agejax import main
+  for config in ("configs/tiny.py", os.path.join(REPO, "configs", "tiny.py")):
+    assert main.main(["main", f"--config={config}", f"--workdir={tmp_path / 'w'}",
+                      f"--config.data.data_dir={tmp_path / 'd'}", "--dry_run"]) == 0

@@ -107,12 +107,15 @@ def test_one_model_warns_about_the_splits_it_trained_on(tmp_path):
   from agejax import json_files
   export = tmp_path / "export"
   export.mkdir()
+  meta = {"format": "agejax-model", "image_size": 32, "preprocessing": "imagenet",
+          "head": "dex", "min_age": 0, "max_age": 100,
+          "crop": {"margin": 0.4, "stored_size": 32, "source": "test"}}
   json_files.write_json(str(export / "model.json"), {
-      "source": {"workdir": str(tmp_path / "gone"), "dataset": "age_csv/x"}})
+      **meta, "source": {"workdir": str(tmp_path / "gone"), "dataset": "age_csv/x"}})
   models = label_issues.single_model(str(export), "--model", "age_csv/x", FOLDERS)
   assert "its run is not at hand" in models.notes[0]
   # An export whose run is at hand: its splits.
   json_files.write_json(str(export / "model.json"), {
-      "source": {"workdir": run, "dataset": "age_csv/x"}})
+      **meta, "source": {"workdir": run, "dataset": "age_csv/x"}})
   models = label_issues.single_model(str(export), "--model", "age_csv/x", ["folder8", "folder9"])
   assert models.notes == ()
