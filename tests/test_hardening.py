@@ -298,3 +298,16 @@ def test_a_command_runs_again_in_one_process_with_another_config_file(tmp_path):
   for config in ("configs/tiny.py", os.path.join(REPO, "configs", "tiny.py")):
     assert main.main(["main", f"--config={config}", f"--workdir={tmp_path / 'w'}",
                       f"--config.data.data_dir={tmp_path / 'd'}", "--dry_run"]) == 0
+
+
+def test_predict_from_a_bundle_prints_nothing_on_stderr(tiny_run, tmp_path):
+  """Restoring a bundle (orbax: 'Sharding info not provided') leaves stderr empty."""
+  from PIL import Image
+  from skimage import data
+  bundle_dir = str(tmp_path / "bundle")
+  code, _, err = _run("export", f"--workdir={tiny_run}", f"--output={bundle_dir}")
+  assert code == 0 and err == [], err
+  Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+  code, out, err = _run("predict", f"--model={bundle_dir}", str(tmp_path / "astronaut.png"))
+  assert code == 0 and err == [], err
+  assert "1 face(s)" in out
