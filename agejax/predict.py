@@ -1,19 +1,25 @@
-r"""Ages of the faces in photos.
+r"""Ages of the faces in photos and videos.
 
   python -m agejax.predict --model=EXPORTED_DIR PATH [PATH ...]
   python -m agejax.predict --workdir=RUN_DIR [--checkpoint=best] PATH [PATH ...]
+  python -m agejax.predict --model=DIR VIDEO.mp4|CAMERA_INDEX|URL [--every=N] [--json] \
+      [--annotate=OUT_DIR]
 
 PATHs are image files or folders (searched recursively). Each face found is
 cropped exactly as the training crops were and its age and spread printed,
 one line per face (``photos/a.jpg, 182 64 265 171, 34.2, 5.1``, then the
 calibrated interval ``, 28.1-40.3 (90%)`` when the model has one), or one
 JSON object per file with --json. See agejax.serving.photos for the details.
+A video (a file OpenCV decodes, a camera index, a stream URL) gives one
+record per processed frame with each face's track, then one age per track
+(agejax.serving.video); --annotate writes OUT_DIR/<name>.mp4.
 Exit codes: 0 done, 1 no file could be read, 2 bad flags or model.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import flags
@@ -34,6 +40,8 @@ flags.DEFINE_string("annotate", None, "Write copies with boxes and ages drawn in
 flags.DEFINE_bool("no_detect", False, "The images are face crops already: one face each.",
                   flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 16, "Faces per compiled batch.", flag_values=FLAGS)
+flags.DEFINE_integer("every", 1, "Videos: process every N-th frame.", lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_bool("trust_model", False, "Run a SavedModel without checking its ops (one you "
                   "built yourself: a SavedModel is a program).", flag_values=FLAGS)
 flags.DEFINE_integer("max_side", 1024, "Photos are scaled to this longer side for detection.",
@@ -52,6 +60,7 @@ def _main(paths: list[str]) -> None:
   # pylint: disable=import-outside-toplevel
   from agejax.serving import face_detect
   from agejax.serving import inference
+  from agejax.data import face_crop
   from agejax.serving import photos
 
   try:
@@ -62,6 +71,22 @@ def _main(paths: list[str]) -> None:
   options = face_detect.DetectorOptions(max_side=FLAGS.max_side,
                                         min_face_size=FLAGS.min_face_size,
                                         min_score=FLAGS.min_score)
+  from agejax.serving import video  # pylint: disable=import-outside-toplevel
+
+  videos = [p for p in paths if video.is_video(p)]
+  if videos:
+    if len(videos) != len(paths) or len(videos) > 1:
+      raise UsageError("give one video (or camera) at a time, without photos")
+    annotate = (os.path.join(FLAGS.annotate, os.path.splitext(os.path.basename(videos[0]))[0]
+                             + ".mp4") if FLAGS.annotate else None)
+    try:
+      for record in video.iter_video(predictor, videos[0], every=FLAGS.every, options=options,
+                                     annotate=annotate):
+        print(json.dumps(record) if FLAGS.json else "\n".join(video.format_lines(record)),
+              flush=True)
+    except face_crop.UndecodableImage as e:
+      raise UsageError(str(e)) from e
+    return
   files = readable = faces = 0
   for record in photos.iter_predictions(predictor, paths, detect=not FLAGS.no_detect,
                                          annotate_dir=FLAGS.annotate, options=options):
