@@ -66,6 +66,10 @@ def quiet_libraries(verbosity: int, uses_tensorflow: bool = True) -> None:
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ INFO/WARNING/ERROR
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # FFmpeg's lines under OpenCV ("moov atom not found", "overread 3"): the
+    # video errors say what they meant in one line. Read once, when OpenCV
+    # first opens a video in the process.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     # Libraries' Python warnings about their own internals (orbax's "Sharding
     # info not provided", TFLite's deprecation notice) are not the user's to
     # act on; agejax's own warnings go through absl logging and stay.

@@ -44,11 +44,14 @@ flags.DEFINE_integer("every", 1, "Videos: process every N-th frame.", lower_boun
                      flag_values=FLAGS)
 flags.DEFINE_bool("trust_model", False, "Run a SavedModel without checking its ops (one you "
                   "built yourself: a SavedModel is a program).", flag_values=FLAGS)
-flags.DEFINE_integer("max_side", 1024, "Photos are scaled to this longer side for detection.",
+flags.DEFINE_string("detector", None, "Face detector: blazeface_full, blazeface or mtcnn "
+                    "(default blazeface_full; see README, Face detectors).", flag_values=FLAGS)
+flags.DEFINE_integer("max_side", 1024, "MTCNN: photos are scaled to this longer side first.",
                      flag_values=FLAGS)
-flags.DEFINE_integer("min_face_size", 20, "Smallest face looked for, pixels of the scaled photo.",
-                     flag_values=FLAGS)
-flags.DEFINE_float("min_score", 0.9, "Detections scored below this are dropped.",
+flags.DEFINE_integer("min_face_size", 20, "MTCNN: smallest face looked for, pixels of the "
+                     "scaled photo.", flag_values=FLAGS)
+flags.DEFINE_float("min_score", None, "Detections scored below this are dropped (default: "
+                   "the detector's own, mtcnn 0.9, blazeface 0.5, blazeface_full 0.6).",
                    flag_values=FLAGS)
 
 
@@ -60,32 +63,27 @@ def _main(paths: list[str]) -> None:
   # pylint: disable=import-outside-toplevel
   from agejax.serving import face_detect
   from agejax.serving import inference
-  from agejax.data import face_crop
   from agejax.serving import photos
+  from agejax.serving import video
 
+  detector = FLAGS.detector or face_detect.DEFAULT_DETECTOR
+  try:
+    face_detect.check(detector)
+  except ValueError as e:
+    raise UsageError(f"--detector: {e}") from e
+  videos = [p for p in paths if video.is_video(p)]
+  if videos and (len(videos) != len(paths) or len(videos) > 1):
+    raise UsageError("give one video (or camera) at a time, without photos")
   try:
     predictor = inference.load(FLAGS.model or FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                batch_size=FLAGS.batch_size, trust_model=FLAGS.trust_model)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(f"cannot load the model: {e}") from e
-  options = face_detect.DetectorOptions(max_side=FLAGS.max_side,
+  options = face_detect.DetectorOptions(detector=detector, max_side=FLAGS.max_side,
                                         min_face_size=FLAGS.min_face_size,
                                         min_score=FLAGS.min_score)
-  from agejax.serving import video  # pylint: disable=import-outside-toplevel
-
-  videos = [p for p in paths if video.is_video(p)]
   if videos:
-    if len(videos) != len(paths) or len(videos) > 1:
-      raise UsageError("give one video (or camera) at a time, without photos")
-    annotate = (os.path.join(FLAGS.annotate, os.path.splitext(os.path.basename(videos[0]))[0]
-                             + ".mp4") if FLAGS.annotate else None)
-    try:
-      for record in video.iter_video(predictor, videos[0], every=FLAGS.every, options=options,
-                                     annotate=annotate):
-        print(json.dumps(record) if FLAGS.json else "\n".join(video.format_lines(record)),
-              flush=True)
-    except face_crop.UndecodableImage as e:
-      raise UsageError(str(e)) from e
+    _predict_video(predictor, videos[0], options)
     return
   files = readable = faces = 0
   for record in photos.iter_predictions(predictor, paths, detect=not FLAGS.no_detect,
@@ -102,6 +100,31 @@ def _main(paths: list[str]) -> None:
   # The summary goes to stderr with --json: stdout stays one JSON object per line.
   print(f"{files} file(s): {faces} face(s), {files - readable} unreadable",
         file=sys.stderr if FLAGS.json else sys.stdout, flush=True)
+
+
+def _predict_video(predictor, source: str, options) -> None:
+  """One line (or JSON object) per processed frame, then one per track (agejax.serving.video)."""
+  from agejax.serving import video  # pylint: disable=import-outside-toplevel
+
+  name = os.path.splitext(os.path.basename(source.rstrip("/")))[0] or "stream"
+  annotate = os.path.join(FLAGS.annotate, name + ".mp4") if FLAGS.annotate else None
+  try:
+    opened = video.open_video(source)
+  except video.Unreadable as e:
+    raise RunFailed(str(e)) from e
+  summary = None
+  for record in video.iter_video(predictor, opened, every=FLAGS.every, options=options,
+                                 annotate=annotate):
+    summary = record
+    print(json.dumps(record) if FLAGS.json else "\n".join(video.format_lines(record)),
+          flush=True)
+  if summary["frames_read"] == 0:
+    raise RunFailed(f"{source}: opened, but no frame could be decoded")
+  if video.ended_early(summary):
+    raise RunFailed(f"{source}: ended at frame {summary['frames_read']} of the "
+                    f"{summary['frame_count']} its header promises (truncated, or the stream "
+                    f"dropped); the frames read are reported above"
+                    + (f" and in {annotate}" if annotate else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

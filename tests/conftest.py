@@ -9,6 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/agejax-test-jax-cache")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# What the commands set before OpenCV's first video (agejax.cli.quiet_libraries):
+# the tests write videos with OpenCV before they run a command in this process.
+# tests/test_video.py checks the command's stderr in a process of its own too.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)

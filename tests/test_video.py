@@ -93,3 +93,113 @@ def test_predict_on_a_video_tracks_each_face_and_gives_one_age_per_track(video_r
   capture = cv2.VideoCapture(str(annotated / "walk.mp4"))
   assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(frames)
   capture.release()
+
+
+def test_each_track_gets_the_calibrated_interval_of_its_age(video_run, tmp_path, capsys):
+  import shutil
+  from agejax import predict
+  path, _, bundle, _ = video_run
+  calibrated = tmp_path / "calibrated"
+  shutil.copytree(bundle, calibrated)
+  meta = json.loads((calibrated / "model.json").read_text())
+  meta["interval"] = {"method": "normalized", "coverage": 0.9, "quantile": 2.0,
+                      "min_spread": 0.5, "examples": 64}
+  (calibrated / "model.json").write_text(json.dumps(meta))
+  assert predict.main(["predict", f"--model={calibrated}", str(path), "--json",
+                       "--every=3"]) == 0
+  records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  low, high = meta["min_age"], meta["max_age"]
+  for item in [f for r in records[:-1] for f in r["faces"]] + records[-1]["tracks"]:
+    half = 2.0 * max(item["spread"], 0.5)
+    assert item["interval"] == pytest.approx([max(item["age"] - half, low),
+                                              min(item["age"] + half, high)], abs=1e-9)
+    assert item["coverage"] == 0.9
+
+
+def _run_predict(argv, capfd):
+  from agejax import predict
+  capfd.readouterr()
+  code = predict.main(["predict", *argv])
+  out, err = capfd.readouterr()
+  return code, out, err
+
+
+def test_bad_video_sources_fail_in_one_line(video_run, tmp_path, capfd):
+  _, _, bundle, _ = video_run
+  junk = tmp_path / "junk.mp4"
+  junk.write_text("not a video")
+  for source, line in (
+      (str(junk), f"agejax.predict: {junk}: OpenCV cannot open it as a video (not a video, "
+                  "truncated before its index, or a stream that does not answer)"),
+      (str(tmp_path / "missing.mp4"), f"agejax.predict: {tmp_path / 'missing.mp4'}: no such file"),
+      ("9", "agejax.predict: camera 9 does not open (no such device, or another program "
+            "holds it)")):
+    code, out, err = _run_predict([f"--model={bundle}", source], capfd)
+    assert (code, out, err.strip()) == (1, "", line)
+
+
+def test_a_command_of_its_own_prints_one_line_for_a_file_that_is_no_video(video_run, tmp_path):
+  """FFmpeg's own "moov atom not found" stays off stderr in a fresh process too."""
+  import os
+  import subprocess
+  import sys
+  _, _, bundle, _ = video_run
+  junk = tmp_path / "junk.mp4"
+  junk.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))  # an MP4 header, no more
+  env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+  done = subprocess.run([sys.executable, "-m", "agejax.predict", f"--model={bundle}", str(junk)],
+                        capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert (done.returncode, done.stdout, done.stderr) == (
+      1, "", f"agejax.predict: {junk}: OpenCV cannot open it as a video (not a video, "
+             "truncated before its index, or a stream that does not answer)\n")
+
+
+def test_a_video_that_ends_early_keeps_what_was_read(video_run, tmp_path, capfd):
+  """An AVI cut in half: its header promises every frame, OpenCV decodes the first half."""
+  from skimage import data
+  _, _, bundle, _ = video_run
+  whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+  writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+  face = data.astronaut()[20:240, 120:310]
+  for k in range(FRAMES):
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[130:350, 100 + 8 * k:290 + 8 * k] = face
+    writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+  writer.release()
+  data_bytes = whole.read_bytes()
+  cut.write_bytes(data_bytes[:len(data_bytes) // 2])
+  annotated = tmp_path / "annotated"
+  code, out, err = _run_predict([f"--model={bundle}", str(cut), "--json",
+                                 f"--annotate={annotated}"], capfd)
+  records = [json.loads(line) for line in out.strip().splitlines()]
+  frames, summary = records[:-1], records[-1]
+  read = summary["frames_read"]
+  assert 0 < read < FRAMES and summary["frame_count"] == FRAMES
+  assert [r["frame"] for r in frames] == list(range(read))
+  assert [t["frames"] for t in summary["tracks"]] == [read]  # one face, one track
+  assert code == 1 and err.strip() == (
+      f"agejax.predict: {cut}: ended at frame {read} of the {FRAMES} its header promises "
+      f"(truncated, or the stream dropped); the frames read are reported above and in "
+      f"{annotated / 'cut.mp4'}")
+  capture = cv2.VideoCapture(str(annotated / "cut.mp4"))
+  assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == read
+  capture.release()
+
+
+def test_read_ahead_keeps_order_raises_in_order_and_stops_its_thread():
+  import threading
+  from agejax.serving import video
+
+  def numbers():
+    yield from range(5)
+    raise OSError("disk gone")
+
+  seen = []
+  with pytest.raises(OSError, match="disk gone"):
+    for n in video.read_ahead(numbers(), depth=2):
+      seen.append(n)
+  assert seen == [0, 1, 2, 3, 4]
+  endless = video.read_ahead(iter(int, 1), depth=2)  # never ends on its own
+  assert [next(endless) for _ in range(3)] == [0, 0, 0]
+  endless.close()
+  assert not any(t.name == "agejax-read-ahead" for t in threading.enumerate())

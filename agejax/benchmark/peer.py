@@ -160,17 +160,20 @@ def comparable(step_settings: dict[str, Any] | None, s: PeerSettings) -> bool:
               s.arch, 64, s.image_size, s.batch_size, s.dtype)
 
 
-class _Child:
-  """The peer's child process, driven line by line, killed after ``timeout``."""
+class Child:
+  """A peer's child process (``argv``), driven line by line, killed after ``timeout``.
 
-  def __init__(self, s: PeerSettings):
+  The child prints one JSON line when it is ready, then answers each ``run``
+  line on its stdin with one JSON line holding ``seconds``.
+  """
+
+  def __init__(self, argv: list[str], timeout: float):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     self._stderr: IO[bytes] = tempfile.TemporaryFile()
-    self._proc = subprocess.Popen(
-        [sys.executable, "-m", "agejax.benchmark.peer", json.dumps(dataclasses.asdict(s))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env)
-    self._timeout = s.timeout
-    self._watchdog = threading.Timer(s.timeout, self._proc.kill)
+    self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self._stderr, text=True, env=env)
+    self._timeout = timeout
+    self._watchdog = threading.Timer(timeout, self._proc.kill)
     self._watchdog.start()
 
   def read(self) -> dict[str, Any]:
@@ -184,10 +187,14 @@ class _Child:
                          f"{self._stderr.read()[-4000:].decode(errors='replace')}")
     return json.loads(line)
 
-  def time_run(self) -> float:
+  def run(self) -> dict[str, Any]:
+    """One timed run: the child's answer (``seconds``, and what else it reports)."""
     self._proc.stdin.write("run\n")
     self._proc.stdin.flush()
-    return self.read()["seconds"]
+    return self.read()
+
+  def time_run(self) -> float:
+    return self.run()["seconds"]
 
   def close(self) -> None:
     self._watchdog.cancel()
@@ -235,7 +242,8 @@ def run(s: PeerSettings, agejax_k_steps: Callable[[], Any] | None = None
       ``ratio`` is None.
   """
   check_available(s)
-  child = _Child(s)
+  child = Child([sys.executable, "-m", "agejax.benchmark.peer",
+                 json.dumps(dataclasses.asdict(s))], s.timeout)
   try:
     meta = child.read()  # built and warmed up
     if agejax_k_steps is not None:

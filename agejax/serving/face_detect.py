@@ -1,11 +1,20 @@
-"""Face boxes in ordinary photos, with a detector whose weights ship in its wheel.
+"""Face boxes in photos and video frames, with detectors whose weights ship in their wheels.
 
-The detector is MTCNN (Zhang et al. 2016, a cascade of three small CNNs) from
-the ``mtcnn`` package, which carries its trained weights inside the package
-(``mtcnn/assets/weights/*.lz4``) and runs on TensorFlow, already a dependency
-of the input pipeline. Nothing is downloaded at run time. It was chosen over
-OpenCV's Haar cascade because it scores every box (so a threshold can reject
-false positives) and because opencv-python 5 no longer ships the cascade files.
+Two families, chosen with ``DetectorOptions.detector`` (``--detector``):
+
+- ``mtcnn``: MTCNN (Zhang et al. 2016, a cascade of three small CNNs over an
+  image pyramid) from the ``mtcnn`` package, which carries its weights
+  (``mtcnn/assets/weights/*.lz4``) and runs on TensorFlow. Thorough on
+  photos of any size, about 0.2 s for a 512 x 512 photo on a 2-core CPU.
+- ``blazeface`` and ``blazeface_full``: MediaPipe's BlazeFace
+  (:mod:`agejax.serving.blazeface`), one pass of a small network over the
+  frame scaled to 128 or 192 pixels, in the TFLite interpreter; tens of
+  times faster, for video.
+
+The default is the one ``python -m agejax.benchmark predict`` favours
+(README, "Face detectors"). Nothing is downloaded at run time. OpenCV's Haar
+cascade was left out: it scores no box (no threshold can reject false
+positives) and opencv-python 5 no longer ships the cascade files.
 
 Photos are scaled down before detection so that a 24-megapixel picture costs
 about what a 1-megapixel one does; boxes are mapped back to the original
@@ -23,7 +32,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agejax.serving import blazeface
+
 Box = tuple[float, float, float, float, float]  # x1, y1, x2, y2, score
+
+DETECTORS = ("blazeface_full", "blazeface", "mtcnn")
+DEFAULT_DETECTOR = "blazeface_full"
+# Boxes scored below these are dropped unless DetectorOptions.min_score says
+# otherwise. MTCNN's last stage already drops those below 0.8, and 0.9 removes
+# most of what remains of faces in wallpaper and foliage; BlazeFace's are
+# MediaPipe's own thresholds for each model.
+MIN_SCORES = {"mtcnn": 0.9, **{name: m.min_score for name, m in blazeface.MODELS.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,19 +50,26 @@ class DetectorOptions:
   """How photos are searched for faces.
 
   Attributes:
+    detector: one of :data:`DETECTORS`.
     max_side: photos whose longer side exceeds this are scaled down to it
       before detection (boxes come back in original pixels).
-    min_face_size: smallest face side looked for, in pixels of the scaled
-      photo; smaller values search more pyramid levels (slower).
-    min_score: boxes MTCNN scores below this are dropped; its last stage
-      already drops those below 0.8, and 0.9 removes most of what remains of
-      faces in wallpaper and foliage.
-    scale_factor: ratio between successive levels of MTCNN's image pyramid.
+    min_face_size: MTCNN: smallest face side looked for, in pixels of the
+      scaled photo; smaller values search more pyramid levels (slower).
+    min_score: boxes scored below this are dropped; None: the detector's
+      own (:data:`MIN_SCORES`).
+    scale_factor: MTCNN: ratio between successive levels of its image pyramid.
   """
+  detector: str = DEFAULT_DETECTOR
   max_side: int = 1024
   min_face_size: int = 20
-  min_score: float = 0.9
+  min_score: float | None = None
   scale_factor: float = 0.709
+
+
+def check(name: str) -> None:
+  """Raises ValueError unless ``name`` is one of :data:`DETECTORS`."""
+  if name not in DETECTORS:
+    raise ValueError(f"unknown face detector {name!r}: expected one of {', '.join(DETECTORS)}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,8 +109,21 @@ def _scaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
   return np.asarray(small), size[0] / width
 
 
+def _mtcnn_boxes(image: np.ndarray, options: DetectorOptions, min_score: float) -> list[Box]:
+  # MTCNN's first network needs a 12 x 12 window; smaller images hold no face.
+  if min(image.shape[:2]) < 12:
+    return []
+  small, scale = _scaled(image, options.max_side)
+  rows = _mtcnn().detect_faces(
+      small, box_format="xyxy", output_type="numpy", fit_to_image=True,
+      min_face_size=options.min_face_size, scale_factor=options.scale_factor)
+  # Columns: image index, x1, y1, x2, y2, score, then five landmarks.
+  return [(*(float(v) / scale for v in row[1:5]), float(row[5]))
+          for row in np.asarray(rows, np.float64).reshape(-1, 16) if row[5] >= min_score]
+
+
 def detect(image: np.ndarray, options: DetectorOptions | None = None) -> list[Box]:
-  """The faces in an RGB photo, largest first.
+  """The faces in an RGB photo or frame, largest first.
 
   Args:
     image: uint8 [H, W, 3] RGB (grayscale and RGBA are accepted too).
@@ -95,22 +134,16 @@ def detect(image: np.ndarray, options: DetectorOptions | None = None) -> list[Bo
     exclusive), clipped to the image, sorted by box area, largest first.
   """
   options = options or DetectorOptions()
+  check(options.detector)
   image = _as_rgb(image)
   height, width = image.shape[:2]
-  # MTCNN's first network needs a 12 x 12 window; smaller images hold no face.
-  if min(height, width) < 12:
-    return []
-  small, scale = _scaled(image, options.max_side)
-  rows = _mtcnn().detect_faces(
-      small, box_format="xyxy", output_type="numpy", fit_to_image=True,
-      min_face_size=options.min_face_size, scale_factor=options.scale_factor)
+  min_score = MIN_SCORES[options.detector] if options.min_score is None else options.min_score
+  if options.detector == "mtcnn":
+    found = _mtcnn_boxes(image, options, min_score)
+  else:
+    found = blazeface.detector(options.detector)(image, min_score)
   boxes = []
-  # Columns: image index, x1, y1, x2, y2, score, then five landmarks.
-  for row in np.asarray(rows, np.float64).reshape(-1, 16):
-    score = float(row[5])
-    if score < options.min_score:
-      continue
-    x1, y1, x2, y2 = (float(v) / scale for v in row[1:5])
+  for x1, y1, x2, y2, score in found:
     x1, x2 = max(0.0, x1), min(float(width), x2)
     y1, y2 = max(0.0, y1), min(float(height), y2)
     if x2 > x1 and y2 > y1:
