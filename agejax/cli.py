@@ -48,7 +48,7 @@ def new_flags() -> flags.FlagValues:
   return fv
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
   """Imports TF with its C++ start-up lines discarded.
 
   TF logs "Could not find cuda drivers" and "All log messages before
@@ -77,7 +77,7 @@ def quiet_libraries(verbosity: int, uses_tensorflow: bool = True) -> None:
                    "ai_edge_litert", "onnxruntime", "tensorflow_datasets"):
       warnings.filterwarnings("ignore", module=module + r"(\.|$)")
     if uses_tensorflow:
-      _import_tensorflow_quietly()
+      import_tensorflow_quietly()
   # A log file on a full disk must not print "--- Logging error ---" tracebacks:
   # the command's own error says what happened.
   pylogging.raiseExceptions = verbosity >= 1

@@ -243,3 +243,76 @@ def test_audit(tmp_path):
   assert [r["signature"] for r in signatures] == ["colour 8x8", "luma 16x16"]
   assert all(r["recall"]["mirror"] == 1.0 and 0 <= r["false_pairs"] <= r["candidates"]
              for r in signatures)
+
+
+def test_walking_heads_stay_whole_and_apart():
+  """Four heads share two lanes without covering each other; their boxes are the pasted face's."""
+  from agejax.benchmark import face_scenes
+  from agejax.serving import tracks
+  frames = list(face_scenes.walking(4, 120))
+  _, (fx1, fy1, fx2, fy2) = face_scenes.head(160, False, 1.0)
+  for _, boxes in frames:
+    assert len(boxes) == 4
+    assert all(tracks.iou(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(0 <= b[0] and b[2] <= 640 and 0 <= b[1] and b[3] <= 480 for b in boxes)
+    for b in boxes:  # each box is the head's face box moved: same size
+      assert (b[2] - b[0], b[3] - b[1]) == pytest.approx((fx2 - fx1, fy2 - fy1))
+  # 3 px per frame: the first head of the top lane moves right by exactly that.
+  assert frames[1][1][0][0] - frames[0][1][0][0] == pytest.approx(3)
+
+
+def test_scene_match_counts_hits_and_false_boxes():
+  from agejax.benchmark import face_scenes
+  truth = [(0, 0, 10, 10), (100, 100, 120, 120)]
+  found = [(1, 0, 11, 10, 0.9), (0, 0, 10, 10, 0.8), (300, 300, 310, 310, 0.7)]
+  # One box per face: the second box on the first face counts as false.
+  assert face_scenes.match(found, truth) == (1, 2)
+  assert face_scenes.match([], truth) == (0, 0)
+
+
+def test_predict_cli(tmp_path):
+  """`benchmark predict` through its command: detector rows, photo and video rows per detector."""
+  from flax import nnx
+
+  from agejax import models
+  from configs import tiny
+  from agejax.serving import bundle
+  cfg = tiny.get_config()
+  _, params, batch_stats = models.split_state(
+      models.build_model(cfg.model, cfg.data.image_size, nnx.Rngs(0)))
+  model = bundle.write(str(tmp_path / "tiny"), bundle.metadata(
+      cfg, 0, crop={"margin": 0.4, "stored_size": 32, "source": "test"}), params, batch_stats)
+  output = tmp_path / "predict.jsonl"
+  proc = subprocess.run(
+      [sys.executable, "-m", "agejax.benchmark", "predict", "--output", str(output),
+       "--repeats=1", f"--predict_model={model}", "--predict_detectors=blazeface_full",
+       "--predict_scenes=5", "--predict_photos=2", "--predict_frames=6", "--platform=cpu"],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in output.read_text().splitlines()]
+  assert [r["variant"] for r in records] == [
+      "detector blazeface_full", "photos tiny blazeface_full", "video tiny blazeface_full 1f",
+      "video tiny blazeface_full 4f"]
+  detector, photos, one, four = records
+  # Scenes k = 0..4 hold k faces each: 10 in all; astronaut and camera hold one each.
+  assert (detector["faces"], detector["photo_faces"]) == (10, 2)
+  assert 0 <= detector["recall_small"] <= 1 and 0 <= detector["recall_large"] <= 1
+  _check(detector, "predict", ("ms_per_frame",))
+  _check(photos, "predict", ("photos_per_sec", "detect_ms", "network_ms"))
+  # Every 80 px face of the walking videos is found on every frame.
+  assert (one["faces_per_image"], four["faces_per_image"]) == (1.0, 4.0)
+  for record in (one, four):
+    _check(record, "predict", ("frames_per_sec", "decode_ms", "detect_ms", "crop_ms"))
+  assert "predict: detector blazeface_full" in proc.stderr  # progress
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--predict_detectors=yolo", "unknown face detector 'yolo'"),
+    ("--peer=deepface", "unknown peer 'deepface'"),
+    ("--predict_model=/nonexistent", "/nonexistent is not a folder")])
+def test_predict_cli_refuses_bad_settings_before_timing(flag, message):
+  proc = subprocess.run([sys.executable, "-m", "agejax.benchmark", "predict", flag], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 2
+  assert message in proc.stderr
+  assert "predict: detector" not in proc.stderr  # nothing was timed

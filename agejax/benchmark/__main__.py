@@ -82,6 +82,9 @@ flags.DEFINE_string("peer", "", "predict: also time this package on the same pho
 flags.DEFINE_string("peer_venv", "", "predict: the peer's virtual environment "
                     "(default ~/.cache/agejax/peers/NAME; created when missing).", **_f)
 
+# The benchmarks that read data with TF or detect faces with MTCNN (a TF model).
+USE_TENSORFLOW = {"input", "build", "e2e", "predict"}
+
 
 def _main(names: list[str]) -> None:
   unknown = [n for n in names if n not in NAMES]
@@ -92,6 +95,8 @@ def _main(names: list[str]) -> None:
   if args.platform:
     # Before JAX is imported (below), and inherited by the peer's child.
     os.environ["JAX_PLATFORMS"] = args.platform
+  if set(names or NAMES) & USE_TENSORFLOW and args.verbosity < 1:
+    cli.import_tensorflow_quietly()  # its C++ start-up lines, which no setting turns off
   # Imported after the platform is chosen: they import JAX.
   # pylint: disable=import-outside-toplevel
   from agejax.benchmark import audit_bench

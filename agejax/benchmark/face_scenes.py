@@ -86,21 +86,27 @@ def scene(rng: np.random.Generator, faces: int) -> tuple[np.ndarray, list[tuple[
 
 
 def walking(faces: int, frames: int) -> Iterator[tuple[np.ndarray, list[tuple[float, ...]]]]:
-  """Frames of ``faces`` heads (160 px) crossing a fixed background, with their face boxes."""
+  """Frames of ``faces`` heads (160 px) crossing a fixed background, with their face boxes.
+
+  The heads take the top and bottom lanes in turn; a lane of n heads is cut
+  into n equal stretches, and each head walks back and forth along its own,
+  so heads never cover each other and every face stays whole in the frame.
+  """
   still = background("coffee")
   patch, (fx1, fy1, fx2, fy2) = head(160, False, 1.0)
   h, w = patch.shape[:2]
-  lanes = [(k % 2) * (SIZE[1] - h) for k in range(faces)]  # top and bottom rows
+  per_lane = -(-faces // 2) if faces > 1 else 1
+  stretch = SIZE[0] // per_lane
+  span = stretch - w
+  if span <= 0:
+    raise ValueError(f"{faces} heads of {w} px do not fit side by side in {SIZE[0]} px")
   for t in range(frames):
     frame = still.copy()
     boxes = []
     for k in range(faces):
-      span = SIZE[0] - w
       offset = (t * 3 + k * span // max(faces, 1)) % (2 * span)
-      x = offset if offset <= span else 2 * span - offset  # back and forth
-      y = lanes[k]
-      if faces > 2 and k >= 2:  # four faces: two lanes, two faces per lane, apart
-        x = (x + span // 2) % span
+      x = (k // 2) * stretch + (offset if offset <= span else 2 * span - offset)
+      y = (k % 2) * (SIZE[1] - h)
       frame[y:y + h, x:x + w] = patch
       boxes.append((x + fx1, y + fy1, x + fx2, y + fy2))
     yield frame, boxes
