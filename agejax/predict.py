@@ -44,14 +44,15 @@ flags.DEFINE_integer("every", 1, "Videos: process every N-th frame.", lower_boun
                      flag_values=FLAGS)
 flags.DEFINE_bool("trust_model", False, "Run a SavedModel without checking its ops (one you "
                   "built yourself: a SavedModel is a program).", flag_values=FLAGS)
-flags.DEFINE_string("detector", None, "Face detector: blazeface_full, blazeface or mtcnn "
-                    "(default blazeface_full; see README, Face detectors).", flag_values=FLAGS)
+flags.DEFINE_string("detector", None, "Face detector: blazeface_full, blazeface_tiled, "
+                    "blazeface or mtcnn (default blazeface_full; see README, Face detectors).",
+                    flag_values=FLAGS)
 flags.DEFINE_integer("max_side", 1024, "MTCNN: photos are scaled to this longer side first.",
                      flag_values=FLAGS)
 flags.DEFINE_integer("min_face_size", 20, "MTCNN: smallest face looked for, pixels of the "
                      "scaled photo.", flag_values=FLAGS)
 flags.DEFINE_float("min_score", None, "Detections scored below this are dropped (default: "
-                   "the detector's own, mtcnn 0.9, blazeface 0.5, blazeface_full 0.6).",
+                   "the detector's own: mtcnn 0.9, blazeface 0.5, blazeface_full and _tiled 0.6).",
                    flag_values=FLAGS)
 
 

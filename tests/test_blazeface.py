@@ -72,7 +72,7 @@ def test_weighted_nms_in_closed_form():
   np.testing.assert_allclose(found[1][0], [50, 50, 60, 60])
 
 
-@pytest.mark.parametrize("name", ["blazeface", "blazeface_full"])
+@pytest.mark.parametrize("name", ["blazeface", "blazeface_full", "blazeface_tiled"])
 def test_blazeface_finds_faces_where_they_are(name):
   options = face_detect.DetectorOptions(detector=name)
   (box,) = face_detect.detect(skdata.astronaut(), options)
@@ -89,5 +89,39 @@ def test_blazeface_finds_faces_where_they_are(name):
 
 def test_an_unknown_detector_is_named():
   with pytest.raises(ValueError, match="unknown face detector 'yolo': expected one of "
-                     "blazeface_full, blazeface, mtcnn"):
+                     "blazeface_full, blazeface_tiled, blazeface, mtcnn"):
     face_detect.detect(skdata.astronaut(), face_detect.DetectorOptions(detector="yolo"))
+
+
+def test_tiles_overlap_and_cover_the_frame():
+  # Side t with 2 t - t / 4 = 640: t = ceil(365.7) = 366; 480: ceil(274.3) = 275.
+  assert blazeface.regions(640, 480, 2) == [(0, 0, 640, 480), (0, 0, 366, 275),
+                                            (274, 0, 640, 275), (0, 205, 366, 480),
+                                            (274, 205, 640, 480)]
+  assert blazeface.regions(640, 480, 1) == [(0, 0, 640, 480)]
+
+
+def _small_faces_frame():
+  """Two copies of the astronaut's head, 100 px tall (face 50 px), at known face boxes."""
+  head = np.asarray(Image.fromarray(skdata.astronaut()[20:240, 120:310]).resize(
+      (86, 100), Image.BILINEAR))
+  scale = 100 / 220
+  frame = np.full((480, 640, 3), 90, np.uint8)
+  boxes = []
+  # The second face straddles the first tile's right edge (x = 366).
+  for x, y in ((60, 300), (330, 40)):
+    frame[y:y + 100, x:x + 86] = head
+    boxes.append(((FACE[0] - 120) * scale + x, (FACE[1] - 20) * scale + y,
+                  (FACE[2] - 120) * scale + x, (FACE[3] - 20) * scale + y))
+  return frame, boxes
+
+
+def test_tiles_find_faces_the_whole_frame_shrinks_too_far():
+  frame, truth = _small_faces_frame()
+  whole = face_detect.detect(frame, face_detect.DetectorOptions(detector="blazeface_full"))
+  tiled = face_detect.detect(frame, face_detect.DetectorOptions(detector="blazeface_tiled"))
+  assert whole == []  # 50 px faces become 15 px at 192 / 640
+  # One box per face, the one cut by a tile edge included (no partial twin).
+  assert len(tiled) == 2
+  for face in truth:
+    assert max(tracks.iou(box[:4], face) for box in tiled) > 0.5

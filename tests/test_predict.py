@@ -71,7 +71,7 @@ def photo_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("detector, min_score", [("mtcnn", 0.99), ("blazeface_full", 0.9),
-                                                ("blazeface", 0.9)])
+                                                ("blazeface_tiled", 0.9), ("blazeface", 0.9)])
 def test_detector_finds_the_astronaut_face(detector, min_score):
   boxes = face_detect.detect(skdata.astronaut(), face_detect.DetectorOptions(detector=detector))
   assert len(boxes) == 1
@@ -81,7 +81,7 @@ def test_detector_finds_the_astronaut_face(detector, min_score):
   assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
 
 
-@pytest.mark.parametrize("detector", ["mtcnn", "blazeface_full"])
+@pytest.mark.parametrize("detector", ["mtcnn", "blazeface_full", "blazeface_tiled"])
 def test_detector_maps_boxes_back_from_a_scaled_down_photo(detector):
   options = face_detect.DetectorOptions(detector=detector)
   photo = np.asarray(Image.fromarray(skdata.astronaut()).resize((2048, 2048), Image.BICUBIC))
@@ -92,7 +92,7 @@ def test_detector_maps_boxes_back_from_a_scaled_down_photo(detector):
   assert iou((x1 / 4, y1 / 4, x2 / 4, y2 / 4), small[:4]) > 0.8
 
 
-@pytest.mark.parametrize("detector", ["mtcnn", "blazeface_full", "blazeface"])
+@pytest.mark.parametrize("detector", ["mtcnn", "blazeface_full", "blazeface_tiled", "blazeface"])
 def test_photos_without_faces_have_no_boxes(detector):
   options = face_detect.DetectorOptions(detector=detector)
   assert face_detect.detect(skdata.coffee(), options) == []

@@ -59,6 +59,13 @@ MODELS = {
     "blazeface": Model("face_detection_short_range.tflite", 128, (8, 16, 16, 16), True, 0.5),
     "blazeface_full": Model("face_detection_full_range.tflite", 192, (4,), False, 0.6),
 }
+# The detectors: a model, and the tiles per side it also looks at. Seen whole
+# at 192 px, a 640 x 480 frame shrinks faces under about 60 px below what
+# the full-range model finds; ``blazeface_tiled`` also runs it on 2 x 2
+# overlapping tiles, where they are twice as large, for 5 passes per frame.
+DETECTORS = {"blazeface": ("blazeface", 1), "blazeface_full": ("blazeface_full", 1),
+             "blazeface_tiled": ("blazeface_full", 2)}
+TILE_OVERLAP = 0.25  # of a tile's side: a face narrower than that is whole in some tile
 
 
 def model_file(model: Model) -> str:
@@ -162,7 +169,8 @@ class Detector:
   """One BlazeFace network in the TFLite interpreter (one interpreter per thread)."""
 
   def __init__(self, name: str):
-    self.model = MODELS[name]
+    model, self.tiles = DETECTORS[name]
+    self.model = MODELS[model]
     self._file = model_file(self.model)
     self._local = threading.local()
 
@@ -186,22 +194,49 @@ class Detector:
     regressors, logits = (interpreter.get_tensor(i) for i in self._local.outputs)
     return regressors[0], logits[0]
 
-  def __call__(self, image: np.ndarray, min_score: float | None = None
-               ) -> list[tuple[float, float, float, float, float]]:
-    """``(x1, y1, x2, y2, score)`` of each face in ``image`` (uint8 RGB), in its pixels."""
+  def _boxes(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every anchor's box ``[A, 4]`` in ``image``'s pixels, and its score ``[A]``."""
     size = self.model.input_size
     tensor, scale, pad_x, pad_y = letterbox(image, size)
     boxes, scores = decode(self.model, *self.raw(tensor))
+    return (boxes * size - np.float32([pad_x, pad_y, pad_x, pad_y])) / np.float32(scale), scores
+
+  def __call__(self, image: np.ndarray, min_score: float | None = None
+               ) -> list[tuple[float, float, float, float, float]]:
+    """``(x1, y1, x2, y2, score)`` of each face in ``image`` (uint8 RGB), in its pixels."""
     threshold = self.model.min_score if min_score is None else min_score
-    found = []
-    for box, score in weighted_nms(boxes, scores, threshold):
-      x1, y1, x2, y2 = box * size
-      found.append(((x1 - pad_x) / scale, (y1 - pad_y) / scale,
-                    (x2 - pad_x) / scale, (y2 - pad_y) / scale, score))
-    return found
+    height, width = image.shape[:2]
+    all_boxes, all_scores = [], []
+    for x0, y0, x1, y1 in regions(width, height, self.tiles):
+      boxes, scores = self._boxes(image[y0:y1, x0:x1])
+      keep = scores >= threshold
+      all_boxes.append(boxes[keep] + np.float32([x0, y0, x0, y0]))
+      all_scores.append(scores[keep])
+    # One suppression over every region's boxes: a face seen by the whole frame
+    # and by tiles, or cut by a tile's edge, is one cluster and one box.
+    # (Dropping boxes that touch a tile's inner edge, as tiled detectors often
+    # do, changed no box's IoU with its face by more than 0.04 on generated
+    # frames, either way: not done.)
+    found = weighted_nms(np.concatenate(all_boxes), np.concatenate(all_scores), threshold)
+    return [(*(float(v) for v in box), score) for box, score in found]
+
+
+def regions(width: int, height: int, tiles: int) -> list[tuple[int, int, int, int]]:
+  """The whole image, then ``tiles`` x ``tiles`` overlapping tiles (x0, y0, x1, y1)."""
+  found = [(0, 0, width, height)]
+  if tiles > 1:
+    # n tiles of side t overlapping by TILE_OVERLAP * t cover n t - (n - 1) o t.
+    tile_w = min(width, int(np.ceil(width / (tiles - (tiles - 1) * TILE_OVERLAP))))
+    tile_h = min(height, int(np.ceil(height / (tiles - (tiles - 1) * TILE_OVERLAP))))
+    for row in range(tiles):
+      for col in range(tiles):
+        x0 = round(col * (width - tile_w) / (tiles - 1))
+        y0 = round(row * (height - tile_h) / (tiles - 1))
+        found.append((x0, y0, x0 + tile_w, y0 + tile_h))
+  return found
 
 
 @functools.lru_cache(maxsize=None)
 def detector(name: str) -> Detector:
-  """The detector ``name`` (a key of :data:`MODELS`), built once per process."""
+  """The detector ``name`` (a key of :data:`DETECTORS`), built once per process."""
   return Detector(name)

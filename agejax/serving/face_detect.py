@@ -9,7 +9,9 @@ Two families, chosen with ``DetectorOptions.detector`` (``--detector``):
 - ``blazeface`` and ``blazeface_full``: MediaPipe's BlazeFace
   (:mod:`agejax.serving.blazeface`), one pass of a small network over the
   frame scaled to 128 or 192 pixels, in the TFLite interpreter; tens of
-  times faster, for video.
+  times faster, for video, but blind to faces under about a tenth of the
+  frame's longer side. ``blazeface_tiled`` also runs the full-range model on
+  2 x 2 overlapping tiles: five passes, and the small faces found.
 
 The default is the one ``python -m agejax.benchmark predict`` favours
 (README, "Face detectors"). Nothing is downloaded at run time. OpenCV's Haar
@@ -36,13 +38,14 @@ from agejax.serving import blazeface
 
 Box = tuple[float, float, float, float, float]  # x1, y1, x2, y2, score
 
-DETECTORS = ("blazeface_full", "blazeface", "mtcnn")
+DETECTORS = ("blazeface_full", "blazeface_tiled", "blazeface", "mtcnn")
 DEFAULT_DETECTOR = "blazeface_full"
 # Boxes scored below these are dropped unless DetectorOptions.min_score says
 # otherwise. MTCNN's last stage already drops those below 0.8, and 0.9 removes
 # most of what remains of faces in wallpaper and foliage; BlazeFace's are
 # MediaPipe's own thresholds for each model.
-MIN_SCORES = {"mtcnn": 0.9, **{name: m.min_score for name, m in blazeface.MODELS.items()}}
+MIN_SCORES = {"mtcnn": 0.9, **{name: blazeface.MODELS[model].min_score
+                               for name, (model, _) in blazeface.DETECTORS.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
