@@ -44,9 +44,9 @@ flags.DEFINE_integer("every", 1, "Videos: process every N-th frame.", lower_boun
                      flag_values=FLAGS)
 flags.DEFINE_bool("trust_model", False, "Run a SavedModel without checking its ops (one you "
                   "built yourself: a SavedModel is a program).", flag_values=FLAGS)
-flags.DEFINE_string("detector", None, "Face detector: blazeface_full, blazeface_tiled, "
-                    "blazeface or mtcnn (default blazeface_full; see README, Face detectors).",
-                    flag_values=FLAGS)
+flags.DEFINE_string("detector", None, "Face detector: blazeface_tiled, blazeface_full, "
+                    "blazeface or mtcnn (default: blazeface_tiled for photos, blazeface_full "
+                    "for videos and cameras; see README, Face detectors).", flag_values=FLAGS)
 flags.DEFINE_integer("max_side", 1024, "MTCNN: photos are scaled to this longer side first.",
                      flag_values=FLAGS)
 flags.DEFINE_integer("min_face_size", 20, "MTCNN: smallest face looked for, pixels of the "
@@ -67,14 +67,15 @@ def _main(paths: list[str]) -> None:
   from agejax.serving import photos
   from agejax.serving import video
 
-  detector = FLAGS.detector or face_detect.DEFAULT_DETECTOR
+  videos = [p for p in paths if video.is_video(p)]
+  if videos and (len(videos) != len(paths) or len(videos) > 1):
+    raise UsageError("give one video (or camera) at a time, without photos")
+  detector = FLAGS.detector or (face_detect.DEFAULT_VIDEO_DETECTOR if videos
+                                else face_detect.DEFAULT_DETECTOR)
   try:
     face_detect.check(detector)
   except ValueError as e:
     raise UsageError(f"--detector: {e}") from e
-  videos = [p for p in paths if video.is_video(p)]
-  if videos and (len(videos) != len(paths) or len(videos) > 1):
-    raise UsageError("give one video (or camera) at a time, without photos")
   try:
     predictor = inference.load(FLAGS.model or FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                batch_size=FLAGS.batch_size, trust_model=FLAGS.trust_model)

@@ -89,7 +89,7 @@ def test_blazeface_finds_faces_where_they_are(name):
 
 def test_an_unknown_detector_is_named():
   with pytest.raises(ValueError, match="unknown face detector 'yolo': expected one of "
-                     "blazeface_full, blazeface_tiled, blazeface, mtcnn"):
+                     "blazeface_tiled, blazeface_full, blazeface, mtcnn"):
     face_detect.detect(skdata.astronaut(), face_detect.DetectorOptions(detector="yolo"))
 
 

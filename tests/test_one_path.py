@@ -308,7 +308,8 @@ def test_the_cli_defaults_match_the_library():
   assert predict.FLAGS["max_side"].default == options.max_side
   assert predict.FLAGS["min_face_size"].default == options.min_face_size
   assert predict.FLAGS["min_score"].default == options.min_score
-  assert face_detect.DEFAULT_DETECTOR in predict.FLAGS["detector"].help
+  assert (f"default: {face_detect.DEFAULT_DETECTOR} for photos, "
+          f"{face_detect.DEFAULT_VIDEO_DETECTOR} for videos" in predict.FLAGS["detector"].help)
   assert predict.FLAGS["batch_size"].default == inference.DEFAULT_BATCH_SIZE
   assert convert.FORMATS == pretrained.FORMATS
   assert device_mesh.data_parallel_mesh().axis_names == ("data",)

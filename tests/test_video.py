@@ -95,6 +95,30 @@ def test_predict_on_a_video_tracks_each_face_and_gives_one_age_per_track(video_r
   capture.release()
 
 
+def test_videos_and_photos_get_their_own_default_detector(video_run, tmp_path, monkeypatch,
+                                                         capsys):
+  from PIL import Image
+  from skimage import data as skdata
+
+  from agejax import predict
+  from agejax.serving import face_detect
+  path, _, bundle, _ = video_run
+  used = []
+  original = face_detect.detect
+  monkeypatch.setattr(face_detect, "detect",
+                      lambda image, options=None: used.append(options.detector)
+                      or original(image, options))
+  photo = tmp_path / "astronaut.jpg"
+  Image.fromarray(skdata.astronaut()).save(photo)
+  assert predict.main(["predict", f"--model={bundle}", str(path), "--every=10"]) == 0
+  assert predict.main(["predict", f"--model={bundle}", str(photo)]) == 0
+  assert predict.main(["predict", f"--model={bundle}", str(photo), "--detector=mtcnn"]) == 0
+  capsys.readouterr()
+  frames = len(range(0, FRAMES, 10))
+  assert used == ([face_detect.DEFAULT_VIDEO_DETECTOR] * frames
+                  + [face_detect.DEFAULT_DETECTOR, "mtcnn"])
+
+
 def test_each_track_gets_the_calibrated_interval_of_its_age(video_run, tmp_path, capsys):
   import shutil
   from agejax import predict

@@ -198,6 +198,7 @@ def iter_video(predictor: inference.Crops, source: str | Video, *, every: int = 
     Unreadable: ``source`` does not open.
   """
   video = source if isinstance(source, Video) else open_video(source)
+  options = options or face_detect.DetectorOptions(detector=face_detect.DEFAULT_VIDEO_DETECTOR)
   tracker = tracks.Tracker()
   pending: list[tuple[dict, list, np.ndarray]] = []
   writer = None
