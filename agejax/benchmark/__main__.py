@@ -82,8 +82,8 @@ flags.DEFINE_string("peer", "", "predict: also time this package on the same pho
 flags.DEFINE_string("peer_venv", "", "predict: the peer's virtual environment "
                     "(default ~/.cache/agejax/peers/NAME; created when missing).", **_f)
 
-# The benchmarks that read data with TF or detect faces with MTCNN (a TF model).
-USE_TENSORFLOW = {"input", "build", "e2e", "predict"}
+# The benchmarks that read data with TF, run a SavedModel or detect faces with MTCNN.
+USE_TENSORFLOW = {"input", "build", "e2e", "inference", "predict"}
 
 
 def _main(names: list[str]) -> None:
