@@ -58,7 +58,16 @@ def import_tensorflow_quietly() -> None:
   if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
     return  # a GPU machine without TF runs the commands that do not need it
   with terminal.native_stderr_discarded():
-    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    # TF maps nearly all of a GPU's memory when it first creates its devices,
+    # even for ops placed on the CPU (MTCNN's); JAX, which runs the models,
+    # preallocates its own share. TF takes what it uses instead. (Commands
+    # that read data hide the GPUs from TF altogether: catalog.setup_tensorflow.)
+    try:
+      for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # TF's devices exist already: too late, and harmless
+      pass
 
 
 def quiet_libraries(verbosity: int, uses_tensorflow: bool = True) -> None:
