@@ -21,13 +21,34 @@ def test_weighted_median_and_combine_in_closed_form():
 
 
 def test_the_tracker_keeps_ids_through_motion_and_forgets_after_its_memory():
-  tracker = tracks.Tracker(min_iou=0.3, max_missed=2)
+  tracker = tracks.Tracker(max_missed=2)
   first = [t.id for t in tracker.update(0, [[0, 0, 10, 10], [50, 50, 60, 60]])]
   moved = [t.id for t in tracker.update(1, [[51, 50, 61, 60], [1, 0, 11, 10]])]
   assert first == [0, 1] and moved == [1, 0]
   for frame in (2, 3, 4):  # track 0 gone for 3 processed frames: it ends
     tracker.update(frame, [[52, 50, 62, 60]])
   assert [t.id for t in tracker.update(5, [[1, 0, 11, 10], [52, 50, 62, 60]])] == [2, 1]
+
+
+def test_the_tracker_follows_a_face_further_than_overlap_reaches():
+  """A 70 px face moving 45 px between processed frames (IoU 0.22) keeps one track."""
+  tracker = tracks.Tracker()
+  boxes = [[10 + 45 * k, 100, 80 + 45 * k, 170] for k in range(8)]
+  assert tracks.iou(boxes[0], boxes[1]) < 0.3
+  ids = [tracker.update(15 * k, [box])[0].id for k, box in enumerate(boxes)]
+  assert ids == [0] * 8
+  # Velocity: 45 px per 15 frames; where the face should be 30 frames later.
+  assert tracker.all[0].velocity == (3.0, 0.0)
+  assert tracker.all[0].predicted_centre(135) == (45 * 7 + 45 + 90.0, 135.0)
+  # Distances in face sides: one side away, exactly at the limit, still matches.
+  track = tracker.all[0]
+  assert tracker.distance(track, 105, [395, 100, 465, 170]) == pytest.approx(1.0)
+  # Twice as large, grown down and right: its centre is (35, 35) px from the last one.
+  assert tracker.distance(track, 105, [325, 100, 465, 240]) == pytest.approx(
+      np.hypot(35, 35) / 70)
+  assert tracker.distance(track, 105, [325, 100, 475, 250]) == float("inf")  # over twice the side
+  # A face the size of another, two sides away, is someone else.
+  assert tracker.update(120, [[10, 300, 80, 370]])[0].id == 1
 
 
 def _write_video(path):
