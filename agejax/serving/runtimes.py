@@ -127,9 +127,11 @@ def tflite_interpreter(file: str, threads: int | None = None) -> Any:
     except ImportError as e:
       raise MissingExtra("running a TFLite model", e) from e
     Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
-  quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "2"  # the commands' default
+  # The runtime's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate"
+  # whatever TF's log level says; it is discarded where that level filters
+  # INFO (1 and up: the commands set 3, and importing JAX sets 1 when unset).
+  quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "1"
   with (terminal.native_stderr_discarded() if quiet else contextlib.nullcontext()):
-    # The runtime's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate".
     interpreter = Interpreter(model_path=file, num_threads=threads)
     interpreter.allocate_tensors()
   return interpreter
