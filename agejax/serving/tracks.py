@@ -30,13 +30,19 @@ import numpy as np
 from agejax.evaluation import intervals
 
 
+def ious(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+  """Intersection over union of one ``[x1, y1, x2, y2]`` box with each row of ``others`` [N, 4]."""
+  w = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+  h = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+  inter = w * h
+  area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+  union = area(box) + area(others) - inter
+  return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
   """Intersection over union of two ``[x1, y1, x2, y2]`` boxes."""
-  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = w * h
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
+  return float(ious(np.asarray(a[:4], np.float64), np.asarray([b[:4]], np.float64))[0])
 
 
 def weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
