@@ -118,6 +118,17 @@ class Crops:
     return intervals.bounds(ages, spreads, self.interval, self.meta["min_age"],
                             self.meta["max_age"])
 
+  def write_ages(self, faces: Sequence[dict[str, Any]], ages: np.ndarray,
+                 spreads: np.ndarray) -> None:
+    """Sets each face record's ``age`` and ``spread`` and, with a calibrated
+    model, its ``interval`` and ``coverage`` (one interval call for all)."""
+    bounds = self.age_intervals(np.asarray(ages, np.float32), np.asarray(spreads, np.float32))
+    for i, face in enumerate(faces):
+      face["age"], face["spread"] = float(ages[i]), float(spreads[i])
+      if bounds is not None:
+        face["interval"] = [float(bounds[0][i]), float(bounds[1][i])]
+        face["coverage"] = float(self.interval["coverage"])
+
   def __call__(self, images: np.ndarray | Sequence[np.ndarray]
                ) -> tuple[np.ndarray, np.ndarray]:
     """Ages and spreads (float32 [N]) of uint8 RGB face crops.

@@ -144,15 +144,9 @@ def iter_predictions(predictor: inference.Predictor, paths: Sequence[str], *,
 
   def flush():
     ages, spreads = predictor([c for _, crops in pending for c in crops])
-    bounds = predictor.age_intervals(ages, spreads)
-    i = 0
+    predictor.write_ages([face for record, _ in pending for face in record["faces"]],
+                         ages, spreads)
     for record, _ in pending:
-      for face in record["faces"]:
-        face["age"], face["spread"] = float(ages[i]), float(spreads[i])
-        if bounds is not None:
-          face["interval"] = [float(bounds[0][i]), float(bounds[1][i])]
-          face["coverage"] = float(predictor.interval["coverage"])
-        i += 1
       if record.get("annotated"):
         os.makedirs(os.path.dirname(record["annotated"]), exist_ok=True)
         annotate(read_photo(record["file"]), record["faces"]).save(record["annotated"])

@@ -180,15 +180,6 @@ def _draw(frame: np.ndarray, faces: list[dict], tracker: tracks.Tracker) -> np.n
   return bgr
 
 
-def _with_interval(record: dict[str, Any], predictor: inference.Crops, age: float,
-                   spread: float) -> None:
-  """Adds the model's calibrated ``interval`` and ``coverage`` of (age, spread), if it has one."""
-  bounds = predictor.age_intervals(np.array([age], np.float32), np.array([spread], np.float32))
-  if bounds is not None:
-    record["interval"] = [float(bounds[0][0]), float(bounds[1][0])]
-    record["coverage"] = float(predictor.interval["coverage"])
-
-
 def iter_video(predictor: inference.Crops, source: str | Video, *, every: int = 1,
                options: face_detect.DetectorOptions | None = None,
                annotate: str | None = None) -> Iterator[dict[str, Any]]:
@@ -206,15 +197,13 @@ def iter_video(predictor: inference.Crops, source: str | Video, *, every: int = 
   def flush():
     nonlocal writer
     ages, spreads = predictor([c for _, crops, _ in pending for c in crops])
-    i = 0
+    predictor.write_ages([face for record, _, _ in pending for face in record["faces"]],
+                         ages, spreads)
     for record, _, frame in pending:
       for face in record["faces"]:
-        face["age"], face["spread"] = float(ages[i]), float(spreads[i])
-        _with_interval(face, predictor, face["age"], face["spread"])
         track = tracker.all[face["track"]]
         track.ages.append(face["age"])
         track.spreads.append(face["spread"])
-        i += 1
       if annotate is not None:
         if writer is None:
           import cv2  # pylint: disable=import-outside-toplevel
@@ -253,12 +242,10 @@ def iter_video(predictor: inference.Crops, source: str | Video, *, every: int = 
     video.capture.release()
     if writer is not None:  # what was written stays a playable video, whatever happened
       writer.release()
-  summaries = []
-  for track in tracker.all:
-    summary = track.summary()
-    if track.ages:
-      _with_interval(summary, predictor, summary["age"], summary["spread"])
-    summaries.append(summary)
+  summaries = [track.summary() for track in tracker.all]
+  aged = [summary for summary in summaries if summary["frames"]]
+  predictor.write_ages(aged, np.array([t["age"] for t in aged]),
+                       np.array([t["spread"] for t in aged]))
   yield {"tracks": summaries, "frames_read": video.frames_read,
          "frame_count": video.frame_count, "interrupted": interrupted}
 
