@@ -218,10 +218,8 @@ def _model_rows(s: PredictSettings, model: str, name: str, detectors: tuple[str,
       seconds = common.time_calls(
           lambda: list(video.iter_video(predictor, path, options=options)),  # pylint: disable=cell-var-from-loop
           s.repeats, warmup=0)
-      frames = [f for _, _, f in video.frames(video.open_video(path))]
       start = time.perf_counter()
-      for _ in video.frames(video.open_video(path)):
-        pass
+      frames = [f for _, _, f in video.frames(video.open_video(path))]
       decode_ms = 1000 * (time.perf_counter() - start) / len(frames)
       rows.append(common.record("predict", {**settings, "faces": faces}, {
           "variant": f"video {name} {detector} {faces}f",
