@@ -42,8 +42,8 @@ Box = tuple[float, float, float, float, float]  # x1, y1, x2, y2, score
 DETECTORS = ("blazeface_tiled", "blazeface_full", "blazeface", "mtcnn")
 # The defaults, by `python -m agejax.benchmark predict` (README, "Face
 # detectors"): on generated 640 x 480 scenes blazeface_tiled found 98% of
-# faces in 17 ms a frame, blazeface_full 71% (96% of those over 60 px) in
-# 4 ms, MTCNN all in 150 ms. A photo is looked at once, so it gets the
+# faces in 25 ms a frame, blazeface_full 71% (96% of those over 60 px) in
+# 6 ms, MTCNN all in 198 ms (2-core CPU, 2026-12-06). A photo is looked at once, so it gets the
 # tiles; a video has 25 frames a second to keep up with and a track to
 # bridge a missed frame, so it gets the single pass.
 DEFAULT_DETECTOR = "blazeface_tiled"
